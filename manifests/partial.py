@@ -1,0 +1,66 @@
+"""Per-item results of a shard still in progress (``stages/<stage>/_partial/shard-N/``).
+
+For each input item (a sample, or a source for a root stage) the worker first bumps an attempt counter,
+then processes it, then writes the item's files (a small tar) and finally its rows (JSON, the item's commit
+marker). A killed worker loses at most the items in flight; on the retry, finished items are reused and an
+item whose counter reached the limit without a result (it killed the worker every time) is quarantined.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from manifests.manifest import partial_dir
+from manifests.shards import ShardReader, write_shard
+from manifests.storage import Storage
+
+
+@dataclass
+class ItemResult:
+    rows: list[dict[str, Any]]
+    files: dict[str, dict[str, bytes]]
+
+
+class PartialStore:
+    def __init__(self, storage: Storage, stage: str, shard: int) -> None:
+        self.storage, self.dir = storage, partial_dir(stage, shard)
+
+    def _rel(self, key: str, suffix: str) -> str:
+        return f"{self.dir}/{key}.{suffix}"
+
+    def attempts(self, key: str) -> int:
+        rel = self._rel(key, "attempts.json")
+        return int(json.loads(self.storage.read_bytes(rel))["attempts"]) if self.storage.exists(rel) else 0
+
+    def begin(self, key: str) -> int:
+        """Record one more attempt at ``key`` before running it; returns the attempt number (1-based)."""
+        attempt = self.attempts(key) + 1
+        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps({"attempts": attempt}).encode())
+        return attempt
+
+    def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
+        if files:
+            write_shard(self.storage, self._rel(key, "files.tar"), files)
+        self.storage.write_bytes(self._rel(key, "rows.json"), json.dumps(rows, default=str).encode())
+
+    def load(self, key: str) -> ItemResult | None:
+        rows_rel = self._rel(key, "rows.json")
+        if not self.storage.exists(rows_rel):
+            return None
+        rows = json.loads(self.storage.read_bytes(rows_rel))
+        files: dict[str, dict[str, bytes]] = {}
+        tar_rel = self._rel(key, "files.tar")
+        if self.storage.exists(tar_rel):
+            with self.storage.open(tar_rel) as handle:
+                reader = ShardReader(handle, name=tar_rel)
+                files = {sample_id: reader.sample(sample_id) for sample_id in reader.keys}
+        return ItemResult(rows=rows, files=files)
+
+    def clear(self) -> None:
+        self.storage.remove(self.dir, recursive=True)
+        parent = self.dir.rsplit("/", 1)[0]
+        if self.storage.exists(parent) and not self.storage.walk_files(parent):
+            self.storage.remove(parent, recursive=True)

@@ -1,0 +1,166 @@
+"""WebDataset shard I/O: key-grouped, sorted tars written atomically, and a reader that trusts nothing.
+
+Members are named ``<sample_id>.<field>`` (``clip.mp4``, ``meta.json``, ...). Samples are written in
+sorted key order with each sample's members together, which is what ``webdataset`` and
+``ray.data.read_webdataset`` need to group members correctly (ray#44068). Tars are deterministic: the same
+samples give the same bytes, hence the same sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import re
+import tarfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import IO
+
+from manifests.storage import Storage
+
+SAMPLE_ID = re.compile(r"^[a-z0-9_-]{1,160}$")
+FIELD = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+
+
+class ShardError(Exception):
+    """A tar that is unsafe or does not follow the shard layout."""
+
+
+def check_sample_id(sample_id: str) -> str:
+    if not SAMPLE_ID.match(sample_id):
+        raise ValueError(f"sample_id {sample_id!r} must match [a-z0-9_-]{{1,160}}")
+    return sample_id
+
+
+class _HashingWriter(io.RawIOBase):
+    """Forwards writes to a file while hashing and counting them, so the tar is read only once."""
+
+    def __init__(self, target: IO[bytes]) -> None:
+        self.target, self.sha256, self.size = target, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self.target.write(data)
+        self.sha256.update(data)
+        self.size += len(data)
+        return len(data)
+
+
+@dataclass(frozen=True)
+class TarInfo:
+    sha256: str
+    size: int
+    samples: int
+
+
+def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, bytes]]) -> TarInfo:
+    """Atomically write ``{sample_id: {field: bytes}}`` as a key-grouped, sorted tar at ``rel``."""
+    with storage.atomic_writer(rel) as handle:
+        hashing = _HashingWriter(handle)
+        with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
+            for sample_id in sorted(samples):
+                check_sample_id(sample_id)
+                for field in sorted(samples[sample_id]):
+                    if not FIELD.match(field):
+                        raise ValueError(f"field name {field!r} of {sample_id} must match {FIELD.pattern}")
+                    _add_member(tar, f"{sample_id}.{field}", samples[sample_id][field])
+    return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=len(samples))
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(data), 0o444, 0
+    tar.addfile(info, io.BytesIO(data))
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """``"abc-c000.clip.mp4"`` -> ``("abc-c000", "clip.mp4")``, refusing anything that is not that shape."""
+    if "/" in name or "\\" in name or name.startswith(".") or ".." in name:
+        raise ShardError(f"unsafe tar member name {name!r}")
+    key, _, field = name.partition(".")
+    if not SAMPLE_ID.match(key) or not FIELD.match(field):
+        raise ShardError(f"tar member {name!r} is not <sample_id>.<field>")
+    return key, field
+
+
+class ShardReader:
+    """Random access to the members of a shard tar, validated up front.
+
+    Refuses absolute paths, ``..``, directories, links and device files, and duplicate members; reports
+    whether members are grouped by key and sorted. Works on any seekable binary file (local or fsspec).
+    """
+
+    def __init__(self, handle: IO[bytes], *, name: str = "<tar>", max_member_bytes: int = 8 << 30) -> None:
+        self.handle, self.name = handle, name
+        self.index: dict[str, dict[str, tuple[int, int]]] = {}
+        self.order: list[str] = []
+        try:
+            with tarfile.open(fileobj=handle, mode="r:") as tar:
+                for member in tar:
+                    self._add(member, max_member_bytes)
+        except tarfile.TarError as exc:
+            raise ShardError(f"{name}: not a readable tar ({exc})") from exc
+
+    def _add(self, member: tarfile.TarInfo, max_member_bytes: int) -> None:
+        if not member.isreg():
+            raise ShardError(f"{self.name}: member {member.name!r} is not a regular file (links/devices refused)")
+        key, field = split_member_name(member.name)
+        if member.size > max_member_bytes:
+            raise ShardError(f"{self.name}: member {member.name!r} is {member.size} bytes, over the limit")
+        fields = self.index.setdefault(key, {})
+        if field in fields:
+            raise ShardError(f"{self.name}: duplicate member {member.name!r}")
+        if not self.order or self.order[-1] != key:
+            self.order.append(key)
+        fields[field] = (member.offset_data, member.size)
+
+    @property
+    def keys(self) -> list[str]:
+        return sorted(self.index)
+
+    def grouping_problems(self) -> list[str]:
+        """Layout problems a reader like ray.data.read_webdataset would trip over."""
+        problems = []
+        if len(self.order) != len(self.index):
+            problems.append(f"{self.name}: members of a sample are not adjacent (not grouped by key)")
+        if self.order != sorted(self.order):
+            problems.append(f"{self.name}: samples are not in sorted key order")
+        return problems
+
+    def fields(self, sample_id: str) -> list[str]:
+        return sorted(self.index.get(sample_id, {}))
+
+    def read(self, sample_id: str, field: str) -> bytes:
+        try:
+            offset, size = self.index[sample_id][field]
+        except KeyError:
+            raise KeyError(f"{self.name} has no member {sample_id}.{field}") from None
+        self.handle.seek(offset)
+        return self.handle.read(size)
+
+    def sample(self, sample_id: str) -> dict[str, bytes]:
+        return {field: self.read(sample_id, field) for field in self.fields(sample_id)}
+
+
+def open_shard(storage: Storage, rel: str) -> ShardReader:
+    return ShardReader(storage.open(rel), name=rel)
+
+
+def sha256_of(storage: Storage, rel: str, chunk: int = 8 << 20) -> str:
+    digest = hashlib.sha256()
+    with storage.open(rel) as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def merge_samples(parts: Iterable[Mapping[str, Mapping[str, bytes]]]) -> dict[str, dict[str, bytes]]:
+    merged: dict[str, dict[str, bytes]] = {}
+    for part in parts:
+        for sample_id, fields in part.items():
+            if sample_id in merged:
+                raise ValueError(f"sample {sample_id} produced twice in one shard")
+            merged[sample_id] = dict(fields)
+    return merged

@@ -1,0 +1,111 @@
+"""One storage type for local paths and any fsspec URL (s3://, gs://, memory://, ...).
+
+Every read and write of the project goes through :class:`Storage`, so a run folder behaves the same on a
+laptop disk and on object storage. Writes are atomic: data goes to a temporary name next to the target and
+is then moved into place (an O(1) rename on local disks; a copy on object stores, where a single PUT is
+atomic anyway).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+import fsspec
+from fsspec.core import url_to_fs
+
+TEMP_MARKER = ".tmp-"
+
+
+class Storage:
+    """A folder on some filesystem: ``Storage("s3://bucket/run")`` or ``Storage("/data/run")``."""
+
+    def __init__(self, url: str) -> None:
+        self.fs, root = url_to_fs(url)
+        self.url = url
+        self.root = root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)
+
+    def path(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    def child(self, *parts: str) -> Storage:
+        sub = Storage.__new__(Storage)
+        sub.fs, sub.is_local = self.fs, self.is_local
+        sub.root = self.path(*parts)
+        sub.url = self.fs.unstrip_protocol(sub.root) if not self.is_local else sub.root
+        return sub
+
+    def exists(self, rel: str) -> bool:
+        return self.fs.exists(self.path(rel))
+
+    def size(self, rel: str) -> int:
+        return int(self.fs.size(self.path(rel)))
+
+    def mtime_ns(self, rel: str) -> int | None:
+        """Modification time where the filesystem has one (used by tests and verify)."""
+        if self.is_local:
+            return os.stat(self.path(rel)).st_mtime_ns
+        info = self.fs.info(self.path(rel))
+        modified = info.get("LastModified") or info.get("mtime")
+        return int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else None
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self.path(rel))
+
+    def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
+        return self.fs.open(self.path(rel), mode)
+
+    def list(self, rel: str = "", *, pattern: str = "*") -> list[str]:
+        """Paths (relative to this folder) of files under ``rel`` matching a glob, sorted."""
+        base = self.path(rel)
+        if not any(ch in rel for ch in "*?[") and not self.fs.exists(base):
+            return []
+        found = self.fs.glob(posixpath.join(base, pattern))
+        return sorted(posixpath.relpath(p, self.root) for p in found)
+
+    def walk_files(self, rel: str = "") -> list[str]:
+        base = self.path(rel)
+        if not self.fs.exists(base):
+            return []
+        return sorted(posixpath.relpath(p, self.root) for p in self.fs.find(base))
+
+    def makedirs(self, rel: str) -> None:
+        self.fs.makedirs(self.path(rel), exist_ok=True)
+
+    def remove(self, rel: str, *, recursive: bool = False) -> None:
+        target = self.path(rel)
+        if self.fs.exists(target):
+            self.fs.rm(target, recursive=recursive)
+
+    @contextmanager
+    def atomic_writer(self, rel: str) -> Iterator[IO[bytes]]:
+        """Write to a temporary sibling, then move it onto ``rel``; a crash leaves only the temporary."""
+        final = self.path(rel)
+        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+        temp = f"{final}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
+        try:
+            with self.fs.open(temp, "wb") as handle:
+                yield handle
+                if self.is_local:
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            self._replace(temp, final)
+        except BaseException:
+            if self.fs.exists(temp):
+                self.fs.rm(temp)
+            raise
+
+    def write_bytes(self, rel: str, data: bytes) -> None:
+        with self.atomic_writer(rel) as handle:
+            handle.write(data)
+
+    def _replace(self, temp: str, final: str) -> None:
+        if self.is_local:
+            os.replace(temp, final)
+        else:
+            self.fs.mv(temp, final)

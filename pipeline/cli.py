@@ -1,0 +1,323 @@
+"""``ffp``: the one entry point (DESIGN §7). Also ``python -m pipeline``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from manifests.manifest import Status, manifest_path
+from manifests.shards import open_shard
+from manifests.storage import Storage
+from manifests.verify import verify_run
+from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
+from pipeline.plan import State
+from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
+from pipeline.runner import RunReport
+from pipeline.status import stage_statuses
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Generate FFP video-editing training pairs.")
+config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
+app.add_typer(config_app, name="config")
+console = Console()
+err = Console(stderr=True)
+
+ConfigArg = Annotated[Optional[str], typer.Argument(help="config YAML, or a run folder to resume")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="a config shipped with ffp")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (overrides run_dir)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: KEY.PATH=VALUE (repeatable)")]
+RunArg = Annotated[str, typer.Argument(help="run folder (local path or fsspec URL)")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+
+
+def main() -> None:
+    try:
+        app()
+    except (ConfigError, StaleError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(2)
+
+
+def _resolve_config(config: str | None, preset: str | None, out: str | None, sets: list[str] | None) -> PipelineConfig:
+    if config and preset:
+        raise ConfigError("give a config file or --preset, not both")
+    if config is None and preset is None:
+        raise ConfigError("give a config file, a run folder or --preset NAME (presets: " + ", ".join(preset_names()) + ")")
+    if preset:
+        return load_config(preset=preset, overrides=sets or (), run_dir=out)
+    assert config is not None
+    run = Storage(config)
+    if run.fs.isdir(run.root) and run.exists(RUN_YAML):
+        if sets:
+            raise ConfigError("--set applies to config files; to change a run, edit a copy of its run.yaml")
+        return load_run_config(config)
+    if not Path(config).is_file():
+        raise ConfigError(f"{config}: no such config file or run folder")
+    return load_config(config, overrides=sets or (), run_dir=out)
+
+
+# Running -----------------------------------------------------------------------------------------------
+
+
+@app.command()
+def run(
+    config: ConfigArg = None,
+    preset: PresetOpt = None,
+    out: OutOpt = None,
+    set_: SetOpt = None,
+    rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="redo stages whose params changed")] = False,
+) -> None:
+    """Run or resume a pipeline: committed shards are skipped, interrupted ones finish from _partial/."""
+    cfg = _resolve_config(config, preset, out, set_)
+    report = _execute(cfg, rerun_stale=rerun_stale)
+    _print_status(cfg.run_dir)
+    raise typer.Exit(_exit_code(report, cfg.run_dir))
+
+
+@app.command()
+def retry(
+    run_dir: RunArg,
+    stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
+) -> None:
+    """Rerun only the failed samples (all stages, or --stage); what they feed downstream is updated."""
+    cfg = load_run_config(run_dir)
+    stages = set(stage or cfg.stages)
+    unknown = stages - set(cfg.stages)
+    if unknown:
+        raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
+    report = _execute(cfg, retry_stages=stages)
+    _print_status(run_dir)
+    raise typer.Exit(_exit_code(report, run_dir))
+
+
+def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
+    storage, graph, plan = open_run(cfg)
+    totals = {name: plan.num_shards(name) for name in graph.order}
+    console.print(f"[bold]ffp[/bold] run [cyan]{cfg.run_dir}[/cyan]: " + " -> ".join(graph.order))
+    with Progress(
+        TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+        TimeElapsedColumn(), console=console, transient=False,
+    ) as progress:
+        bars = {name: progress.add_task(name, total=totals[name]) for name in graph.order}
+
+        def listener(event: str, data: Any) -> None:
+            if event == "resolved":
+                progress.advance(bars[data[0]])
+            elif event == "shard_error":
+                stage, shard, error = data
+                progress.console.print(f"[yellow]{stage}/shard {shard}: {error}; retrying[/yellow]")
+
+        _, report = execute(cfg, listener=listener, **kwargs)
+    console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered)")
+    return report
+
+
+def _exit_code(report: RunReport, run_dir: str) -> int:
+    for (stage, shard), error in report.errors.items():
+        err.print(f"[red]{stage}/shard {shard} gave up:[/red] {error}")
+    if report.blocked:
+        err.print(f"[red]{len(report.blocked)} shards could not run because an upstream shard gave up.[/red]")
+        err.print(f"Fix the cause, then run `ffp run {run_dir}` again: finished work is kept.")
+    return 0 if report.ok else 1
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the demo inputs and run")] = Path("ffp-demo"),
+    sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
+    fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
+) -> None:
+    """Generate synthetic VOS clips, run ingest -> synthetic pairs -> export on local Ray, verify, report."""
+    from stages.demo_media import make_demo_vos
+
+    if fresh and out.exists():
+        shutil.rmtree(out)
+    started = time.time()
+    inputs = out / "inputs"
+    if not (inputs / "JPEGImages").exists():
+        console.print(f"generating {sequences} synthetic sequences in {inputs}")
+        make_demo_vos(inputs, num_sequences=sequences)
+    cfg = load_config(preset="demo", overrides=[f"inputs.0.path={inputs}"], run_dir=str(out / "run"))
+    report = _execute(cfg)
+    _print_status(cfg.run_dir)
+    checked = verify_run(Storage(cfg.run_dir))
+    console.print(f"verify: {checked.shards} shards, {checked.samples} rows, "
+                  + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
+    for problem in checked.problems:
+        err.print(f"  {problem}")
+    console.print(f"pairs: [cyan]{out / 'run' / 'export'}[/cyan] (WebDataset shards, dataset.parquet, README.md); "
+                  f"demo took {time.time() - started:.1f} s")
+    raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
+
+
+# Looking at a run --------------------------------------------------------------------------------------
+
+
+@app.command()
+def plan(
+    config: ConfigArg = None, preset: PresetOpt = None, out: OutOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
+) -> None:
+    """Stages, resources, shard counts, fingerprints, and what is done / stale / to do. Writes nothing."""
+    cfg = _resolve_config(config, preset, out, set_)
+    storage, graph, run_plan = open_run(cfg)
+    rows = []
+    for node in graph.nodes.values():
+        states = [run_plan.state(node.name, shard).state for shard in run_plan.shards(node.name)]
+        counts = {state.value: states.count(state) for state in State}
+        rows.append({**graph.describe()[graph.order.index(node.name)], "shards": len(states), **counts})
+    if as_json:
+        console.print_json(json.dumps(rows))
+        return
+    table = Table(title=f"plan for {cfg.run_dir}")
+    for column in ("stage", "type", "after", "fingerprint", "cpus", "gpus", "actors", "shards", "done", "stale", "todo", "waiting"):
+        table.add_column(column)
+    for row in rows:
+        res = row["resources"]
+        table.add_row(row["stage"], row["type"], ",".join(row["after"]) or "-", row["fingerprint"], str(res["cpus"]),
+                      str(res["gpus"]), str(res["actors"]), str(row["shards"]), str(row["done"]),
+                      _warn(row["stale"]), str(row["todo"] + row["retry"]), str(row["waiting"]))
+    console.print(table)
+    stale = [row["stage"] for row in rows if row["stale"]]
+    if stale:
+        console.print(f"[yellow]stale: {', '.join(stale)}[/yellow] (committed with other params); "
+                      "`ffp run --rerun-stale` redoes them and what follows.")
+
+
+def _warn(n: int) -> str:
+    return f"[yellow]{n}[/yellow]" if n else "0"
+
+
+@app.command()
+def status(run_dir: RunArg, as_json: JsonOpt = False) -> None:
+    """Per stage: shards done/total, samples ok/filtered/failed/quarantined, throughput, ETA."""
+    _print_status(run_dir, as_json=as_json)
+
+
+def _print_status(run_dir: str, *, as_json: bool = False) -> None:
+    _, _, run_plan = open_run(load_run_config(run_dir))
+    statuses = stage_statuses(run_plan)
+    if as_json:
+        print(json.dumps([s.as_dict() for s in statuses], indent=1))
+        return
+    table = Table(title=f"status of {run_dir}")
+    for column in ("stage", "shards", "ok", "filtered", "failed", "quarantined", "samples/s", "ETA"):
+        table.add_column(column, justify="right" if column != "stage" else "left")
+    for s in statuses:
+        rate = f"{s.samples_per_s:.2f}" if s.samples_per_s else "-"
+        eta = "done" if s.eta_s == 0 else (f"{s.eta_s:.0f} s" if s.eta_s else "-")
+        shards = f"{s.shards_done}/{s.shards_total}" + (f" ({s.shards_stale} stale)" if s.shards_stale else "")
+        table.add_row(s.stage, shards, str(s.ok), str(s.filtered), _warn(s.failed), _warn(s.quarantined), rate, eta)
+    console.print(table)
+    quarantined = sum(s.quarantined for s in statuses)
+    if quarantined:
+        console.print(f"{quarantined} quarantined samples: ffp query {run_dir} \"select stage, sample_id, reason "
+                      "from manifests where status = 'quarantined'\"")
+
+
+@app.command()
+def verify(run_dir: RunArg, as_json: JsonOpt = False) -> None:
+    """Check every tar against its manifest (sha256, size, keys, layout); list orphans and leftovers."""
+    report = verify_run(Storage(run_dir))
+    if as_json:
+        print(json.dumps({"ok": report.ok, "problems": report.problems, "warnings": report.warnings,
+                          "shards": report.shards, "rows": report.samples}, indent=1))
+    else:
+        for problem in report.problems:
+            console.print(f"[red]problem[/red] {problem}")
+        for warning in report.warnings:
+            console.print(f"[yellow]warning[/yellow] {warning}")
+        verdict = "[green]clean[/green]" if report.ok else f"[red]{len(report.problems)} problems[/red]"
+        console.print(f"{report.shards} shards, {report.samples} rows: {verdict}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+@app.command()
+def inspect(
+    run_dir: RunArg,
+    sample_id: Annotated[str, typer.Argument(help="the sample to show")],
+    dump: Annotated[Optional[Path], typer.Option("--dump", help="write the sample's files into DIR/<stage>/")] = None,
+) -> None:
+    """A sample across stages: its manifest rows and its files."""
+    from manifests.query import query
+
+    run = Storage(run_dir)
+    rows = query(run, "select * from manifests where sample_id = ? order by finished_at", [sample_id]).to_pylist()
+    if not rows:
+        err.print(f"no sample {sample_id!r} in {run_dir}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
+        raise typer.Exit(1)
+    cfg = load_run_config(run_dir)
+    _, graph, _ = open_run(cfg)
+    for row in rows:
+        values = {k: v for k, v in row.items() if v is not None}
+        console.rule(f"{row['stage']}: {row['status']}")
+        console.print(values)
+        node = graph.nodes.get(row["stage"])
+        if node is None or row["status"] != Status.OK:
+            continue
+        reader = open_shard(run, node.tar_path(row["shard"]))
+        for field in reader.fields(sample_id):
+            data = reader.read(sample_id, field)
+            console.print(f"  {sample_id}.{field}: {len(data)} bytes")
+            if dump is not None:
+                target = dump / row["stage"] / field
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+    if dump is not None:
+        console.print(f"files written under {dump}")
+
+
+@app.command("query")
+def query_cmd(
+    run_dir: RunArg,
+    sql: Annotated[str, typer.Argument(help="SQL over the views `manifests` and one per stage")],
+    as_json: JsonOpt = False,
+    csv: Annotated[bool, typer.Option("--csv", help="CSV output")] = False,
+    limit: Annotated[int, typer.Option(help="rows to print in the table view")] = 50,
+) -> None:
+    """DuckDB SQL over every manifest of the run."""
+    from manifests.query import query
+
+    result = query(Storage(run_dir), sql)
+    if as_json:
+        print(json.dumps(result.to_pylist(), default=str, indent=1))
+    elif csv:
+        import pyarrow.csv as pacsv
+
+        pacsv.write_csv(result, sys.stdout.buffer)
+    else:
+        table = Table(caption=f"{result.num_rows} rows")
+        for name in result.column_names:
+            table.add_column(name)
+        for row in result.slice(0, limit).to_pylist():
+            table.add_row(*("" if v is None else str(v) for v in row.values()))
+        console.print(table)
+
+
+# Config ------------------------------------------------------------------------------------------------
+
+
+@config_app.command("schema")
+def config_schema() -> None:
+    """Print the JSON schema of the config (stage params schemas under $stageParams)."""
+    print(json.dumps(json_schema(), indent=1))
+
+
+@config_app.command("presets")
+def config_presets() -> None:
+    """List the presets shipped with ffp."""
+    for name in preset_names():
+        console.print(name)
+
+
+@config_app.command("show")
+def config_show(config: ConfigArg = None, preset: PresetOpt = None, out: OutOpt = None, set_: SetOpt = None) -> None:
+    """Print the resolved config, every default filled in (what run.yaml will hold)."""
+    print(config_to_yaml(_resolve_config(config, preset, out, set_)), end="")

@@ -1,0 +1,220 @@
+"""Run configuration: YAML validated by pydantic, errors that name the key and the file line.
+
+A config names the tracks (ordered chains of stage names, which make the stage graph), each stage's type,
+params and resources, the inputs, the shard size and the run folder. Stage params are validated by the
+stage type's own ``Params`` model, so a typo in a param is reported like any other unknown key.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from pipeline.stage import Params
+
+
+class ConfigError(ValueError):
+    """A config problem, already formatted as ``file:line: key: message`` lines."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InputSpec(Strict):
+    kind: Literal["videos", "list", "vos"] = Field(
+        description="videos: a folder or glob of video files; list: a CSV/Parquet table with a path or URL "
+        "column; vos: a DAVIS/YouTube-VOS layout (JPEGImages/ + palette Annotations/)"
+    )
+    path: str = Field(description="local path or fsspec URL (folder, glob, or table file)")
+    column: str = Field("path", description="list inputs: the column holding video paths or URLs")
+    fps: float = Field(24.0, gt=0, description="vos inputs: frame rate of the image sequences")
+
+
+class Resources(Strict):
+    cpus: float = Field(1.0, ge=0, description="CPUs per actor")
+    gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions allowed)")
+    memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor")
+    actors: int = Field(1, ge=1, description="largest number of actors in the stage's pool")
+    tensor_parallel: int = Field(1, ge=1, description="GPUs one model instance spans")
+
+
+class StageSpec(Strict):
+    type: str = Field(description="stage type, a key of stages/registry.py")
+    params: dict[str, Any] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+
+
+class RayOptions(Strict):
+    address: str | None = Field(None, description="cluster address; RAY_ADDRESS overrides; none = local Ray")
+    num_cpus: int | None = Field(None, ge=1, description="local Ray only: CPUs to offer (default: all)")
+    num_gpus: float | None = Field(None, ge=0, description="local Ray only: GPUs to offer (logical ones allowed)")
+    dashboard: bool = False
+    dashboard_host: str = "127.0.0.1"
+
+
+class PipelineConfig(Strict):
+    name: str = "ffp"
+    run_dir: str = Field(description="the run folder: local path or fsspec URL")
+    shard_size: int = Field(16, ge=1, description="samples per shard (source shards hold shard_size / clips per source)")
+    max_attempts: int = Field(3, ge=1, description="tries per sample before it is quarantined")
+    inputs: list[InputSpec] = Field(default_factory=list)
+    tracks: dict[str, list[str]] = Field(description="track name -> ordered stage names")
+    stages: dict[str, StageSpec]
+    ray: RayOptions = Field(default_factory=RayOptions)
+
+    @model_validator(mode="after")
+    def _tracks_name_known_stages(self) -> PipelineConfig:
+        for track, names in self.tracks.items():
+            for name in names:
+                if name not in self.stages:
+                    raise ValueError(f"track {track!r} names stage {name!r}, which is not under 'stages'")
+        used = {name for names in self.tracks.values() for name in names}
+        unused = [name for name in self.stages if name not in used]
+        if unused:
+            raise ValueError(f"stages {unused} are in no track")
+        return self
+
+    def stage_params(self, name: str) -> Params:
+        from stages.registry import stage_class
+
+        return stage_class(self.stages[name].type).Params.model_validate(self.stages[name].params)
+
+
+def preset_names() -> list[str]:
+    folder = resources.files("pipeline") / "presets"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_text(name: str) -> str:
+    path = resources.files("pipeline") / "presets" / f"{name}.yaml"
+    if not path.is_file():
+        raise ConfigError(f"no preset {name!r}; presets: {', '.join(preset_names())}")
+    return path.read_text()
+
+
+def load_config(
+    path: str | Path | None = None,
+    *,
+    preset: str | None = None,
+    text: str | None = None,
+    overrides: Sequence[str] = (),
+    run_dir: str | None = None,
+) -> PipelineConfig:
+    """Load a config from a file, a packaged preset or a string, apply ``key.path=value`` overrides."""
+    if sum(x is not None for x in (path, preset, text)) != 1:
+        raise ConfigError("give exactly one of a config file, --preset or config text")
+    if path is not None:
+        source, text = str(path), Path(path).read_text()
+    elif preset is not None:
+        source, text = f"preset:{preset}", preset_text(preset)
+    else:
+        source = "<config>"
+    assert text is not None
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the config must be a mapping of keys")
+    data = apply_overrides(data, overrides)
+    if run_dir is not None:
+        data["run_dir"] = run_dir
+    return validate_config(data, source=source, node=node)
+
+
+def validate_config(data: dict[str, Any], *, source: str = "<config>", node: yaml.Node | None = None) -> PipelineConfig:
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format(exc, (), source, node)) from None
+    problems: list[str] = []
+    for name, spec in config.stages.items():
+        from stages.registry import STAGES, stage_class
+
+        if spec.type not in STAGES:
+            line = _line_of(node, ("stages", name, "type"))
+            problems.append(f"{source}{line}: stages.{name}.type: unknown stage type {spec.type!r} (known: {', '.join(sorted(STAGES))})")
+            continue
+        try:
+            stage_class(spec.type).Params.model_validate(spec.params)
+        except ValidationError as exc:
+            problems.append(_format(exc, ("stages", name, "params"), source, node))
+    if problems:
+        raise ConfigError("\n".join(problems))
+    return config
+
+
+def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+    """``stages.ingest.params.crf=23`` style overrides; values are parsed as YAML scalars."""
+    data = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
+        *path, last = key.split(".")
+        target: Any = data
+        for part in path:
+            if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                target = target[int(part)]
+            elif isinstance(target, dict):
+                target = target.setdefault(part, {})
+            else:
+                raise ConfigError(f"--set {item!r}: cannot go into {part!r}")
+        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
+            target[int(last)] = yaml.safe_load(raw)
+        elif isinstance(target, dict):
+            target[last] = yaml.safe_load(raw)
+        else:
+            raise ConfigError(f"--set {item!r}: cannot set {last!r}")
+    return data
+
+
+def _format(exc: ValidationError, prefix: tuple[str, ...], source: str, node: yaml.Node | None) -> str:
+    lines = []
+    for error in exc.errors():
+        loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in error["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        lines.append(f"{source}{_line_of(node, loc)}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> str:
+    """``:LINE`` of the deepest YAML node on the path ``loc``, or ``''`` when not found (e.g. an override)."""
+    found = None
+    for part in loc:
+        if isinstance(node, yaml.MappingNode):
+            match = next(((k, v) for k, v in node.value if k.value == str(part)), None)
+            if match is None:
+                break
+            found, node = match[0], match[1]
+        elif isinstance(node, yaml.SequenceNode) and isinstance(part, int) and part < len(node.value):
+            found = node = node.value[part]
+        else:
+            break
+    return f":{found.start_mark.line + 1}" if found is not None else ""
+
+
+def config_to_yaml(config: PipelineConfig) -> str:
+    """The resolved config, every stage's params with their defaults filled in."""
+    data = config.model_dump(mode="json")
+    for name in config.stages:
+        data["stages"][name]["params"] = config.stage_params(name).model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    """JSON schema of the config, with each registered stage type's params schema under ``$stageParams``."""
+    from stages.registry import STAGES, stage_class
+
+    schema = PipelineConfig.model_json_schema()
+    schema["$stageParams"] = {name: stage_class(name).Params.model_json_schema() for name in sorted(STAGES)}
+    return schema

@@ -1,0 +1,146 @@
+"""The stage graph built from a config: order, dependencies, field owners and fingerprints (DESIGN §4)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from pipeline.config import PipelineConfig, Resources
+from pipeline.stage import Params, Stage
+from stages.registry import stage_class
+
+
+class GraphError(ValueError):
+    pass
+
+
+def digest(data: Any, length: int = 16) -> str:
+    """Stable short hash of JSON-able data (sorted keys)."""
+    raw = json.dumps(data, sort_keys=True, separators=(",", ":"), default=str).encode()
+    return hashlib.sha256(raw).hexdigest()[:length]
+
+
+@dataclass
+class StageNode:
+    name: str
+    type: str
+    cls: type[Stage]
+    params: Params
+    resources: Resources
+    deps: list[str]
+    ancestors: list[str] = field(default_factory=list)  # nearest first
+    owners: dict[str, str] = field(default_factory=dict)  # field or column -> ancestor stage that writes it
+    fingerprint: str = ""
+
+    def lineage(self, graph: StageGraph) -> dict[str, str]:
+        return {name: graph.nodes[name].fingerprint for name in [self.name, *self.ancestors]}
+
+    @property
+    def output_dir(self) -> str:
+        return self.cls.output_dir or f"stages/{self.name}"
+
+    def tar_path(self, shard: int) -> str:
+        return f"{self.output_dir}/shard-{shard:06d}.tar"
+
+
+@dataclass
+class StageGraph:
+    nodes: dict[str, StageNode]  # topological order
+    config: PipelineConfig
+
+    @property
+    def order(self) -> list[str]:
+        return list(self.nodes)
+
+    @cached_property
+    def sources(self) -> list[str]:
+        return [name for name, node in self.nodes.items() if not node.deps]
+
+    def downstream(self, name: str) -> list[str]:
+        return [n for n, node in self.nodes.items() if name in node.deps]
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "stage": n.name, "type": n.type, "after": n.deps, "fingerprint": n.fingerprint,
+                "reads": list(n.cls.reads_for(n.params)), "writes": list(n.cls.writes), "resources": n.resources.model_dump(),
+            }
+            for n in self.nodes.values()
+        ]
+
+
+def build_graph(config: PipelineConfig) -> StageGraph:
+    deps: dict[str, list[str]] = {name: [] for name in config.stages}
+    for names in config.tracks.values():
+        for before, after in zip(names, names[1:]):
+            if before not in deps[after]:
+                deps[after].append(before)
+    order = _topological(deps)
+    nodes: dict[str, StageNode] = {}
+    for name in order:
+        spec = config.stages[name]
+        cls = stage_class(spec.type)
+        node = StageNode(name, spec.type, cls, config.stage_params(name), spec.resources, deps[name])
+        node.ancestors = _ancestors(name, deps)
+        if cls.is_source and node.deps:
+            raise GraphError(f"stage {name!r} ({spec.type}) is a source stage but comes after {node.deps}")
+        if not cls.is_source and not node.deps:
+            raise GraphError(f"stage {name!r} ({spec.type}) needs a stage before it in a track")
+        node.owners = _owners(node, nodes)
+        node.fingerprint = digest(
+            {
+                "type": spec.type, "version": cls.version, "params": node.params.model_dump(mode="json"),
+                "extra": cls.fingerprint_extra(node.params), "deps": [nodes[d].fingerprint for d in node.deps],
+            }
+        )
+        nodes[name] = node
+    return StageGraph(nodes, config)
+
+
+def _topological(deps: dict[str, list[str]]) -> list[str]:
+    order: list[str] = []
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            raise GraphError(f"tracks form a cycle: {' -> '.join(path + [name])}")
+        state[name] = 1
+        for dep in deps[name]:
+            visit(dep, path + [name])
+        state[name] = 2
+        order.append(name)
+
+    for name in deps:
+        visit(name, [])
+    return order
+
+
+def _ancestors(name: str, deps: dict[str, list[str]]) -> list[str]:
+    seen: list[str] = []
+    frontier = list(deps[name])
+    while frontier:
+        current = frontier.pop(0)
+        if current not in seen:
+            seen.append(current)
+            frontier.extend(deps[current])
+    return seen
+
+
+def _owners(node: StageNode, built: dict[str, StageNode]) -> dict[str, str]:
+    owners: dict[str, str] = {}
+    for ancestor in node.ancestors:
+        cls = built[ancestor].cls
+        for produced in (*cls.writes, *cls.columns):
+            owners.setdefault(produced, ancestor)
+    missing = [r for r in node.cls.reads_for(node.params) if r not in owners]
+    if missing:
+        raise GraphError(
+            f"stage {node.name!r} reads {missing}, which no stage before it writes "
+            f"(before it: {node.ancestors or 'nothing'})"
+        )
+    return owners

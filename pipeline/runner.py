@@ -1,0 +1,213 @@
+"""Running the stage graph on Ray (DESIGN §5).
+
+Each stage is a pool of actors that load their model once (``ShardWorker``) and declare the stage's
+resources. The unit of work is (stage, shard): the driver hands a shard to a free actor of its stage as soon
+as the same shard of every upstream stage is committed, so all stages work at once and a shard streams
+down the chain. Why a small driver loop over actors and not Ray Data: the commit protocol needs the unit
+of work to be a whole named shard with its own tar and manifest, written exactly once, skipped when done
+and retried alone when its actor dies; Ray Data's streaming executor works on anonymous blocks, names its
+output files itself and has no notion of a committed, resumable shard (see docs/design-decisions.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import RayActorError, RayTaskError
+
+from manifests.manifest import read_commit, manifest_path
+from manifests.storage import Storage
+from pipeline.config import PipelineConfig, RayOptions
+from pipeline.graph import StageGraph
+from pipeline.plan import RunPlan, State
+from pipeline.worker import ShardSummary, ShardTask, ShardWorker
+
+log = logging.getLogger("ffp.runner")
+
+
+def connect_ray(options: RayOptions) -> None:
+    """Join ``RAY_ADDRESS`` (or ``ray.address``) when set, else start a local Ray; dashboard on loopback."""
+    if ray.is_initialized():
+        return
+    address = os.environ.get("RAY_ADDRESS") or options.address
+    kwargs: dict[str, Any] = {"include_dashboard": options.dashboard, "logging_level": logging.WARNING}
+    if not address:
+        kwargs.update(num_cpus=options.num_cpus, num_gpus=options.num_gpus, dashboard_host=options.dashboard_host)
+    ray.init(address=address, **kwargs)
+
+
+@ray.remote
+class StageActor:
+    """A Ray actor around one :class:`ShardWorker`: the stage's model is loaded once per actor."""
+
+    def __init__(self, run_url: str, config: dict[str, Any], stage_name: str) -> None:
+        from pipeline.graph import build_graph
+
+        graph = build_graph(PipelineConfig.model_validate(config))
+        self.worker = ShardWorker(Storage(run_url), graph, stage_name)
+
+    def pid(self) -> int:
+        return os.getpid()
+
+    def run_shard(self, task: ShardTask) -> ShardSummary:
+        return self.worker.run_shard(task)
+
+
+@dataclass
+class RunReport:
+    summaries: list[ShardSummary] = field(default_factory=list)
+    errors: dict[tuple[str, int], str] = field(default_factory=dict)
+    blocked: list[tuple[str, int]] = field(default_factory=list)
+    actor_deaths: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.blocked
+
+
+Listener = Callable[[str, Any], None]
+
+
+class Driver:
+    """Schedules (stage, shard) tasks onto per-stage actor pools and follows commits downstream."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        graph: StageGraph,
+        plan: RunPlan,
+        *,
+        retry_stages: set[str] | None = None,
+        listener: Listener | None = None,
+        max_shard_attempts: int | None = None,
+    ) -> None:
+        self.storage, self.graph, self.plan = storage, graph, plan
+        self.retry_stages = retry_stages or set()
+        self.listener = listener or (lambda event, data: None)
+        self.max_shard_attempts = max_shard_attempts or graph.config.max_attempts + 1
+        self.pending: dict[str, deque[int]] = {name: deque() for name in graph.order}
+        self.resolved: set[tuple[str, int]] = set()
+        self.inflight: dict[ray.ObjectRef, tuple[str, int, Any]] = {}
+        self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.tries: Counter[tuple[str, int]] = Counter()
+        self.report = RunReport()
+        self.config_json = graph.config.model_dump(mode="json")
+
+    # Readiness ------------------------------------------------------------------------------------------
+    def _consider(self, stage: str, shard: int) -> None:
+        """Queue a shard that can run now, or mark it resolved if it is already current."""
+        if (stage, shard) in self.resolved or shard in self.pending[stage]:
+            return
+        state = self.plan.state(stage, shard, retry_failed=stage in self.retry_stages).state
+        if state == State.DONE:
+            self._resolve(stage, shard)
+        elif state in (State.TODO, State.RETRY, State.STALE):
+            if self.plan.expected_inputs_digest(stage, shard) is not None:
+                self.pending[stage].append(shard)
+
+    def _resolve(self, stage: str, shard: int) -> None:
+        self.resolved.add((stage, shard))
+        self.listener("resolved", (stage, shard))
+        for downstream in self.graph.downstream(stage):
+            if all((dep, shard) in self.resolved for dep in self.graph.nodes[downstream].deps):
+                self._consider(downstream, shard)
+
+    # Actors ---------------------------------------------------------------------------------------------
+    def _new_actor(self, stage: str) -> Any:
+        res = self.graph.nodes[stage].resources
+        options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_restarts": 0}
+        if res.memory_gb:
+            options["memory"] = int(res.memory_gb * (1 << 30))
+        actor = StageActor.options(**options).remote(self.storage.url, self.config_json, stage)
+        self.actors[stage].append(actor)
+        self.listener("actor_started", stage)
+        return actor
+
+    def _take_actor(self, stage: str) -> Any | None:
+        if self.idle[stage]:
+            return self.idle[stage].pop()
+        if len(self.actors[stage]) < self.graph.nodes[stage].resources.actors:
+            return self._new_actor(stage)
+        return None
+
+    def _retire_finished_pools(self) -> None:
+        for stage in self.graph.order:
+            if self.actors[stage] and self._stage_finished(stage):
+                for actor in self.actors[stage]:
+                    ray.kill(actor)
+                self.actors[stage], self.idle[stage] = [], []
+
+    def _stage_finished(self, stage: str) -> bool:
+        if self.pending[stage] or any(s == stage for s, _, _ in self.inflight.values()):
+            return False
+        return all(self._stage_finished(dep) for dep in self.graph.nodes[stage].deps)
+
+    # The loop -------------------------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        started = time.time()
+        for stage in self.graph.sources:
+            for shard in self.plan.shards(stage):
+                self._consider(stage, shard)
+        while True:
+            self._dispatch()
+            self._retire_finished_pools()
+            if not self.inflight:
+                break
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=5.0)
+            for ref in done:
+                self._collect(ref)
+        self.report.blocked = [
+            (stage, shard)
+            for stage in self.graph.order
+            for shard in self.plan.shards(stage)
+            if (stage, shard) not in self.resolved and (stage, shard) not in self.report.errors
+        ]
+        self.report.seconds = time.time() - started
+        return self.report
+
+    def _dispatch(self) -> None:
+        for stage in self.graph.order:
+            while self.pending[stage]:
+                actor = self._take_actor(stage)
+                if actor is None:
+                    break
+                shard = self.pending[stage].popleft()
+                task = ShardTask.from_plan(self.plan, stage, shard, retry_failed=stage in self.retry_stages)
+                self.tries[(stage, shard)] += 1
+                self.inflight[actor.run_shard.remote(task)] = (stage, shard, actor)
+                self.listener("started", (stage, shard))
+
+    def _collect(self, ref: ray.ObjectRef) -> None:
+        stage, shard, actor = self.inflight.pop(ref)
+        try:
+            summary: ShardSummary = ray.get(ref)
+        except RayActorError as exc:
+            self.report.actor_deaths += 1
+            self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+            self._retry_or_give_up(stage, shard, f"actor died: {exc.__class__.__name__}")
+            return
+        except RayTaskError as exc:
+            self.idle[stage].append(actor)
+            self._retry_or_give_up(stage, shard, str(exc.cause) if exc.cause else str(exc))
+            return
+        self.idle[stage].append(actor)
+        self.plan.commits[(stage, shard)] = read_commit(self.storage, manifest_path(stage, shard))
+        self.report.summaries.append(summary)
+        self.listener("committed", summary)
+        self._resolve(stage, shard)
+
+    def _retry_or_give_up(self, stage: str, shard: int, error: str) -> None:
+        self.listener("shard_error", (stage, shard, error))
+        if self.tries[(stage, shard)] < self.max_shard_attempts:
+            self.pending[stage].appendleft(shard)
+        else:
+            self.report.errors[(stage, shard)] = error

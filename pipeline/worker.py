@@ -1,0 +1,287 @@
+"""Running one (stage, shard): gather inputs, reuse what is already done, process the rest, commit.
+
+This is the body of a stage actor (see ``pipeline.runner``); it is plain Python so tests can drive it
+without Ray. Order of work for a shard:
+
+1. its input items: the shard's source rows, or the samples that are ``ok`` in every upstream shard;
+2. rows of an earlier commit with the same fingerprint move to ``_partial/`` (all of them, except failed
+   ones when retrying), and only then is the old manifest removed: a crash at any point loses nothing;
+3. each item not in ``_partial/`` is processed in batches, its attempt counted before it runs;
+4. the tar and then the manifest are written, and ``_partial/`` is cleared.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from manifests.manifest import Status, commit_shard, read_manifest, uncommit_shard
+from manifests.partial import ItemResult, PartialStore
+from manifests.shards import ShardReader, open_shard
+from manifests.storage import Storage
+from pipeline.graph import StageGraph, StageNode
+from pipeline.plan import RunPlan
+from pipeline.stage import Result, Sample, Stage, StageContext
+
+WORKER = f"{socket.gethostname()}:{os.getpid()}"
+
+
+@dataclass(frozen=True)
+class ShardTask:
+    """One unit of scheduling, with what the driver knows of its inputs."""
+
+    stage: str
+    shard: int
+    inputs_digest: str
+    source_rows: tuple[dict[str, Any], ...] = ()
+    retry_failed: bool = False
+
+    @classmethod
+    def from_plan(cls, plan: RunPlan, stage: str, shard: int, *, retry_failed: bool = False) -> ShardTask:
+        expected = plan.expected_inputs_digest(stage, shard)
+        if expected is None:
+            raise InputError(f"{stage}/shard {shard}: upstream shards are not committed and current")
+        rows = plan.source_rows[stage].get(shard, []) if stage in plan.source_rows else []
+        return cls(stage, shard, expected, tuple(rows), retry_failed)
+
+
+@dataclass
+class ShardSummary:
+    stage: str
+    shard: int
+    counts: dict[str, int] = field(default_factory=dict)
+    processed: int = 0
+    reused: int = 0
+    seconds: float = 0.0
+
+
+class InputError(RuntimeError):
+    """The shard's inputs are not in place (an upstream shard is missing or changed)."""
+
+
+class ShardWorker:
+    """Holds one stage instance (models loaded once) and runs shards of that stage."""
+
+    def __init__(self, storage: Storage, graph: StageGraph, stage_name: str) -> None:
+        self.storage, self.graph = storage, graph
+        self.node: StageNode = graph.nodes[stage_name]
+        context = StageContext(name=stage_name, run=storage, lineage=self.node.lineage(graph))
+        self.stage: Stage = self.node.cls(self.node.params, context)
+        self.stage.setup()
+        self.max_attempts = graph.config.max_attempts
+
+    # Inputs ---------------------------------------------------------------------------------------------
+    def _inputs(self, task: ShardTask, readers: _LazyReaders) -> list[Sample]:
+        node, shard = self.node, task.shard
+        if node.cls.is_source:
+            return [Sample(row["source_id"], shard, dict(row)) for row in task.source_rows]
+        tables = {}
+        for ancestor in node.ancestors:
+            found = read_manifest(self.storage, ancestor, shard)
+            if found is None:
+                raise InputError(f"{node.name}/shard {shard}: no manifest for upstream stage {ancestor}")
+            tables[ancestor] = {row["sample_id"]: row for row in found[1].to_pylist()}
+        ok_sets = [
+            {sid for sid, row in tables[dep].items() if row["status"] == Status.OK} for dep in node.deps
+        ]
+        ids = sorted(set.intersection(*ok_sets)) if ok_sets else []
+        samples = []
+        for sample_id in ids:
+            columns: dict[str, Any] = {}
+            for ancestor in reversed(node.ancestors):  # nearest ancestor wins
+                row = tables[ancestor].get(sample_id) or {}
+                columns.update({k: row.get(k) for k in self.graph.nodes[ancestor].cls.columns})
+            samples.append(Sample(sample_id, shard, columns, readers.reader_for(sample_id, node.owners)))
+        return samples
+
+    # The shard ------------------------------------------------------------------------------------------
+    def run_shard(self, task: ShardTask) -> ShardSummary:
+        if task.stage != self.node.name:
+            raise ValueError(f"worker of stage {self.node.name} got a task of stage {task.stage}")
+        with _LazyReaders(self.storage, self.graph, task.shard) as readers:
+            return self._run(task, self._inputs(task, readers))
+
+    def _run(self, task: ShardTask, samples: list[Sample]) -> ShardSummary:
+        started, node, shard = time.time(), self.node, task.shard
+        partial = PartialStore(self.storage, node.name, shard)
+        self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry_failed)
+        summary = ShardSummary(node.name, shard)
+        results: dict[str, ItemResult] = {}
+        pending: list[Sample] = []
+        for sample in samples:
+            saved = partial.load(sample.sample_id)
+            if saved is not None:
+                results[sample.sample_id] = saved
+                summary.reused += 1
+            elif partial.attempts(sample.sample_id) >= self.max_attempts:
+                results[sample.sample_id] = self._quarantine(
+                    sample, partial, f"the worker died on each of {self.max_attempts} attempts at this sample"
+                )
+            else:
+                pending.append(sample)
+        if pending:
+            self.stage.prepare_shard(samples)
+        for batch in _batches(pending, self.node.cls.batch_size):
+            for sample_id, item in self._process_batch(batch, partial).items():
+                results[sample_id] = item
+                summary.processed += 1
+        rows = [row for item in results.values() for row in item.rows]
+        files = {sid: fields for item in results.values() for sid, fields in item.files.items()}
+        info = commit_shard(
+            self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
+            stage_columns=node.cls.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
+            extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused},
+        )
+        partial.clear()
+        summary.counts, summary.seconds = dict(info.counts), time.time() - started
+        return summary
+
+    def _move_commit_to_partial(self, partial: PartialStore, shard: int, inputs: set[str], retry: bool) -> None:
+        found = read_manifest(self.storage, self.node.name, shard)
+        if found is None:
+            return
+        info, table = found
+        if info.fingerprint == self.node.fingerprint:
+            by_input: dict[str, list[dict[str, Any]]] = {}
+            for row in table.to_pylist():
+                by_input.setdefault(row["input_id"], []).append(row)
+            reader = open_shard(self.storage, info.tar_path) if info.tar_samples else None
+            for input_id, rows in by_input.items():
+                keep = input_id in inputs and not (retry and any(r["status"] == Status.FAILED for r in rows))
+                if keep and partial.load(input_id) is None:
+                    for row in rows:
+                        row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
+                    files = {r["sample_id"]: reader.sample(r["sample_id"]) for r in rows if reader and r["status"] == Status.OK}
+                    partial.save(input_id, rows, files)
+                elif keep is False and retry and input_id in inputs:
+                    # carry the attempt count forward so repeated failures end in quarantine
+                    attempts = max(int(r.get("attempts") or 1) for r in rows)
+                    while partial.attempts(input_id) < attempts:
+                        partial.begin(input_id)
+        uncommit_shard(self.storage, self.node.name, shard)
+
+    # Processing -----------------------------------------------------------------------------------------
+    def _process_batch(self, batch: list[Sample], partial: PartialStore) -> dict[str, ItemResult]:
+        if len(batch) > 1 and any(partial.attempts(s.sample_id) for s in batch):
+            batch_results: dict[str, ItemResult] = {}
+            for sample in batch:  # an earlier try of this batch crashed: isolate the culprit
+                batch_results.update(self._process_batch([sample], partial))
+            return batch_results
+        attempts = {s.sample_id: partial.begin(s.sample_id) for s in batch}
+        started = time.time()
+        try:
+            produced = self.stage.process(batch)
+        except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
+            if len(batch) > 1:
+                return {k: v for s in batch for k, v in self._process_batch([s], partial).items()}
+            sample = batch[0]
+            if attempts[sample.sample_id] < self.max_attempts:
+                return self._process_batch(batch, partial)
+            return {sample.sample_id: self._quarantine(sample, partial, _describe(exc))}
+        elapsed = (time.time() - started) / max(1, len(batch))
+        grouped = self._group(batch, produced)
+        out: dict[str, ItemResult] = {}
+        for sample in batch:
+            rows, files = [], {}
+            for result in grouped[sample.sample_id]:
+                result = self._check(result)
+                rows.append(self._row(result, sample, attempts[sample.sample_id], elapsed))
+                if result.status == Status.OK:
+                    files[result.sample_id] = result.files
+            partial.save(sample.sample_id, rows, files)
+            out[sample.sample_id] = ItemResult(rows, files)
+        return out
+
+    def _group(self, batch: Sequence[Sample], produced: Sequence[Result]) -> dict[str, list[Result]]:
+        grouped: dict[str, list[Result]] = {s.sample_id: [] for s in batch}
+        if self.node.cls.is_source:
+            for result in produced:
+                owner = next((s.sample_id for s in batch if _derives(result.sample_id, s.sample_id)), None)
+                if owner is None:
+                    raise ValueError(f"{self.node.name} returned sample {result.sample_id!r} not derived from its inputs")
+                grouped[owner].append(result)
+        else:
+            for result in produced:
+                if result.sample_id not in grouped or grouped[result.sample_id]:
+                    raise ValueError(f"{self.node.name} returned {result.sample_id!r}: not exactly one result per input")
+                grouped[result.sample_id].append(result)
+        for sample in batch:
+            if not grouped[sample.sample_id]:
+                grouped[sample.sample_id].append(
+                    Result.failed(sample.sample_id, f"stage {self.node.name} returned no result for this sample")
+                )
+        return grouped
+
+    def _check(self, result: Result) -> Result:
+        unknown_files = set(result.files) - set(self.node.cls.writes)
+        unknown_columns = set(result.columns) - set(self.node.cls.columns)
+        if unknown_files or unknown_columns:
+            return Result.failed(
+                result.sample_id,
+                f"stage wrote undeclared fields {sorted(unknown_files)} / columns {sorted(unknown_columns)}",
+            )
+        return result
+
+    def _row(self, result: Result, sample: Sample, attempts: int, seconds: float) -> dict[str, Any]:
+        status, reason = result.status, result.reason
+        if status == Status.FAILED and attempts >= self.max_attempts > 1:
+            status, reason = Status.QUARANTINED, f"failed on {attempts} attempts; last: {reason}"
+        return {
+            "sample_id": result.sample_id, "input_id": sample.sample_id, "shard": sample.shard,
+            "stage": self.node.name, "status": str(status), "reason": reason, "attempts": attempts,
+            "fingerprint": self.node.fingerprint, "worker": WORKER, "seconds": seconds,
+            "finished_at": time.time(), **result.columns,
+        }
+
+    def _quarantine(self, sample: Sample, partial: PartialStore, reason: str) -> ItemResult:
+        result = Result(sample.sample_id, Status.QUARANTINED, reason=reason)
+        rows = [self._row(result, sample, partial.attempts(sample.sample_id), 0.0)]
+        partial.save(sample.sample_id, rows, {})
+        return ItemResult(rows, {})
+
+
+class _LazyReaders:
+    """Opens an upstream shard tar only when a sample first reads one of its fields."""
+
+    def __init__(self, storage: Storage, graph: StageGraph, shard: int) -> None:
+        self.storage, self.graph, self.shard = storage, graph, shard
+        self.open: dict[str, ShardReader] = {}
+
+    def __enter__(self) -> _LazyReaders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for reader in self.open.values():
+            reader.handle.close()
+
+    def reader_for(self, sample_id: str, owners: dict[str, str]) -> Callable[[str], bytes]:
+        def read(field_name: str) -> bytes:
+            stage = owners.get(field_name)
+            if stage is None:
+                raise KeyError(f"no stage before this one writes {field_name!r}")
+            if stage not in self.open:
+                self.open[stage] = open_shard(self.storage, self.graph.nodes[stage].tar_path(self.shard))
+            return self.open[stage].read(sample_id, field_name)
+
+        return read
+
+
+def _batches(items: list[Sample], size: int) -> list[list[Sample]]:
+    size = max(1, size)
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _derives(sample_id: str, source_id: str) -> bool:
+    return sample_id == source_id or sample_id.startswith(source_id + "-")
+
+
+def _describe(exc: BaseException) -> str:
+    frames = traceback.extract_tb(exc.__traceback__)
+    where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+

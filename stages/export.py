@@ -1,0 +1,142 @@
+"""Export: the final pair format (DESIGN §1) as WebDataset shards, a dataset manifest and a dataset card.
+
+Each pair is ``<key>.src.mp4``, ``<key>.edit.mp4``, ``<key>.edit0.png``, ``<key>.mask.npz`` (per-frame edit
+mask, uint8 0/255, lossless) and ``<key>.json`` (task, instruction, captions, scores, provenance). Media
+bytes are passed through from the stages that made them: nothing is decoded or re-encoded here. Which
+upstream field becomes which pair member is config, so every track exports through this one stage.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+from pydantic import Field
+
+from manifests.manifest import Status
+from manifests.storage import Storage
+from pipeline.stage import Params, Result, Sample, Stage
+from stages.arrays import json_bytes
+
+PAIR_COLUMNS: dict[str, pa.DataType] = {
+    "task": pa.string(),
+    "instruction": pa.string(),
+    "caption_src": pa.string(),
+    "caption_edit": pa.string(),
+    "source_id": pa.string(),
+    "source_uri": pa.string(),
+    "clip_index": pa.int16(),
+    "num_frames": pa.int16(),
+    "fps": pa.float32(),
+    "width": pa.int16(),
+    "height": pa.int16(),
+    "augmentation": pa.string(),
+    "donor_id": pa.string(),
+    "edit_area": pa.float32(),
+    "src_bytes": pa.int64(),
+    "edit_bytes": pa.int64(),
+    "lineage": pa.string(),
+}
+
+
+class ExportParams(Params):
+    src: str = Field("aug.mp4", description="upstream field exported as src.mp4 (the model input)")
+    edit: str = Field("clip.mp4", description="upstream field exported as edit.mp4 (the target)")
+    edit0: str = Field("frame0.png", description="upstream field exported as edit0.png (edited first frame)")
+    mask: str = Field("aug_mask.npz", description="upstream field exported as mask.npz (per-frame edit mask)")
+    dataset_name: str = "ffp-pairs"
+
+
+class Export(Stage):
+    version = "1"
+    Params = ExportParams
+    writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
+    columns = PAIR_COLUMNS
+    output_dir = "export"
+    params: ExportParams
+
+    @classmethod
+    def reads_for(cls, params: Params) -> tuple[str, ...]:
+        assert isinstance(params, ExportParams)
+        return (params.src, params.edit, params.edit0, params.mask, "task", "instruction")
+
+    def process(self, samples: Sequence[Sample]) -> list[Result]:
+        return [self._one(sample) for sample in samples]
+
+    def _one(self, sample: Sample) -> Result:
+        p = self.params
+        src, edit = sample.read(p.src), sample.read(p.edit)
+        columns = {name: sample.columns.get(name) for name in PAIR_COLUMNS if name in sample.columns}
+        columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True))
+        card = {
+            "sample_id": sample.sample_id,
+            **{k: v for k, v in columns.items() if k not in ("lineage",)},
+            "captions": {"src": columns.get("caption_src"), "edit": columns.get("caption_edit")},
+            "scores": {},
+            "provenance": {"fingerprints": self.context.lineage, "fields": p.model_dump()},
+        }
+        files = {
+            "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), "mask.npz": sample.read(p.mask),
+            "json": json_bytes(card),
+        }
+        return Result.ok(sample.sample_id, files, **columns)
+
+    @classmethod
+    def finalize(cls, name: str, run: Storage, params: Params) -> None:
+        """``export/dataset.parquet`` (every accepted pair with its columns) and ``export/README.md``."""
+        assert isinstance(params, ExportParams)
+        files = run.list(f"manifests/{name}", pattern="shard-*.parquet")
+        tables = []
+        for rel in files:
+            with run.open(rel) as handle:
+                tables.append(pq.read_table(handle).replace_schema_metadata(None))
+        table = pa.concat_tables(tables) if tables else pa.table({})
+        if tables:
+            table = table.filter(pads.field("status") == Status.OK.value)
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer, compression="zstd")
+        run.write_bytes(f"{cls.output_dir}/dataset.parquet", buffer.getvalue())
+        run.write_bytes(f"{cls.output_dir}/README.md", _card(params.dataset_name, table, len(files)).encode())
+
+
+def _card(dataset: str, table: pa.Table, shards: int) -> str:
+    rows: list[dict[str, Any]] = table.to_pylist() if table.num_rows else []
+    by_task: dict[str, int] = {}
+    for row in rows:
+        by_task[row["task"] or "?"] = by_task.get(row["task"] or "?", 0) + 1
+    total = sum((row["src_bytes"] or 0) + (row["edit_bytes"] or 0) for row in rows)
+    lineages = sorted({row["lineage"] for row in rows if row["lineage"]})
+    lines = [
+        f"# {dataset}",
+        "",
+        f"Made by ffp on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(rows)} pairs in {shards} shards "
+        f"({total / 1e6:.1f} MB of video).",
+        "",
+        "| task | pairs |",
+        "|---|---|",
+        *[f"| {task} | {count} |" for task, count in sorted(by_task.items())],
+        "",
+        "Each pair: `src.mp4` (model input), `edit.mp4` (target), `edit0.png` (edited first frame), `mask.npz`",
+        "(per-frame edit mask, `np.load(..., allow_pickle=False)['masks']`), `json` (task, instruction, captions,",
+        "scores, provenance). Every pair with its columns: `dataset.parquet`.",
+        "",
+        "## Provenance (stage fingerprints)",
+        "",
+        *[f"- `{lineage}`" for lineage in lineages],
+        "",
+        "## Read it",
+        "",
+        "```python",
+        "import webdataset as wds",
+        "for pair in wds.WebDataset('export/shard-{000000..000009}.tar', shardshuffle=False):",
+        "    pair['src.mp4'], pair['edit.mp4'], pair['json']",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,24 @@
+"""Stage types by name. Adding a stage: one module in ``stages/`` and one line here."""
+
+from __future__ import annotations
+
+from importlib import import_module
+
+from pipeline.stage import Stage
+
+STAGES: dict[str, str] = {
+    "ingest": "stages.ingest:Ingest",
+    "synth_augment": "stages.synth:SynthAugment",
+    "export": "stages.export:Export",
+}
+
+
+def stage_class(type_name: str) -> type[Stage]:
+    try:
+        module_name, _, class_name = STAGES[type_name].partition(":")
+    except KeyError:
+        raise KeyError(f"unknown stage type {type_name!r} (known: {', '.join(sorted(STAGES))})") from None
+    cls = getattr(import_module(module_name), class_name)
+    if not (isinstance(cls, type) and issubclass(cls, Stage)):
+        raise TypeError(f"{STAGES[type_name]} is not a Stage subclass")
+    return cls

@@ -1,0 +1,671 @@
+"""Video I/O for the ingest stage: probe, plan, cut clips, encode, decode, PNG masks.
+
+Design (see ``cut_clips``): a source video is decoded once, front to back; every source frame that
+some clip needs is cropped/resized once and handed to the open H.264 encoder of every clip that uses
+it. Frames stay in YUV 4:2:0 from the decoder to the encoder (as the ffmpeg CLI does), so there is no
+RGB round trip on the hot path; RGB is produced only for ``Clip.first_frame``.
+
+Conventions the callers can rely on:
+
+* Frame selection: output frame ``j`` of a clip whose start time is ``t0`` takes source frame
+  ``round(t0 * src_fps) + round(j * src_fps / fps)`` (rounding half up, exact rational arithmetic).
+  The start is snapped to a source frame first, so with ``fps == src_fps`` the frames are exactly
+  consecutive. Source frame ``i`` is the ``i``-th frame the decoder outputs (presentation order):
+  variable-frame-rate files are treated as constant rate at their average rate.
+* Geometry: ``resize_center_crop`` crops the largest centred box with the target aspect ratio, then
+  resizes it to the target size. The box has even offsets and even size so that it maps exactly
+  onto 4:2:0 chroma; both the YUV path and the RGB path use the same box.
+* Sizes: output width and height must be even (yuv420p); odd requested sizes raise ``ValueError``.
+  ``encode_frames`` raises ``VideoError`` for odd-sized frames (it never pads). With
+  ``width=height=None`` the native size is kept, minus one row/column when it is odd (centre crop).
+* Rotation: display-matrix rotation (phone videos) is applied; ``VideoInfo.width/height`` are the
+  displayed (rotated) size.
+* Colour: the source's colour tags (matrix, range, primaries, transfer) are copied onto clip mp4s;
+  RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged BT.709.
+* Damaged input: a file that cannot be opened raises ``VideoError`` from ``probe``; if decoding stops
+  early (truncated ``mdat``, corrupt data), ``cut_clips`` returns the clips that were completed and
+  raises ``VideoError`` only if none was (or if ``strict=True`` and any planned clip is missing).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import zlib
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from typing import BinaryIO, Union
+
+import av
+import cv2
+import numpy as np
+
+Source = Union[str, "os.PathLike[str]", BinaryIO]
+
+_BT709 = 1  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for BT.709
+_MPEG_RANGE = 1  # AVCOL_RANGE_MPEG (limited, 16-235)
+_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG (full)
+_UNSPECIFIED = 2  # AVCOL_SPC/PRI/TRC_UNSPECIFIED
+
+
+class VideoError(Exception):
+    """A video (or image) that cannot be used, with a readable reason, e.g.
+    ``'not a video: no video stream'``, ``'cannot decode: <av message>'``,
+    ``'too large: 16384x16384 > max_pixels (16777216)'``."""
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int  # displayed size (after rotation)
+    height: int
+    fps: float  # average frame rate
+    num_frames: int  # from the container, else estimated as round(duration_s * fps)
+    duration_s: float
+    codec: str
+    rotation: int = 0  # degrees counter-clockwise applied for display (0, 90, 180, 270)
+
+
+@dataclass(frozen=True)
+class ClipSpec:
+    num_frames: int = 81
+    fps: float | None = 16.0  # None = keep the source fps
+    width: int | None = 1280  # None (both) = keep native size
+    height: int | None = 720
+    stride_s: float | None = None  # seconds between clip starts; None = back-to-back
+    max_clips: int = 1
+    start_s: float = 0.0
+    crf: int = 18
+    preset: str = "veryfast"
+    max_pixels: int = 4096 * 4096  # decode-bomb guard, checked on the probe before decoding
+    threads: int = 0  # libx264 threads; 0 = x264's automatic choice (1.5 x cores)
+
+
+@dataclass
+class Clip:
+    index: int  # clip index within the video
+    source_frames: list[int]  # source frame index of each output frame
+    mp4: bytes  # H.264 yuv420p mp4, exactly len(source_frames) frames at fps
+    first_frame: np.ndarray  # RGB uint8 HxWx3 of output frame 0 (pre-encode pixels)
+    width: int
+    height: int
+    fps: float
+    masks: np.ndarray | None = None  # (T,H,W) uint8 palette ids (image-sequence input only)
+
+
+# --------------------------------------------------------------------------------------------
+# Probe
+
+
+def _rate(x: float | Fraction) -> Fraction:
+    """Exact rational frame rate: 29.97002997... -> 30000/1001, 16.0 -> 16."""
+    return Fraction(x).limit_denominator(100_000)
+
+
+def _open(source: Source | bytes) -> av.container.InputContainer:
+    if isinstance(source, bytes):
+        source = io.BytesIO(source)
+    if isinstance(source, (str, os.PathLike)):
+        path = os.fspath(source)
+        if not os.path.exists(path):
+            raise VideoError(f"not found: {path}")
+        if os.path.getsize(path) == 0:
+            raise VideoError(f"empty file: {path}")
+    else:
+        source.seek(0, io.SEEK_END)
+        size = source.tell()
+        source.seek(0)
+        if size == 0:
+            raise VideoError("empty file")
+    try:
+        return av.open(source, mode="r", metadata_errors="ignore")
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot open: not a video or damaged container ({e})") from e
+
+
+def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
+    """Read the stream header and decode the first frame (proves the file is decodable and gives
+    the rotation). With ``max_pixels``, an oversized frame is refused before anything is decoded."""
+    with _open(source) as container:
+        if not container.streams.video:
+            raise VideoError("not a video: no video stream")
+        stream = container.streams.video[0]
+        ctx = stream.codec_context
+        width, height = ctx.width, ctx.height
+        if width <= 0 or height <= 0:
+            raise VideoError("cannot decode: unknown frame size")
+        _check_pixels(width, height, max_pixels)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        if not rate or rate <= 0:
+            raise VideoError("not a video: unknown frame rate")
+        fps = float(rate)
+        if stream.duration and stream.time_base:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        num_frames = stream.frames or int(round(duration * fps))
+        try:
+            first = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode: {e}") from e
+        if first is None:
+            raise VideoError("cannot decode: no frames")
+        rotation = _rotation(first)
+        if rotation in (90, 270):
+            width, height = height, width
+        if num_frames <= 0:
+            raise VideoError("cannot decode: unknown number of frames")
+        return VideoInfo(width, height, fps, num_frames, duration or num_frames / fps, ctx.name, rotation)
+
+
+def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+    if max_pixels is not None and width * height > max_pixels:
+        raise VideoError(f"too large: {width}x{height} > max_pixels ({max_pixels})")
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    try:
+        angle = int(round(frame.rotation))
+    except (AttributeError, TypeError, ValueError):
+        return 0
+    return (round(angle / 90) * 90) % 360
+
+
+# --------------------------------------------------------------------------------------------
+# Planning and geometry
+
+
+def _half_up(x: Fraction) -> int:
+    return int((x + Fraction(1, 2)) // 1)
+
+
+def plan_clips(info: VideoInfo, spec: ClipSpec) -> list[list[int]]:
+    """Source frame indices of each clip. Clip ``k`` starts at ``t0 = start_s + k * stride_s``
+    (stride default: the clip duration ``num_frames / fps``); its output frame ``j`` takes source
+    frame ``round(t0 * src_fps) + round(j * src_fps / fps)`` (half up). With ``fps == src_fps``
+    the frames are consecutive; when ``fps > src_fps`` source frames repeat. Only clips that fit
+    entirely inside the video are returned ([] if it is too short)."""
+    _check_spec(spec)
+    src = _rate(info.fps)
+    out = src if spec.fps is None else _rate(spec.fps)
+    stride = Fraction(spec.num_frames) / out if spec.stride_s is None else Fraction(spec.stride_s)
+    offsets = [_half_up(j * src / out) for j in range(spec.num_frames)]
+    clips: list[list[int]] = []
+    for k in range(spec.max_clips):
+        start = _half_up((Fraction(spec.start_s) + k * stride) * src)
+        if start + offsets[-1] >= info.num_frames:
+            break
+        clips.append([start + o for o in offsets])
+    return clips
+
+
+def _check_spec(spec: ClipSpec) -> None:
+    if spec.num_frames < 1:
+        raise ValueError(f"num_frames must be >= 1, got {spec.num_frames}")
+    if spec.fps is not None and spec.fps <= 0:
+        raise ValueError(f"fps must be > 0, got {spec.fps}")
+    if spec.stride_s is not None and spec.stride_s <= 0:
+        raise ValueError(f"stride_s must be > 0, got {spec.stride_s}")
+    if spec.start_s < 0 or spec.max_clips < 0:
+        raise ValueError("start_s and max_clips must be >= 0")
+    for name in ("width", "height"):
+        value = getattr(spec, name)
+        if value is not None and (value < 2 or value % 2):
+            raise ValueError(f"{name} must be even and >= 2 (yuv420p), got {value}")
+
+
+def _output_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int]:
+    """(W, H): the spec's size; with one side None it follows the aspect ratio; with both None the
+    native size rounded down to even."""
+    w, h = spec.width, spec.height
+    if w is None and h is None:
+        return width - width % 2, height - height % 2
+    if w is None:
+        w = max(2, 2 * round(h * width / height / 2))
+    if h is None:
+        h = max(2, 2 * round(w * height / width / 2))
+    return w, h
+
+
+def _crop_box(w: int, h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
+    """Centred box (x0, y0, cw, ch) with the aspect ratio out_w:out_h, even offsets and size."""
+    if w * out_h > out_w * h:  # source wider than target: full height
+        ch, cw = h, round(h * out_w / out_h)
+    else:
+        cw, ch = w, round(w * out_h / out_w)
+    cw, ch = max(2, min(cw, w) & ~1), max(2, min(ch, h) & ~1)
+    x0, y0 = ((w - cw) // 2) & ~1, ((h - ch) // 2) & ~1
+    return x0, y0, cw, ch
+
+
+def _interp(src_w: int, out_w: int, nearest: bool) -> int:
+    if nearest:
+        return cv2.INTER_NEAREST
+    return cv2.INTER_AREA if src_w > out_w else cv2.INTER_CUBIC
+
+
+def resize_center_crop(frame: np.ndarray, width: int, height: int, *, nearest: bool = False) -> np.ndarray:
+    """Cover (width, height) keeping the aspect ratio, centre-cropping the excess. Returns
+    ``frame`` itself when it already has that size. INTER_NEAREST with ``nearest=True`` (label
+    masks), else INTER_AREA when shrinking and INTER_CUBIC when growing."""
+    h, w = frame.shape[:2]
+    if (w, h) == (width, height):
+        return frame
+    x0, y0, cw, ch = _crop_box(w, h, width, height)
+    crop = frame[y0 : y0 + ch, x0 : x0 + cw]
+    if (cw, ch) == (width, height):
+        return np.ascontiguousarray(crop)
+    return cv2.resize(crop, (width, height), interpolation=_interp(cw, width, nearest))
+
+
+# --------------------------------------------------------------------------------------------
+# YUV 4:2:0 pictures and encoders
+
+
+@dataclass(frozen=True)
+class _Colour:
+    """Colour tags (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic)."""
+
+    space: int = _UNSPECIFIED
+    range: int = _MPEG_RANGE
+    primaries: int = _UNSPECIFIED
+    trc: int = _UNSPECIFIED
+
+
+_RGB_COLOUR = _Colour(_BT709, _MPEG_RANGE, _BT709, _BT709)
+
+
+@dataclass
+class _Picture:
+    """One prepared source frame at output size: I420 planes packed as (H*3/2, W)."""
+
+    i420: np.ndarray
+    colour: _Colour
+    rgb: np.ndarray | None = None  # known when the input was RGB
+    mask: np.ndarray | None = None
+
+    def to_rgb(self) -> np.ndarray:
+        if self.rgb is None:
+            self.rgb = self.frame().to_ndarray(format="rgb24")
+        return self.rgb
+
+    def frame(self) -> av.VideoFrame:
+        frame = av.VideoFrame.from_ndarray(self.i420, format="yuv420p")
+        frame.colorspace, frame.color_range = self.colour.space, self.colour.range
+        return frame
+
+
+def _planes(frame: av.VideoFrame) -> list[np.ndarray]:
+    """Y, U, V of a yuv420p frame as 2-D views (no copy; valid while ``frame`` lives)."""
+    out = []
+    for i, plane in enumerate(frame.planes):
+        w, h = (frame.width, frame.height) if i == 0 else ((frame.width + 1) // 2, (frame.height + 1) // 2)
+        buf = np.frombuffer(plane, np.uint8).reshape(-1, plane.line_size)
+        out.append(buf[:h, :w])
+    return out
+
+
+_ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
+
+
+def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, rotation: int) -> _Picture:
+    """Rotate, centre-crop and resize a decoded frame in YUV 4:2:0 (each plane with OpenCV)."""
+    fmt = frame.format.name
+    colour = _Colour(frame.colorspace, frame.color_range or _MPEG_RANGE, frame.color_primaries, frame.color_trc)
+    if fmt == "yuvj420p":
+        colour = _Colour(colour.space, _JPEG_RANGE, colour.primaries, colour.trc)
+    elif fmt != "yuv420p":
+        if colour.space == 0:  # RGB sources (gbrp, rgb24...): convert with BT.601, leave untagged
+            colour = _Colour()
+        frame = frame.reformat(format="yuv420p")
+    planes = _planes(frame)
+    if rotation:
+        planes = [cv2.rotate(p, _ROTATE[rotation]) for p in planes]
+    h, w = planes[0].shape
+    x0, y0, cw, ch = _crop_box(w, h, out_w, out_h)
+    interp = _interp(cw, out_w, nearest=False)
+    out = np.empty((out_h * 3 // 2, out_w), np.uint8)
+    flat = out.reshape(-1)
+    n, c = out_w * out_h, out_w * out_h // 4
+    targets = [
+        (flat[:n].reshape(out_h, out_w), 1),
+        (flat[n : n + c].reshape(out_h // 2, out_w // 2), 2),
+        (flat[n + c :].reshape(out_h // 2, out_w // 2), 2),
+    ]
+    for plane, (dst, sub) in zip(planes, targets):
+        crop = plane[y0 // sub : (y0 + ch) // sub, x0 // sub : (x0 + cw) // sub]
+        if crop.shape == dst.shape:
+            dst[...] = crop
+        else:
+            cv2.resize(crop, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=interp)
+    return _Picture(out, colour)
+
+
+def _picture_from_rgb(rgb: np.ndarray, mask: np.ndarray | None = None) -> _Picture:
+    frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
+    yuv = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
+    return _Picture(yuv.to_ndarray(), _RGB_COLOUR, rgb=rgb, mask=mask)
+
+
+class _Encoder:
+    """libx264 yuv420p into an in-memory mp4."""
+
+    def __init__(self, width: int, height: int, fps: Fraction, colour: _Colour, crf: int, preset: str, threads: int):
+        self._buf = io.BytesIO()
+        self._container = av.open(self._buf, mode="w", format="mp4")
+        self._stream = self._container.add_stream("libx264", rate=fps)
+        self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
+        ctx = self._stream.codec_context
+        ctx.colorspace, ctx.color_range = colour.space, colour.range
+        ctx.color_primaries, ctx.color_trc = colour.primaries, colour.trc
+        self._stream.options = {"crf": str(crf), "preset": preset, "threads": str(threads)}
+        self._time_base = 1 / fps
+        self.count = 0
+
+    def add(self, frame: av.VideoFrame) -> None:
+        frame.pts, frame.time_base = self.count, self._time_base
+        self.count += 1
+        self._container.mux(self._stream.encode(frame))
+
+    def finish(self) -> bytes:
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        return self._buf.getvalue()
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except (av.FFmpegError, ValueError):
+            pass
+
+
+# --------------------------------------------------------------------------------------------
+# Cutting
+
+
+def _run_plans(
+    plans: list[list[int]],
+    pictures: Iterator[tuple[int, Callable[[], _Picture]]],
+    out_w: int,
+    out_h: int,
+    fps: Fraction,
+    spec: ClipSpec,
+    with_masks: bool,
+) -> list[Clip]:
+    """Feed each needed source picture (prepared once) to the encoder of every clip using it.
+    ``pictures`` yields (source index, prepare) in increasing index order; it may end early."""
+    uses: dict[int, list[int]] = {}  # source index -> clip indices, one entry per use
+    for k, plan in enumerate(plans):
+        for idx in plan:
+            uses.setdefault(idx, []).append(k)
+    last = max(uses)
+    encoders: dict[int, _Encoder] = {}
+    masks: dict[int, list[np.ndarray]] = {}
+    firsts: dict[int, np.ndarray] = {}
+    done: dict[int, Clip] = {}
+    try:
+        for idx, prepare in pictures:
+            if idx > last:
+                break
+            if idx not in uses:
+                continue
+            pic = prepare()
+            for k in uses[idx]:
+                enc = encoders.get(k)
+                if enc is None:
+                    enc = encoders[k] = _Encoder(out_w, out_h, fps, pic.colour, spec.crf, spec.preset, spec.threads)
+                    firsts[k] = pic.to_rgb()
+                    masks[k] = []
+                enc.add(pic.frame())
+                if with_masks:
+                    masks[k].append(pic.mask)
+                if enc.count == len(plans[k]):
+                    mp4 = encoders.pop(k).finish()
+                    clip_masks = np.stack(masks.pop(k)) if with_masks else None
+                    done[k] = Clip(k, plans[k], mp4, firsts.pop(k), out_w, out_h, float(fps), clip_masks)
+    finally:
+        for enc in encoders.values():
+            enc.abort()
+    return [done[k] for k in sorted(done)]
+
+
+def _decoded(container: av.container.InputContainer, stream: av.VideoStream, errors: list[str]) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order; a decode/demux error ends the iteration (recorded)."""
+    try:
+        yield from container.decode(stream)
+    except av.FFmpegError as e:
+        errors.append(str(e))
+
+
+def cut_clips(source: Source, spec: ClipSpec, info: VideoInfo | None = None, *, strict: bool = False) -> list[Clip]:
+    """Cut ``plan_clips(info, spec)`` out of a video, decoding it once (streaming, stops after the
+    last needed frame). Each needed frame is cropped/resized once (in YUV) and fed to the encoder
+    of every clip that uses it; at most the overlapping clips' encoders are open at a time.
+
+    Returns the completed clips. If decoding ends early (truncated or corrupt file) the incomplete
+    clips are dropped; ``VideoError`` is raised if no clip was completed, or with ``strict=True``
+    if any planned clip is missing."""
+    _check_spec(spec)
+    if info is None:
+        info = probe(source, max_pixels=spec.max_pixels)
+    _check_pixels(info.width, info.height, spec.max_pixels)
+    plans = plan_clips(info, spec)
+    if not plans:
+        return []
+    out_w, out_h = _output_size(info.width, info.height, spec)
+    fps = _rate(info.fps) if spec.fps is None else _rate(spec.fps)
+    errors: list[str] = []
+    decoded = 0
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+
+        def pictures() -> Iterator[tuple[int, Callable[[], _Picture]]]:
+            nonlocal decoded
+            for idx, frame in enumerate(_decoded(container, stream, errors)):
+                decoded = idx + 1
+                yield idx, lambda frame=frame: _picture_from_frame(frame, out_w, out_h, info.rotation)
+
+        try:
+            clips = _run_plans(plans, pictures(), out_w, out_h, fps, spec, with_masks=False)
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot encode: {e}") from e
+    if not clips or (strict and len(clips) < len(plans)):
+        reason = f" ({errors[0]})" if errors else ""
+        raise VideoError(
+            f"cannot decode: stream ended after {decoded} frames{reason}; "
+            f"{len(clips)} of {len(plans)} planned clips completed (truncated or corrupt file?)"
+        )
+    return clips
+
+
+FrameSource = Union[str, "os.PathLike[str]", Callable[[], np.ndarray]]
+
+
+def _load_rgb(frame: FrameSource) -> np.ndarray:
+    if callable(frame):
+        return frame()
+    image = cv2.imread(os.fspath(frame), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoError(f"cannot read image: {frame}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def cut_clips_from_frames(
+    frames: Sequence[FrameSource],
+    src_fps: float,
+    spec: ClipSpec,
+    masks: Sequence[str | os.PathLike[str] | bytes] | None = None,
+) -> list[Clip]:
+    """Like ``cut_clips`` for an image sequence (e.g. DAVIS ``JPEGImages/<seq>/*.jpg``): ``frames``
+    are image paths or callables returning RGB uint8 HxWx3; only the needed frames are loaded.
+    With ``masks`` (palette PNGs, one per frame) each clip carries ``masks`` (T,H,W) uint8 palette
+    ids taken at the same source frames and cropped/resized with nearest neighbour (unchanged when
+    no resize is needed). The frame size comes from the first frame."""
+    _check_spec(spec)
+    if masks is not None and len(masks) != len(frames):
+        raise ValueError(f"{len(masks)} masks for {len(frames)} frames")
+    if not frames:
+        return []
+    first = _load_rgb(frames[0])
+    h, w = first.shape[:2]
+    _check_pixels(w, h, spec.max_pixels)
+    info = VideoInfo(w, h, float(src_fps), len(frames), len(frames) / src_fps, "images")
+    plans = plan_clips(info, spec)
+    if not plans:
+        return []
+    out_w, out_h = _output_size(w, h, spec)
+    fps = _rate(src_fps) if spec.fps is None else _rate(spec.fps)
+
+    def prepare(idx: int) -> _Picture:
+        rgb = first if idx == 0 else _load_rgb(frames[idx])
+        if rgb.shape[:2] != (h, w) or rgb.dtype != np.uint8 or rgb.ndim != 3:
+            raise VideoError(f"frame {idx}: expected uint8 {w}x{h}x3, got {rgb.dtype} {rgb.shape}")
+        mask = None
+        if masks is not None:
+            mask = resize_center_crop(read_palette_mask(masks[idx]), out_w, out_h, nearest=True)
+        return _picture_from_rgb(resize_center_crop(rgb, out_w, out_h), mask)
+
+    needed = sorted({i for plan in plans for i in plan})
+    pictures = ((i, lambda i=i: prepare(i)) for i in needed)
+    return _run_plans(plans, pictures, out_w, out_h, fps, spec, with_masks=masks is not None)
+
+
+# --------------------------------------------------------------------------------------------
+# Whole-clip helpers
+
+
+def encode_frames(frames: Iterable[np.ndarray], fps: float, *, crf: int = 18, preset: str = "veryfast", threads: int = 0) -> bytes:
+    """RGB uint8 HxWx3 frames -> H.264 yuv420p mp4 bytes (BT.709, limited range). Frames must all
+    have the same even width and height: odd sizes raise ``VideoError`` (no padding)."""
+    encoder: _Encoder | None = None
+    size: tuple[int, ...] = ()
+    try:
+        for i, rgb in enumerate(frames):
+            if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+                raise VideoError(f"frame {i}: expected uint8 HxWx3 RGB, got {rgb.dtype} {rgb.shape}")
+            if encoder is None:
+                size = rgb.shape
+                h, w = size[:2]
+                if w % 2 or h % 2:
+                    raise VideoError(f"odd size {w}x{h}: yuv420p needs even width and height (crop first)")
+                encoder = _Encoder(w, h, _rate(fps), _RGB_COLOUR, crf, preset, threads)
+            elif rgb.shape != size:
+                raise VideoError(f"frame {i}: size {rgb.shape} differs from frame 0 {size}")
+            encoder.add(_picture_from_rgb(rgb).frame())
+        if encoder is None:
+            raise VideoError("no frames to encode")
+        mp4, encoder = encoder.finish(), None
+        return mp4
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot encode: {e}") from e
+    finally:
+        if encoder is not None:
+            encoder.abort()
+
+
+def decode_frames(source: Source | bytes) -> np.ndarray:
+    """All frames of a (short) clip as (T,H,W,3) uint8 RGB, rotation applied."""
+    frames: list[np.ndarray] = []
+    with _open(source) as container:
+        if not container.streams.video:
+            raise VideoError("not a video: no video stream")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        try:
+            for frame in container.decode(stream):
+                rgb = frame.to_ndarray(format="rgb24")
+                rotation = _rotation(frame)
+                frames.append(np.rot90(rgb, rotation // 90) if rotation else rgb)
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode: {e}") from e
+    if not frames:
+        raise VideoError("cannot decode: no frames")
+    return np.stack(frames)
+
+
+# --------------------------------------------------------------------------------------------
+# PNG
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def png_bytes(image: np.ndarray) -> bytes:
+    """RGB (HxWx3), RGBA (HxWx4) or single-channel (HxW, HxWx1) uint8/uint16 -> lossless PNG."""
+    if image.ndim == 3 and image.shape[2] == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    elif image.ndim == 3 and image.shape[2] == 4:
+        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
+    elif not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)):
+        raise ValueError(f"cannot write {image.shape} as PNG")
+    ok, buf = cv2.imencode(".png", image)
+    if not ok:
+        raise ValueError(f"PNG encoding failed for {image.dtype} {image.shape}")
+    return buf.tobytes()
+
+
+def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
+    if not data.startswith(_PNG_SIGNATURE):
+        raise VideoError("not a PNG")
+    pos = len(_PNG_SIGNATURE)
+    while pos + 8 <= len(data):
+        (length,) = struct.unpack(">I", data[pos : pos + 4])
+        kind = data[pos + 4 : pos + 8]
+        yield kind, data[pos + 8 : pos + 8 + length]
+        pos += 12 + length
+        if kind == b"IEND":
+            return
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _palette_indices(data: bytes) -> np.ndarray:
+    """Decode a palette PNG to its indices: swap the palette for a grey ramp (entry i = (i,i,i)),
+    drop the ancillary chunks, and let libpng (through OpenCV) do the decoding."""
+    bit_depth = data[24]
+    ramp = bytes(np.repeat(np.arange(2**bit_depth, dtype=np.uint8), 3))
+    parts = [_PNG_SIGNATURE]
+    for kind, payload in _png_chunks(data):
+        if kind == b"PLTE":
+            parts.append(_chunk(kind, ramp))
+        elif kind in (b"IHDR", b"IDAT", b"IEND"):
+            parts.append(_chunk(kind, payload))
+    image = cv2.imdecode(np.frombuffer(b"".join(parts), np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise VideoError("cannot decode PNG")
+    return np.ascontiguousarray(image[:, :, 0])
+
+
+def read_png(data: bytes) -> np.ndarray:
+    """Inverse of ``png_bytes``: RGB/RGBA/single-channel array. Palette PNGs give their palette
+    indices (HxW uint8), not colours."""
+    if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
+        return _palette_indices(data)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise VideoError("cannot decode PNG")
+    if image.ndim == 3 and image.shape[2] == 3:
+        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.ndim == 3 and image.shape[2] == 4:
+        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
+    return image
+
+
+def read_palette_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarray:
+    """A VOS label mask (DAVIS ``Annotations/*.png``) as HxW uint8 ids. Palette PNGs give their
+    indices; 8-bit greyscale PNGs their values; anything else raises ``VideoError``."""
+    if isinstance(path_or_bytes, bytes):
+        data = path_or_bytes
+    else:
+        with open(path_or_bytes, "rb") as f:
+            data = f.read()
+    mask = read_png(data)
+    if mask.ndim != 2 or mask.dtype != np.uint8:
+        raise VideoError(f"not a label mask: expected palette or 8-bit grey PNG, got {mask.dtype} {mask.shape}")
+    return mask
