@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import argparse
 import functools
+import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -114,6 +116,11 @@ def check(mp4: bytes | Path, spec: vio.ClipSpec, w: int, h: int, fps: float) -> 
     return frames
 
 
+def cpu_seconds(who: int) -> float:
+    r = resource.getrusage(who)
+    return r.ru_utime + r.ru_stime
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float32) - b.astype(np.float32)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
@@ -163,23 +170,25 @@ def main() -> None:
         print(f"  {v.name}: {infos[v].width}x{infos[v].height} {infos[v].fps:.3f} fps {infos[v].num_frames} frames "
               f"-> {len(plans[v])} clips")
 
-    best_ours = best_ff = float("inf")
+    best_ours = best_ff = cpu_ours = cpu_ff = float("inf")
     split = (0.0, 0.0)
     with tempfile.TemporaryDirectory(dir="/dev/shm" if Path("/dev/shm").is_dir() else None) as tmp:
         out_dir = Path(tmp)
         cmds = {v: ffmpeg_cmd(exe, v, infos[v], plans[v], spec, out_dir, 0) for v in args.videos}
         ours: dict[Path, list[vio.Clip]] = {}
         for _ in range(args.repeat):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), cpu_seconds(resource.RUSAGE_CHILDREN)
             for v in args.videos:
                 subprocess.run(cmds[v][0], check=True)
             best_ff = min(best_ff, time.perf_counter() - t)
+            cpu_ff = min(cpu_ff, cpu_seconds(resource.RUSAGE_CHILDREN) - c)
 
             with Timers() as timers:
-                t = time.perf_counter()
+                t, c = time.perf_counter(), cpu_seconds(resource.RUSAGE_SELF)
                 for v in args.videos:
                     ours[v] = vio.cut_clips(str(v), spec, infos[v])
                 elapsed = time.perf_counter() - t
+                cpu_ours = min(cpu_ours, cpu_seconds(resource.RUSAGE_SELF) - c)
             if elapsed < best_ours:
                 best_ours, split = elapsed, (timers.prepare, timers.encode)
 
@@ -197,25 +206,27 @@ def main() -> None:
     prep, enc = split
     dec = best_ours - prep - enc
     rows = [
-        ("ours (PyAV cut_clips)", best_ours, n_clips / best_ours, total_frames / best_ours),
-        ("ffmpeg CLI", best_ff, n_clips / best_ff, total_frames / best_ff),
+        ("ours (PyAV cut_clips)", best_ours, n_clips / best_ours, total_frames / best_ours, cpu_ours),
+        ("ffmpeg CLI", best_ff, n_clips / best_ff, total_frames / best_ff, cpu_ff),
     ]
     try:
         from rich.console import Console
         from rich.table import Table
 
         table = Table(title=f"{n_clips} clips x {args.frames} frames, best of {args.repeat}")
-        for col in ("", "time s", "clips/s", "frames/s"):
+        for col in ("", "time s", "clips/s", "frames/s", "CPU s"):
             table.add_column(col, justify="right")
-        for name, t, cps, fps in rows:
-            table.add_row(name, f"{t:.2f}", f"{cps:.2f}", f"{fps:.1f}")
+        for name, t, cps, fps, cpu in rows:
+            table.add_row(name, f"{t:.2f}", f"{cps:.2f}", f"{fps:.1f}", f"{cpu:.2f}")
         Console().print(table)
     except ImportError:
         print(f"{n_clips} clips x {args.frames} frames, best of {args.repeat}")
-        print(f"{'':24}{'time s':>8}{'clips/s':>9}{'frames/s':>10}")
-        for name, t, cps, fps in rows:
-            print(f"{name:24}{t:8.2f}{cps:9.2f}{fps:10.1f}")
+        print(f"{'':24}{'time s':>8}{'clips/s':>9}{'frames/s':>10}{'CPU s':>8}")
+        for name, t, cps, fps, cpu in rows:
+            print(f"{name:24}{t:8.2f}{cps:9.2f}{fps:10.1f}{cpu:8.2f}")
     print(f"ours/ffmpeg time ratio: {best_ours / best_ff:.3f}   (ffmpeg/ours: {best_ff / best_ours:.3f})")
+    print(f"ours/ffmpeg CPU-time ratio: {cpu_ours / cpu_ff:.3f}   (user+sys, less sensitive to other load; "
+          f"load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
     print(f"ours per clip: decode+demux {dec / n_clips * 1e3:.0f} ms, crop/resize {prep / n_clips * 1e3:.0f} ms, "
           f"encode {enc / n_clips * 1e3:.0f} ms (wall time on the calling thread)")
     print(f"ours vs ffmpeg output PSNR: min {min(psnrs):.1f} dB, mean {np.mean(psnrs):.1f} dB "

@@ -15,7 +15,7 @@ from typing import Any
 
 from manifests.manifest import partial_dir
 from manifests.shards import ShardReader, write_shard
-from manifests.storage import Storage
+from manifests.storage import TEMP_MARKER, Storage
 
 
 @dataclass
@@ -38,13 +38,20 @@ class PartialStore:
     def begin(self, key: str) -> int:
         """Record one more attempt at ``key`` before running it; returns the attempt number (1-based)."""
         attempt = self.attempts(key) + 1
-        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps({"attempts": attempt}).encode())
+        self.set_attempts(key, attempt)
         return attempt
+
+    def set_attempts(self, key: str, attempts: int) -> None:
+        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps({"attempts": attempts}).encode())
 
     def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
         if files:
             write_shard(self.storage, self._rel(key, "files.tar"), files)
         self.storage.write_bytes(self._rel(key, "rows.json"), json.dumps(rows, default=str).encode())
+
+    def remove_temporaries(self) -> None:
+        for temp in self.storage.list(self.dir, pattern=f"*{TEMP_MARKER}*"):
+            self.storage.remove(temp)
 
     def load(self, key: str) -> ItemResult | None:
         rows_rel = self._rel(key, "rows.json")

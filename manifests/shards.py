@@ -12,7 +12,7 @@ import hashlib
 import io
 import re
 import tarfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import IO
 
@@ -154,13 +154,3 @@ def sha256_of(storage: Storage, rel: str, chunk: int = 8 << 20) -> str:
         while block := handle.read(chunk):
             digest.update(block)
     return digest.hexdigest()
-
-
-def merge_samples(parts: Iterable[Mapping[str, Mapping[str, bytes]]]) -> dict[str, dict[str, bytes]]:
-    merged: dict[str, dict[str, bytes]] = {}
-    for part in parts:
-        for sample_id, fields in part.items():
-            if sample_id in merged:
-                raise ValueError(f"sample {sample_id} produced twice in one shard")
-            merged[sample_id] = dict(fields)
-    return merged

@@ -33,26 +33,11 @@ class Storage:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
-    def child(self, *parts: str) -> Storage:
-        sub = Storage.__new__(Storage)
-        sub.fs, sub.is_local = self.fs, self.is_local
-        sub.root = self.path(*parts)
-        sub.url = self.fs.unstrip_protocol(sub.root) if not self.is_local else sub.root
-        return sub
-
     def exists(self, rel: str) -> bool:
         return self.fs.exists(self.path(rel))
 
     def size(self, rel: str) -> int:
         return int(self.fs.size(self.path(rel)))
-
-    def mtime_ns(self, rel: str) -> int | None:
-        """Modification time where the filesystem has one (used by tests and verify)."""
-        if self.is_local:
-            return os.stat(self.path(rel)).st_mtime_ns
-        info = self.fs.info(self.path(rel))
-        modified = info.get("LastModified") or info.get("mtime")
-        return int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else None
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self.path(rel))
@@ -81,6 +66,14 @@ class Storage:
         target = self.path(rel)
         if self.fs.exists(target):
             self.fs.rm(target, recursive=recursive)
+
+    def remove_temporaries(self, rel: str) -> int:
+        """Delete temporaries left next to ``rel`` by an interrupted write; returns how many."""
+        folder, name = posixpath.split(rel)
+        found = self.list(folder, pattern=f"{name}{TEMP_MARKER}*")
+        for temp in found:
+            self.remove(temp)
+        return len(found)
 
     @contextmanager
     def atomic_writer(self, rel: str) -> Iterator[IO[bytes]]:

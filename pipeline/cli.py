@@ -86,6 +86,7 @@ def run(
 def retry(
     run_dir: RunArg,
     stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
+    quarantined: Annotated[bool, typer.Option("--quarantined", help="also retry quarantined samples, afresh")] = False,
 ) -> None:
     """Rerun only the failed samples (all stages, or --stage); what they feed downstream is updated."""
     cfg = load_run_config(run_dir)
@@ -93,7 +94,7 @@ def retry(
     unknown = stages - set(cfg.stages)
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
-    report = _execute(cfg, retry_stages=stages)
+    report = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined)
     _print_status(run_dir)
     raise typer.Exit(_exit_code(report, run_dir))
 

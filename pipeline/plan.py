@@ -132,7 +132,8 @@ class RunPlan:
             parts.append(info.ok_digest)
         return digest(parts)
 
-    def state(self, stage: str, shard: int, *, retry_failed: bool = False) -> ShardState:
+    def state(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardState:
+        """``retry``: statuses whose samples are to be redone (``failed``, and ``quarantined`` when asked)."""
         node = self.graph.nodes[stage]
         info = self.commits.get((stage, shard))
         if info is not None and info.fingerprint != node.fingerprint:
@@ -144,14 +145,14 @@ class RunPlan:
             return ShardState(stage, shard, State.TODO)
         if info.inputs_digest != expected:
             return ShardState(stage, shard, State.TODO, "upstream changed")
-        if retry_failed and info.counts.get(Status.FAILED, 0):
-            return ShardState(stage, shard, State.RETRY, f"{info.counts[Status.FAILED]} failed")
+        to_redo = sum(info.counts.get(status, 0) for status in retry)
+        if to_redo:
+            return ShardState(stage, shard, State.RETRY, f"{to_redo} to retry")
         return ShardState(stage, shard, State.DONE)
 
-    def all_states(self, *, retry_stages: set[str] | None = None) -> list[ShardState]:
-        retry_stages = retry_stages or set()
+    def all_states(self) -> list[ShardState]:
         return [
-            self.state(stage, shard, retry_failed=stage in retry_stages)
+            self.state(stage, shard)
             for stage in self.graph.order
             for shard in self.shards(stage)
         ]

@@ -55,6 +55,7 @@ def execute(
     *,
     rerun_stale: bool = False,
     retry_stages: set[str] | None = None,
+    retry_quarantined: bool = False,
     listener: Listener | None = None,
 ) -> tuple[RunPlan, RunReport]:
     """Run (or resume) a pipeline until every shard is committed or has given up."""
@@ -64,8 +65,10 @@ def execute(
         raise StaleError(stale)
     _write_run_yaml(storage, config)
     plan.save_sources()
-    connect_ray(config.ray)
-    report = Driver(storage, graph, plan, retry_stages=retry_stages, listener=listener).run()
+    report = Driver(
+        storage, graph, plan, retry_stages=retry_stages, listener=listener, connect=lambda: connect_ray(config.ray),
+        retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
+    ).run()
     for name in graph.order:
         if all(plan.state(name, shard).state.value == "done" for shard in plan.shards(name)):
             graph.nodes[name].cls.finalize(name, storage, graph.nodes[name].params)

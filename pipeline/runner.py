@@ -86,11 +86,14 @@ class Driver:
         plan: RunPlan,
         *,
         retry_stages: set[str] | None = None,
+        retry: frozenset[str] = frozenset({"failed"}),
         listener: Listener | None = None,
         max_shard_attempts: int | None = None,
+        connect: Callable[[], None] = lambda: None,
     ) -> None:
+        self.connect = connect
         self.storage, self.graph, self.plan = storage, graph, plan
-        self.retry_stages = retry_stages or set()
+        self.retry_stages, self.retry = retry_stages or set(), retry
         self.listener = listener or (lambda event, data: None)
         self.max_shard_attempts = max_shard_attempts or graph.config.max_attempts + 1
         self.pending: dict[str, deque[int]] = {name: deque() for name in graph.order}
@@ -107,12 +110,15 @@ class Driver:
         """Queue a shard that can run now, or mark it resolved if it is already current."""
         if (stage, shard) in self.resolved or shard in self.pending[stage]:
             return
-        state = self.plan.state(stage, shard, retry_failed=stage in self.retry_stages).state
+        state = self.plan.state(stage, shard, retry=self._retry_for(stage)).state
         if state == State.DONE:
             self._resolve(stage, shard)
         elif state in (State.TODO, State.RETRY, State.STALE):
             if self.plan.expected_inputs_digest(stage, shard) is not None:
                 self.pending[stage].append(shard)
+
+    def _retry_for(self, stage: str) -> frozenset[str]:
+        return self.retry if stage in self.retry_stages else frozenset()
 
     def _resolve(self, stage: str, shard: int) -> None:
         self.resolved.add((stage, shard))
@@ -123,6 +129,7 @@ class Driver:
 
     # Actors ---------------------------------------------------------------------------------------------
     def _new_actor(self, stage: str) -> Any:
+        self.connect()  # Ray starts only when there is work: a finished run resumes in a second
         res = self.graph.nodes[stage].resources
         options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_restarts": 0}
         if res.memory_gb:
@@ -181,7 +188,7 @@ class Driver:
                 if actor is None:
                     break
                 shard = self.pending[stage].popleft()
-                task = ShardTask.from_plan(self.plan, stage, shard, retry_failed=stage in self.retry_stages)
+                task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage))
                 self.tries[(stage, shard)] += 1
                 self.inflight[actor.run_shard.remote(task)] = (stage, shard, actor)
                 self.listener("started", (stage, shard))

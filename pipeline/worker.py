@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from manifests.manifest import Status, commit_shard, read_manifest, uncommit_shard
+from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
 from manifests.partial import ItemResult, PartialStore
 from manifests.shards import ShardReader, open_shard
 from manifests.storage import Storage
@@ -39,15 +39,16 @@ class ShardTask:
     shard: int
     inputs_digest: str
     source_rows: tuple[dict[str, Any], ...] = ()
-    retry_failed: bool = False
+    retry: frozenset[str] = frozenset()
+    """Statuses whose committed samples are redone (``ffp retry``)."""
 
     @classmethod
-    def from_plan(cls, plan: RunPlan, stage: str, shard: int, *, retry_failed: bool = False) -> ShardTask:
+    def from_plan(cls, plan: RunPlan, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardTask:
         expected = plan.expected_inputs_digest(stage, shard)
         if expected is None:
             raise InputError(f"{stage}/shard {shard}: upstream shards are not committed and current")
         rows = plan.source_rows[stage].get(shard, []) if stage in plan.source_rows else []
-        return cls(stage, shard, expected, tuple(rows), retry_failed)
+        return cls(stage, shard, expected, tuple(rows), retry)
 
 
 @dataclass
@@ -108,8 +109,11 @@ class ShardWorker:
 
     def _run(self, task: ShardTask, samples: list[Sample]) -> ShardSummary:
         started, node, shard = time.time(), self.node, task.shard
+        for target in (node.tar_path(shard), manifest_path(node.name, shard)):
+            self.storage.remove_temporaries(target)  # left by a worker killed mid-write
         partial = PartialStore(self.storage, node.name, shard)
-        self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry_failed)
+        partial.remove_temporaries()
+        self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry)
         summary = ShardSummary(node.name, shard)
         results: dict[str, ItemResult] = {}
         pending: list[Sample] = []
@@ -141,7 +145,7 @@ class ShardWorker:
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
         return summary
 
-    def _move_commit_to_partial(self, partial: PartialStore, shard: int, inputs: set[str], retry: bool) -> None:
+    def _move_commit_to_partial(self, partial: PartialStore, shard: int, inputs: set[str], retry: frozenset[str]) -> None:
         found = read_manifest(self.storage, self.node.name, shard)
         if found is None:
             return
@@ -152,17 +156,19 @@ class ShardWorker:
                 by_input.setdefault(row["input_id"], []).append(row)
             reader = open_shard(self.storage, info.tar_path) if info.tar_samples else None
             for input_id, rows in by_input.items():
-                keep = input_id in inputs and not (retry and any(r["status"] == Status.FAILED for r in rows))
+                redo = any(r["status"] in retry for r in rows)
+                keep = input_id in inputs and not redo
                 if keep and partial.load(input_id) is None:
                     for row in rows:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
                     files = {r["sample_id"]: reader.sample(r["sample_id"]) for r in rows if reader and r["status"] == Status.OK}
                     partial.save(input_id, rows, files)
-                elif keep is False and retry and input_id in inputs:
-                    # carry the attempt count forward so repeated failures end in quarantine
-                    attempts = max(int(r.get("attempts") or 1) for r in rows)
-                    while partial.attempts(input_id) < attempts:
-                        partial.begin(input_id)
+                elif redo and input_id in inputs and all(r["status"] == Status.FAILED for r in rows if r["status"] != Status.OK):
+                    # failed samples carry their attempts forward, so repeated failures end in quarantine;
+                    # quarantined ones retried on request start afresh
+                    partial.set_attempts(input_id, max(int(r.get("attempts") or 1) for r in rows))
+            if reader is not None:
+                reader.handle.close()
         uncommit_shard(self.storage, self.node.name, shard)
 
     # Processing -----------------------------------------------------------------------------------------

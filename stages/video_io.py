@@ -31,7 +31,9 @@ from __future__ import annotations
 
 import io
 import os
+import queue
 import struct
+import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -351,9 +353,14 @@ def _picture_from_rgb(rgb: np.ndarray, mask: np.ndarray | None = None) -> _Pictu
 
 
 class _Encoder:
-    """libx264 yuv420p into an in-memory mp4."""
+    """libx264 yuv420p into an in-memory mp4, encoding on its own thread.
 
-    def __init__(self, width: int, height: int, fps: Fraction, colour: _Colour, crf: int, preset: str, threads: int):
+    PyAV releases the GIL inside the encoder, so the caller's decode/resize work and several
+    encoders (overlapping clips) run in parallel, as in the ffmpeg CLI. The queue is bounded, so
+    a slow encoder throttles the decoder instead of buffering frames."""
+
+    def __init__(self, width: int, height: int, fps: Fraction, colour: _Colour, crf: int, preset: str,
+                 threads: int, queue_size: int = 8):
         self._buf = io.BytesIO()
         self._container = av.open(self._buf, mode="w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=fps)
@@ -363,23 +370,52 @@ class _Encoder:
         ctx.color_primaries, ctx.color_trc = colour.primaries, colour.trc
         self._stream.options = {"crf": str(crf), "preset": preset, "threads": str(threads)}
         self._time_base = 1 / fps
-        self.count = 0
+        self._queue: queue.Queue[_Picture | None] = queue.Queue(maxsize=queue_size)
+        self._error: BaseException | None = None
+        self._aborted = False
+        self._thread = threading.Thread(target=self._run, name="ffp-x264", daemon=True)
+        self._thread.start()
+        self.count = 0  # frames submitted
 
-    def add(self, frame: av.VideoFrame) -> None:
-        frame.pts, frame.time_base = self.count, self._time_base
+    def _run(self) -> None:
+        pts = 0
+        try:
+            while (pic := self._queue.get()) is not None:
+                if self._aborted:
+                    continue
+                frame = pic.frame()
+                frame.pts, frame.time_base = pts, self._time_base
+                pts += 1
+                self._container.mux(self._stream.encode(frame))
+            if not self._aborted:
+                self._container.mux(self._stream.encode(None))
+        except BaseException as e:  # re-raised on the caller's thread
+            self._error = e
+            while self._queue.get() is not None:  # keep draining so that put() never blocks
+                pass
+        finally:
+            try:
+                self._container.close()
+            except (av.FFmpegError, ValueError) as e:
+                self._error = self._error or e
+
+    def add(self, picture: _Picture) -> None:
+        if self._error is not None:
+            raise self._error
+        self._queue.put(picture)
         self.count += 1
-        self._container.mux(self._stream.encode(frame))
 
     def finish(self) -> bytes:
-        self._container.mux(self._stream.encode(None))
-        self._container.close()
+        self._queue.put(None)
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
         return self._buf.getvalue()
 
     def abort(self) -> None:
-        try:
-            self._container.close()
-        except (av.FFmpegError, ValueError):
-            pass
+        self._aborted = True
+        self._queue.put(None)
+        self._thread.join()
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,7 +455,7 @@ def _run_plans(
                     enc = encoders[k] = _Encoder(out_w, out_h, fps, pic.colour, spec.crf, spec.preset, spec.threads)
                     firsts[k] = pic.to_rgb()
                     masks[k] = []
-                enc.add(pic.frame())
+                enc.add(pic)
                 if with_masks:
                     masks[k].append(pic.mask)
                 if enc.count == len(plans[k]):
@@ -555,7 +591,7 @@ def encode_frames(frames: Iterable[np.ndarray], fps: float, *, crf: int = 18, pr
                 encoder = _Encoder(w, h, _rate(fps), _RGB_COLOUR, crf, preset, threads)
             elif rgb.shape != size:
                 raise VideoError(f"frame {i}: size {rgb.shape} differs from frame 0 {size}")
-            encoder.add(_picture_from_rgb(rgb).frame())
+            encoder.add(_picture_from_rgb(rgb))
         if encoder is None:
             raise VideoError("no frames to encode")
         mp4, encoder = encoder.finish(), None
