@@ -25,8 +25,19 @@ class ItemResult:
 
 
 class PartialStore:
-    def __init__(self, storage: Storage, stage: str, shard: int) -> None:
+    """Results of one shard in progress, valid only for one stage fingerprint.
+
+    Results made with another fingerprint (the stage's params changed while a shard was interrupted) are
+    deleted on open, so old and new outputs are never mixed.
+    """
+
+    def __init__(self, storage: Storage, stage: str, shard: int, fingerprint: str) -> None:
         self.storage, self.dir = storage, partial_dir(stage, shard)
+        marker = f"{self.dir}/FINGERPRINT"
+        if storage.exists(self.dir) and (not storage.exists(marker) or storage.read_bytes(marker).decode() != fingerprint):
+            storage.remove(self.dir, recursive=True)
+        if not storage.exists(marker):
+            storage.write_bytes(marker, fingerprint.encode())
 
     def _rel(self, key: str, suffix: str) -> str:
         return f"{self.dir}/{key}.{suffix}"

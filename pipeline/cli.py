@@ -18,11 +18,13 @@ from manifests.manifest import Status, manifest_path
 from manifests.shards import open_shard
 from manifests.storage import Storage
 from manifests.verify import verify_run
+from pipeline.graph import GraphError
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
 from pipeline.plan import State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
 from pipeline.runner import RunReport
 from pipeline.status import stage_statuses
+from stages.sources import InputListError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Generate FFP video-editing training pairs.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
@@ -41,9 +43,17 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 def main() -> None:
     try:
         app()
-    except (ConfigError, StaleError) as exc:
+    except (ConfigError, StaleError, InputListError, GraphError) as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(2)
+
+
+def _run_folder(run_dir: str) -> Storage:
+    """The run folder, or a clear error when ``run_dir`` is not one."""
+    run = Storage(run_dir)
+    if not run.exists(RUN_YAML):
+        raise ConfigError(f"{run_dir} is not a run folder (no {RUN_YAML}); start one with `ffp run CONFIG`")
+    return run
 
 
 def _resolve_config(config: str | None, preset: str | None, out: str | None, sets: list[str] | None) -> PipelineConfig:
@@ -226,7 +236,7 @@ def _print_status(run_dir: str, *, as_json: bool = False) -> None:
 @app.command()
 def verify(run_dir: RunArg, as_json: JsonOpt = False) -> None:
     """Check every tar against its manifest (sha256, size, keys, layout); list orphans and leftovers."""
-    report = verify_run(Storage(run_dir))
+    report = verify_run(_run_folder(run_dir))
     if as_json:
         print(json.dumps({"ok": report.ok, "problems": report.problems, "warnings": report.warnings,
                           "shards": report.shards, "rows": report.samples}, indent=1))
@@ -249,7 +259,7 @@ def inspect(
     """A sample across stages: its manifest rows and its files."""
     from manifests.query import query
 
-    run = Storage(run_dir)
+    run = _run_folder(run_dir)
     rows = query(run, "select * from manifests where sample_id = ? order by finished_at", [sample_id]).to_pylist()
     if not rows:
         err.print(f"no sample {sample_id!r} in {run_dir}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
@@ -284,9 +294,17 @@ def query_cmd(
     limit: Annotated[int, typer.Option(help="rows to print in the table view")] = 50,
 ) -> None:
     """DuckDB SQL over every manifest of the run."""
+    import duckdb
+
     from manifests.query import query
 
-    result = query(Storage(run_dir), sql)
+    try:
+        result = query(_run_folder(run_dir), sql)
+    except duckdb.Error as exc:
+        err.print(f"[red]query failed:[/red] {exc}")
+        err.print("views: `manifests` (all stages) and one per stage; columns: "
+                  f"ffp query {run_dir} \"describe manifests\"")
+        raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(result.to_pylist(), default=str, indent=1))
     elif csv:

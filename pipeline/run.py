@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from dataclasses import asdict
 
 import yaml
 
-from manifests.storage import Storage
+from manifests.storage import TEMP_MARKER, Storage
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
-from pipeline.graph import StageGraph, build_graph
-from pipeline.plan import RunPlan, check_fixed_layout
+from pipeline.graph import StageGraph, build_graph, digest
+from pipeline.plan import RunPlan, State, check_fixed_layout
 from pipeline.runner import Driver, Listener, RunReport, connect_ray
 
 RUN_YAML = "run.yaml"
@@ -63,6 +64,7 @@ def execute(
     stale = plan.stale_stages()
     if stale and not rerun_stale:
         raise StaleError(stale)
+    _clean_leftovers(storage, plan)
     _write_run_yaml(storage, config)
     plan.save_sources()
     report = Driver(
@@ -70,10 +72,9 @@ def execute(
         retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
     ).run()
     for name in graph.order:
-        if all(plan.state(name, shard).state.value == "done" for shard in plan.shards(name)):
-            graph.nodes[name].cls.finalize(name, storage, graph.nodes[name].params)
+        _finalize(storage, plan, name)
     storage.write_bytes(
-        f"logs/run-{time.strftime('%Y%m%d-%H%M%S')}.json",
+        f"logs/run-{_stamp()}.json",
         json.dumps(
             {
                 "seconds": report.seconds, "actor_deaths": report.actor_deaths,
@@ -93,5 +94,39 @@ def _write_run_yaml(storage: Storage, config: PipelineConfig) -> None:
         old = storage.read_bytes(RUN_YAML).decode()
         if old == text:
             return
-        storage.write_bytes(f"logs/run-{time.strftime('%Y%m%d-%H%M%S')}.previous.yaml", old.encode())
+        storage.write_bytes(f"logs/run-{_stamp()}.previous.yaml", old.encode())
     storage.write_bytes(RUN_YAML, text.encode())
+
+
+def _stamp() -> str:
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def _clean_leftovers(storage: Storage, plan: RunPlan) -> None:
+    """Remove what killed processes of earlier starts left: temporaries of any write (one driver per run, so
+    no writer is alive now) and ``_partial/`` folders of shards that did commit."""
+    for rel in storage.walk_files():
+        if TEMP_MARKER in rel.rsplit("/", 1)[-1]:
+            storage.remove(rel)
+    for stage in plan.graph.order:
+        for folder in storage.list(f"stages/{stage}/_partial", pattern="shard-*"):
+            shard = int(folder.rsplit("-", 1)[-1])
+            if plan.state(stage, shard).state == State.DONE:
+                storage.remove(folder, recursive=True)
+        if storage.exists(f"stages/{stage}/_partial") and not storage.walk_files(f"stages/{stage}/_partial"):
+            storage.remove(f"stages/{stage}/_partial", recursive=True)
+
+
+def _finalize(storage: Storage, plan: RunPlan, stage: str) -> None:
+    """Run a stage's finalize hook once per set of committed shards (a no-op rerun rewrites nothing)."""
+    shards = list(plan.shards(stage))
+    if not all(plan.state(stage, shard).state == State.DONE for shard in shards):
+        return
+    done = digest([plan.commits[(stage, shard)].tar_sha256 + plan.commits[(stage, shard)].fingerprint for shard in shards])
+    marker = f"logs/finalized-{stage}.txt"
+    node = plan.graph.nodes[stage]
+    outputs_there = all(storage.exists(rel) for rel in node.cls.finalize_outputs)
+    if outputs_there and storage.exists(marker) and storage.read_bytes(marker).decode() == done:
+        return
+    node.cls.finalize(stage, storage, node.params)
+    storage.write_bytes(marker, done.encode())

@@ -122,6 +122,9 @@ class Stage:
         return 1
 
     # Optional hook --------------------------------------------------------------------------------------
+    finalize_outputs: ClassVar[tuple[str, ...]] = ()
+    """Files ``finalize`` writes (relative to the run folder); a missing one makes it run again."""
+
     @classmethod
     def finalize(cls, name: str, run: Storage, params: Params) -> None:
         """Called on the driver once every shard of the stage is committed (e.g. a dataset card)."""

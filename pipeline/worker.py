@@ -111,7 +111,7 @@ class ShardWorker:
         started, node, shard = time.time(), self.node, task.shard
         for target in (node.tar_path(shard), manifest_path(node.name, shard)):
             self.storage.remove_temporaries(target)  # left by a worker killed mid-write
-        partial = PartialStore(self.storage, node.name, shard)
+        partial = PartialStore(self.storage, node.name, shard, node.fingerprint)
         partial.remove_temporaries()
         self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry)
         summary = ShardSummary(node.name, shard)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import io
 import json
-import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -59,6 +58,7 @@ class Export(Stage):
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
     columns = PAIR_COLUMNS
     output_dir = "export"
+    finalize_outputs = ("export/dataset.parquet", "export/README.md")
     params: ExportParams
 
     @classmethod
@@ -115,7 +115,7 @@ def _card(dataset: str, table: pa.Table, shards: int) -> str:
     lines = [
         f"# {dataset}",
         "",
-        f"Made by ffp on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}: {len(rows)} pairs in {shards} shards "
+        f"Made by ffp: {len(rows)} pairs in {shards} shards "
         f"({total / 1e6:.1f} MB of video).",
         "",
         "| task | pairs |",
@@ -134,7 +134,7 @@ def _card(dataset: str, table: pa.Table, shards: int) -> str:
         "",
         "```python",
         "import webdataset as wds",
-        "for pair in wds.WebDataset('export/shard-{000000..000009}.tar', shardshuffle=False):",
+        f"for pair in wds.WebDataset('export/shard-{{000000..{max(shards - 1, 0):06d}}}.tar', shardshuffle=False):",
         "    pair['src.mp4'], pair['edit.mp4'], pair['json']",
         "```",
         "",

@@ -22,6 +22,8 @@ Conventions the callers can rely on:
   displayed (rotated) size.
 * Colour: the source's colour tags (matrix, range, primaries, transfer) are copied onto clip mp4s;
   RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged BT.709.
+* Threads: the decoder uses FFmpeg's automatic threading; each open clip encoder runs on its own
+  Python thread (PyAV releases the GIL) with libx264 ``threads=spec.threads`` (0 = x264 auto).
 * Damaged input: a file that cannot be opened raises ``VideoError`` from ``probe``; if decoding stops
   early (truncated ``mdat``, corrupt data), ``cut_clips`` returns the clips that were completed and
   raises ``VideoError`` only if none was (or if ``strict=True`` and any planned clip is missing).
@@ -114,10 +116,10 @@ def _open(source: Source | bytes) -> av.container.InputContainer:
             raise VideoError(f"not found: {path}")
         if os.path.getsize(path) == 0:
             raise VideoError(f"empty file: {path}")
-    else:
+    elif getattr(source, "seekable", lambda: False)():
         source.seek(0, io.SEEK_END)
         size = source.tell()
-        source.seek(0)
+        source.seek(0)  # probe() and cut_clips() each read the file object from the start
         if size == 0:
             raise VideoError("empty file")
     try:
@@ -567,7 +569,10 @@ def cut_clips_from_frames(
 
     needed = sorted({i for plan in plans for i in plan})
     pictures = ((i, lambda i=i: prepare(i)) for i in needed)
-    return _run_plans(plans, pictures, out_w, out_h, fps, spec, with_masks=masks is not None)
+    try:
+        return _run_plans(plans, pictures, out_w, out_h, fps, spec, with_masks=masks is not None)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot encode: {e}") from e
 
 
 # --------------------------------------------------------------------------------------------

@@ -1,0 +1,220 @@
+"""Shared helpers for the ffp tests.
+
+* ``MEDIA`` / ``media()``: the real test media under ``../shared/media`` (skipped, with the reason, when a
+  clone has no such folder).
+* ``make_config`` / ``run_local``: build a config and run it shard by shard through ``ShardWorker`` exactly
+  like the Ray driver does, but in this process (no Ray): most tests need nothing more.
+* ``ray_session``: one local Ray per test module that asks for it (Ray starts cost seconds), shut down after
+  the module so that no other test finds Ray running in the pytest process; tests that use it are ``slow``.
+* ``ffp_cli``: ``ffp`` as a user runs it (a subprocess), for exit codes and messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from manifests.manifest import manifest_path, read_commit
+from manifests.storage import Storage
+from pipeline.config import PipelineConfig, validate_config
+from pipeline.graph import StageGraph, build_graph
+from pipeline.plan import RunPlan, State
+from pipeline.worker import ShardSummary, ShardTask, ShardWorker
+
+MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
+FFP = Path(sys.executable).with_name("ffp")
+
+
+def media(*parts: str) -> Path:
+    """A file or folder of the shared test media, or a skip that says what is missing."""
+    path = MEDIA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"test media {path} not present (it lives in ../shared/media next to the checkout)")
+    return path
+
+
+# Configs and a Ray-free driver ------------------------------------------------------------------------------
+
+FAST_INGEST = {"num_frames": 9, "fps": 16, "width": 96, "height": 64, "crf": 30, "preset": "ultrafast", "max_clips": 1}
+
+
+def make_config(
+    run_dir: Path | str,
+    *,
+    inputs: Sequence[Mapping[str, Any]],
+    stages: Mapping[str, Mapping[str, Any]],
+    tracks: Mapping[str, list[str]] | None = None,
+    shard_size: int = 4,
+    max_attempts: int = 3,
+) -> PipelineConfig:
+    data = {
+        "name": "test",
+        "run_dir": str(run_dir),
+        "shard_size": shard_size,
+        "max_attempts": max_attempts,
+        "inputs": [dict(i) for i in inputs],
+        "tracks": dict(tracks or {"main": list(stages)}),
+        "stages": {name: dict(spec) for name, spec in stages.items()},
+        "ray": {"num_cpus": 2},
+    }
+    return validate_config(data)
+
+
+def synth_config(run_dir: Path | str, vos_root: Path | str, *, shard_size: int = 4, seed: int = 0, **kw: Any) -> PipelineConfig:
+    """ingest -> augment -> export on a VOS layout, small and fast."""
+    return make_config(
+        run_dir,
+        inputs=[{"kind": "vos", "path": str(vos_root), "fps": 16}],
+        stages={
+            "ingest": {"type": "ingest", "params": FAST_INGEST},
+            "augment": {"type": "synth_augment", "params": {"seed": seed, "crf": 30, "preset": "ultrafast"}},
+            "export": {"type": "export", "params": {"dataset_name": "test-pairs"}},
+        },
+        shard_size=shard_size,
+        **kw,
+    )
+
+
+class LocalRun:
+    """Runs a config's shards in this process through ShardWorker, in the driver's order, and keeps the
+    workers (one per stage, like one actor per stage) so a test can look at them."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        self.config = config
+        self.storage = Storage(config.run_dir)
+        self.graph: StageGraph = build_graph(config)
+        self.plan = RunPlan(self.storage, self.graph)
+        self.plan.save_sources()
+        self.workers: dict[str, ShardWorker] = {}
+
+    def worker(self, stage: str) -> ShardWorker:
+        if stage not in self.workers:
+            self.workers[stage] = ShardWorker(self.storage, self.graph, stage)
+        return self.workers[stage]
+
+    def run_shard(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardSummary:
+        task = ShardTask.from_plan(self.plan, stage, shard, retry=retry)
+        summary = self.worker(stage).run_shard(task)
+        self.plan.commits[(stage, shard)] = read_commit(self.storage, manifest_path(stage, shard))
+        return summary
+
+    def run(self, *, stages: Iterable[str] | None = None, retry_stages: Iterable[str] = (),
+            retry: frozenset[str] = frozenset({"failed"}), finalize: bool = False) -> list[ShardSummary]:
+        """Every shard that is to do, stale or (for ``retry_stages``) has samples to retry, stage by stage."""
+        wanted = list(stages or self.graph.order)
+        summaries = []
+        for stage in self.graph.order:
+            if stage not in wanted:
+                continue
+            redo = retry if stage in set(retry_stages) else frozenset()
+            for shard in self.plan.shards(stage):
+                state = self.plan.state(stage, shard, retry=redo).state
+                if state in (State.TODO, State.RETRY, State.STALE):
+                    summaries.append(self.run_shard(stage, shard, retry=redo))
+            if finalize:
+                node = self.graph.nodes[stage]
+                node.cls.finalize(stage, self.storage, node.params)
+        return summaries
+
+
+def run_local(config: PipelineConfig, **kw: Any) -> LocalRun:
+    runner = LocalRun(config)
+    runner.run(**kw)
+    return runner
+
+
+def manifest_rows(run_dir: Path | str, stage: str) -> list[dict[str, Any]]:
+    """Every manifest row of a stage, read with plain pyarrow."""
+    import pyarrow.parquet as pq
+
+    rows: list[dict[str, Any]] = []
+    for path in sorted(Path(run_dir, "manifests", stage).glob("shard-*.parquet")):
+        rows += pq.read_table(path).to_pylist()
+    return sorted(rows, key=lambda r: r["sample_id"])
+
+
+def by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
+    return {row["sample_id"]: row for row in rows}
+
+
+def mtimes(root: Path | str, *subdirs: str) -> dict[str, int]:
+    """mtime (ns) of every file under the given subfolders of ``root``."""
+    out = {}
+    for sub in subdirs:
+        for path in sorted(Path(root, sub).rglob("*")):
+            if path.is_file():
+                out[str(path.relative_to(root))] = path.stat().st_mtime_ns
+    return out
+
+
+# Demo media ---------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def demo_vos(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Six small synthetic DAVIS-layout sequences with instance masks (shared, treat as read-only)."""
+    from stages.demo_media import make_demo_vos
+
+    return make_demo_vos(tmp_path_factory.mktemp("demo_vos") / "vos", num_sequences=6, num_frames=16, width=128, height=96)
+
+
+# Ray and the command line ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_session() -> Iterable[None]:
+    """A local Ray (2 CPUs) for the tests of one module; ``connect_ray`` (the CLI's) then reuses it."""
+    import ray
+
+    os.environ.pop("RAY_ADDRESS", None)
+    started = False
+    if not ray.is_initialized():
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING)
+        started = True
+    yield
+    if started and ray.is_initialized():
+        ray.shutdown()
+
+
+def ffp_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """``ffp ARGS`` in a subprocess with a wide terminal, so messages are not wrapped."""
+    env = {**os.environ, "COLUMNS": "250", "NO_COLOR": "1", "TERM": "dumb"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [str(FFP), *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=timeout, check=False,
+    )
+
+
+def cli_invoke(args: Sequence[str]) -> tuple[int, str, str]:
+    """``ffp ARGS`` in this process (shares ``ray_session``): (exit code, stdout, stderr).
+
+    Goes through ``pipeline.cli.main`` like the console script, so config and stale errors give exit code 2.
+    """
+    import io
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from pipeline import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_widths = sys.argv, (cli.console.width, cli.err.width)
+    sys.argv = ["ffp", *args]
+    cli.console.width = cli.err.width = 250  # no wrapping of messages and paths
+    code: int
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                cli.main()
+                code = 0
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    finally:
+        sys.argv = old_argv
+        cli.console.width, cli.err.width = old_widths
+    return code, out.getvalue(), err.getvalue()

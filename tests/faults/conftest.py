@@ -1,0 +1,409 @@
+"""Fixtures for the fault-injection tests: real ``ffp run`` subprocesses on a real local Ray, hit with SIGKILL.
+
+* ``fault_inputs``: synthetic DAVIS-layout inputs (8 sequences -> 2 shards of 4 per stage), session-wide.
+* ``write_fault_config``: the ``demo`` preset on those inputs with x264 ``veryslow``, so that one sample of
+  ingest or augment takes ~0.5-1 s and a shard a few seconds: long enough to catch a stage actor mid-shard
+  by polling the run folder, short enough for the whole file to stay within a few minutes on 2 cores.
+* ``reference``: one undisturbed run of that config (session-wide), the truth every faulted run must match.
+* ``launcher``: starts ``ffp`` subprocesses whose environment carries a unique tag. Every process of the
+  local Ray they start (GCS, raylet, dashboard, workers, actors) inherits it, so a test can find *its* Ray
+  processes (and only those: other sessions may run Ray on the same machine) and check none is left.
+
+Each ``ffp run`` starts and stops its own local Ray (``RAY_ADDRESS`` is removed from its environment) in a
+short private ``RAY_TMPDIR``; the pytest process itself never initialises Ray.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from manifests.manifest import Status, read_commit
+from manifests.shards import ShardReader
+from manifests.storage import TEMP_MARKER, Storage
+
+
+def _import_psutil() -> Any:
+    """psutil ships inside Ray (``ray/thirdparty_files``), importable here without importing Ray itself."""
+    try:
+        import psutil
+    except ImportError:
+        spec = importlib.util.find_spec("ray")
+        if spec is None or not spec.submodule_search_locations:
+            raise
+        sys.path.append(os.path.join(list(spec.submodule_search_locations)[0], "thirdparty_files"))
+        import psutil
+    return psutil
+
+
+psutil = _import_psutil()
+
+REPO = Path(__file__).resolve().parents[2]
+FFP = Path(sys.executable).with_name("ffp")
+FFP_CMD = [str(FFP)] if FFP.exists() else [sys.executable, "-m", "pipeline"]
+TAG_VAR = "FFP_FAULT_TEST_TAG"
+POLL_S = 0.01
+RUN_TIMEOUT_S = 180.0
+RAY_EXIT_TIMEOUT_S = 60.0
+
+INPUTS = {"num_sequences": 8, "num_frames": 40, "width": 320, "height": 192, "fps": 16}
+STAGES = ("ingest", "augment", "export")
+
+
+# Inputs, configs, the reference run -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def fault_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from stages.demo_media import make_demo_vos
+
+    return make_demo_vos(tmp_path_factory.mktemp("fault_inputs") / "vos", **INPUTS)
+
+
+def write_fault_config(inputs: Path, run_dir: Path, path: Path) -> Path:
+    """The demo preset (ingest -> augment -> export, shard_size 4, 1 actor per stage, 2 CPUs) made slower."""
+    from pipeline.config import config_to_yaml, load_config
+
+    config = load_config(
+        preset="demo",
+        overrides=[
+            f"inputs.0.path={inputs}",
+            "stages.ingest.params.preset=veryslow",
+            "stages.augment.params.preset=veryslow",
+            "ray.num_cpus=2",
+        ],
+        run_dir=str(run_dir),
+    )
+    path.write_text(config_to_yaml(config))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Four small sequences: one shard per stage, for the tests that crash at a precise point instead."""
+    from stages.demo_media import make_demo_vos
+
+    folder = tmp_path_factory.mktemp("tiny_inputs") / "vos"
+    return make_demo_vos(folder, num_sequences=4, num_frames=12, width=96, height=64)
+
+
+def write_tiny_config(inputs: Path, run_dir: Path, path: Path, *, stages: tuple[str, ...] = STAGES) -> Path:
+    """The demo preset on ``tiny_inputs`` with fast settings, optionally cut down to its first stages."""
+    import yaml
+
+    from pipeline.config import config_to_yaml, preset_text, validate_config
+
+    data = yaml.safe_load(preset_text("demo"))
+    data.update(run_dir=str(run_dir), tracks={"synth": list(stages)})
+    data["inputs"][0]["path"] = str(inputs)
+    data["stages"] = {name: spec for name, spec in data["stages"].items() if name in stages}
+    data["stages"]["ingest"]["params"].update(num_frames=9, width=96, height=64, preset="ultrafast")
+    if "augment" in stages:
+        data["stages"]["augment"]["params"].update(preset="ultrafast")
+    path.write_text(config_to_yaml(validate_config(data)))
+    return path
+
+
+@dataclass(frozen=True)
+class RunState:
+    """What a finished run holds, per stage: every manifest row's status, and the keys of its tars."""
+
+    statuses: dict[str, dict[str, str]]
+    tar_keys: dict[str, set[str]]
+    shards: dict[str, int]
+
+    @property
+    def total_shards(self) -> int:
+        return sum(self.shards.values())
+
+
+def read_state(run_dir: Path) -> RunState:
+    statuses: dict[str, dict[str, str]] = {}
+    tar_keys: dict[str, set[str]] = {}
+    shards: dict[str, int] = {}
+    storage = Storage(str(run_dir))
+    for stage_dir in sorted((run_dir / "manifests").iterdir()):
+        stage = stage_dir.name
+        statuses[stage], tar_keys[stage], shards[stage] = {}, set(), 0
+        for manifest in sorted(stage_dir.glob("shard-*.parquet")):
+            shards[stage] += 1
+            for row in pq.read_table(manifest).to_pylist():
+                statuses[stage][row["sample_id"]] = row["status"]
+            info = read_commit(storage, str(manifest.relative_to(run_dir)))
+            with tarfile.open(run_dir / info.tar_path) as tar:
+                tar_keys[stage] |= {member.name.partition(".")[0] for member in tar}
+    return RunState(statuses, tar_keys, shards)
+
+
+@pytest.fixture(scope="session")
+def ray_tmpdir() -> Iterator[Path]:
+    """Ray's session folders for every ``ffp`` these tests start: short (socket paths are limited to ~107
+    characters) and private (nothing shared with other Ray users of this machine)."""
+    path = Path(tempfile.mkdtemp(prefix="ffpf-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def reference(fault_inputs: Path, tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> RunState:
+    """One undisturbed run of the fault config, checked like the faulted ones."""
+    base = tmp_path_factory.mktemp("reference")
+    run_dir = base / "run"
+    config = write_fault_config(fault_inputs, run_dir, base / "config.yaml")
+    launcher = Launcher(ray_tmpdir)
+    try:
+        run = launcher.start(["run", str(config)], base / "ffp-run.log")
+        assert run.wait() == 0, f"the undisturbed reference run failed:\n{run.output()[-4000:]}"
+        assert not launcher.wait_gone(), "the reference run left Ray processes behind"
+    finally:
+        launcher.cleanup()
+    check_integrity(run_dir)
+    state = read_state(run_dir)
+    assert state.statuses.get("ingest"), "the reference run ingested nothing"
+    assert state.statuses.get("export"), "the reference run exported nothing"
+    return state
+
+
+# ffp subprocesses and the Ray processes they start ------------------------------------------------------
+
+
+class FfpProcess:
+    """One ``ffp`` command running in the background, its output in a file (no pipe to fill up)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log: Path, command: list[str] = FFP_CMD) -> None:
+        self.args, self.log = args, log
+        self.label = " ".join([Path(command[0]).name, *command[1:], *args])
+        with open(log, "wb") as out:
+            self.popen = subprocess.Popen(
+                [*command, *args], stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True, cwd=REPO,
+            )
+        self.pid = self.popen.pid
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+    def running(self) -> bool:
+        return self.popen.poll() is None
+
+    def require_running(self, waiting_for: str) -> None:
+        if not self.running():
+            pytest.fail(
+                f"`{self.label}` exited (code {self.popen.returncode}) while waiting for {waiting_for}:\n"
+                + self.output()[-4000:]
+            )
+
+    def wait(self, timeout: float = RUN_TIMEOUT_S) -> int:
+        try:
+            return self.popen.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.popen.kill()
+            self.popen.wait()
+            pytest.fail(f"`{self.label}` ran past {timeout:.0f} s:\n{self.output()[-4000:]}")
+
+    def sigkill(self) -> None:
+        os.kill(self.pid, signal.SIGKILL)
+        self.popen.wait()
+
+
+class Launcher:
+    """Starts ``ffp`` with a unique tag in its environment and finds the processes that carry the tag."""
+
+    def __init__(self, ray_tmpdir: Path) -> None:
+        self.tag = uuid.uuid4().hex
+        self.env = {
+            **os.environ, TAG_VAR: self.tag, "RAY_TMPDIR": str(ray_tmpdir), "COLUMNS": "250", "NO_COLOR": "1",
+            "TERM": "dumb", "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        self.env.pop("RAY_ADDRESS", None)  # always a local Ray of our own, never someone's cluster
+        self.started: list[FfpProcess] = []
+
+    def start(self, args: list[str], log: Path, command: list[str] = FFP_CMD) -> FfpProcess:
+        process = FfpProcess(args, self.env, log, command)
+        self.started.append(process)
+        return process
+
+    def processes(self) -> list[Any]:
+        """Live processes (zombies excluded) started by this launcher's ``ffp`` commands, Ray's included."""
+        found = []
+        for proc in psutil.process_iter():
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(TAG_VAR) == self.tag:
+                    found.append(proc)
+            except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+                continue
+        return found
+
+    def own(self, pid: int) -> Any:
+        """The process ``pid``, refusing any process these tests did not start."""
+        proc = psutil.Process(pid)
+        if proc.environ().get(TAG_VAR) != self.tag:
+            raise AssertionError(f"process {pid} ({proc.cmdline()[:1]}) was not started by this test")
+        return proc
+
+    def wait_gone(self, timeout: float = RAY_EXIT_TIMEOUT_S) -> list[str]:
+        """Wait for every tagged process to exit; returns a description of those still alive at the deadline."""
+        deadline = time.monotonic() + timeout
+        while True:
+            alive = self.processes()
+            if not alive or time.monotonic() > deadline:
+                return [_describe(proc) for proc in alive]
+            time.sleep(0.1)
+
+    def cleanup(self) -> list[str]:
+        """Kill what this launcher started and is still running (the ffp commands, then tagged leftovers)."""
+        for process in self.started:
+            if process.running():
+                process.sigkill()
+        leftovers = self.processes()
+        for proc in leftovers:
+            try:
+                proc.kill()
+            except psutil.NoSuchProcess:
+                pass
+        return [_describe(proc) for proc in leftovers]
+
+
+def _describe(proc: Any) -> str:
+    try:
+        return f"{proc.pid} {' '.join(proc.cmdline())[:120]}"
+    except psutil.Error:
+        return str(proc.pid)
+
+
+@pytest.fixture
+def launcher(ray_tmpdir: Path) -> Iterator[Launcher]:
+    """A launcher for one test; whatever it started is gone after the test (killed if need be: only tagged
+    processes, never another Ray of this machine)."""
+    launched = Launcher(ray_tmpdir)
+    yield launched
+    leftovers = launched.cleanup()
+    assert not leftovers, f"processes of this test were still running after it and had to be killed: {leftovers}"
+
+
+@pytest.fixture(autouse=True)
+def no_ray_in_pytest() -> Iterator[None]:
+    yield
+    ray = sys.modules.get("ray")
+    assert ray is None or not ray.is_initialized(), "a test left Ray initialised in the pytest process"
+
+
+# Polling ---------------------------------------------------------------------------------------------------
+
+
+def poll(condition: Callable[[], Any], *, what: str, process: FfpProcess | None = None, timeout: float = 120.0) -> Any:
+    """Call ``condition`` until it returns something truthy (returned), failing at the deadline or when
+    ``process`` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if process is not None:
+            process.require_running(what)
+        if time.monotonic() > deadline:
+            pytest.fail(f"no {what} within {timeout:.0f} s")
+        time.sleep(POLL_S)
+
+
+# Checks on a finished run folder ------------------------------------------------------------------------
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def check_integrity(run_dir: Path) -> None:
+    """Nothing lost, nothing twice, no leftovers: every manifest's tar read with ``ShardReader`` and with
+    plain ``tarfile``, keys unique in every tar and every manifest and across a stage's shards, each tar's
+    keys exactly the manifest's ok rows, sha256 as committed; no orphan tar, temporary file or _partial."""
+    storage = Storage(str(run_dir))
+    ids_per_stage: dict[str, Counter[str]] = {}
+    committed_tars = set()
+    for manifest in sorted(run_dir.glob("manifests/*/shard-*.parquet")):
+        rel = str(manifest.relative_to(run_dir))
+        info = read_commit(storage, rel)
+        rows = pq.read_table(manifest).to_pylist()
+        ids = [row["sample_id"] for row in rows]
+        twice = [sid for sid, n in Counter(ids).items() if n > 1]
+        assert not twice, f"{rel}: sample ids in more than one row: {twice}"
+        assert len(rows) == info.rows, f"{rel}: {len(rows)} rows, its commit info says {info.rows}"
+        ids_per_stage.setdefault(info.stage, Counter()).update(ids)
+        ok_ids = {row["sample_id"] for row in rows if row["status"] == Status.OK}
+
+        tar_path = run_dir / info.tar_path
+        committed_tars.add(info.tar_path)
+        assert sha256_file(tar_path) == info.tar_sha256, f"{info.tar_path}: sha256 differs from {rel}"
+        with open(tar_path, "rb") as handle:
+            reader = ShardReader(handle, name=info.tar_path)  # raises on a duplicate member
+            assert not reader.grouping_problems(), reader.grouping_problems()
+            reader_keys = set(reader.keys)
+        with tarfile.open(tar_path) as tar:
+            names = tar.getnames()
+        dup_members = [name for name, n in Counter(names).items() if n > 1]
+        assert not dup_members, f"{info.tar_path}: members twice: {dup_members}"
+        groups = [name.partition(".")[0] for name in names]
+        runs = [key for i, key in enumerate(groups) if i == 0 or groups[i - 1] != key]
+        assert len(runs) == len(set(runs)), f"{info.tar_path}: a key's members are not adjacent (key twice)"
+        assert set(runs) == reader_keys == ok_ids, (
+            f"{info.tar_path}: tarfile keys, ShardReader keys and the manifest's ok rows differ"
+        )
+        assert len(reader_keys) == info.tar_samples
+    for stage, counts in ids_per_stage.items():
+        twice = [sid for sid, n in counts.items() if n > 1]
+        assert not twice, f"stage {stage}: sample ids in more than one shard: {twice}"
+
+    leftovers = []
+    for path in sorted(run_dir.rglob("*")):
+        rel = str(path.relative_to(run_dir))
+        if TEMP_MARKER in path.name:
+            leftovers.append(f"{rel} (temporary file of an interrupted write)")
+        elif "_partial" in path.parts:
+            leftovers.append(f"{rel} (partial results of a finished run)")
+        elif path.suffix == ".tar" and rel not in committed_tars:
+            leftovers.append(f"{rel} (tar without a manifest)")
+    assert not leftovers, "leftovers in the finished run folder:\n  " + "\n  ".join(leftovers)
+
+
+def ffp_verify(run_dir: Path, launcher: Launcher) -> dict[str, Any]:
+    """``ffp verify RUN --json``: exit code 0 and its report."""
+    done = subprocess.run(
+        [*FFP_CMD, "verify", str(run_dir), "--json"], capture_output=True, text=True, env=launcher.env, timeout=120,
+    )
+    assert done.returncode == 0, f"ffp verify exited {done.returncode}:\n{done.stdout}\n{done.stderr}"
+    report = json.loads(done.stdout)
+    assert report["ok"] and not report["problems"], report
+    return report
+
+
+def run_logs(run_dir: Path) -> list[dict[str, Any]]:
+    """The run logs (``logs/run-*.json``, not the ``.previous.yaml`` copies), oldest first."""
+    return [json.loads(path.read_text()) for path in sorted((run_dir / "logs").glob("run-*.json"))]
+
+
+def assert_same_samples(state: RunState, reference: RunState) -> None:
+    assert state.shards == reference.shards, "shards per stage differ from the undisturbed run"
+    for stage in reference.statuses:
+        assert state.statuses.get(stage) == reference.statuses[stage], (
+            f"stage {stage}: sample ids / statuses differ from the undisturbed run"
+        )
+        assert state.tar_keys.get(stage) == reference.tar_keys[stage], (
+            f"stage {stage}: tar keys differ from the undisturbed run"
+        )
