@@ -190,7 +190,10 @@ class ShardWorker:
                 return self._process_batch(batch, partial)
             return {sample.sample_id: self._quarantine(sample, partial, _describe(exc))}
         elapsed = (time.time() - started) / max(1, len(batch))
-        grouped = self._group(batch, produced)
+        try:
+            grouped = self._group(batch, produced)
+        except ValueError as exc:  # a stage bug (wrong ids): every sample of the batch fails, the shard goes on
+            grouped = {s.sample_id: [Result.failed(s.sample_id, str(exc))] for s in batch}
         out: dict[str, ItemResult] = {}
         for sample in batch:
             rows, files = [], {}

@@ -41,14 +41,6 @@ def write_index_png(path: Path, indices: np.ndarray) -> None:
     img.save(path, optimize=False)
 
 
-def read_index_png(path: Path) -> np.ndarray:
-    """Read a palette (or greyscale) annotation PNG as (H,W) uint8 indices."""
-    with Image.open(path) as img:
-        if img.mode not in ("P", "L"):
-            raise ValueError(f"{path}: expected a palette or greyscale PNG, got mode {img.mode}")
-        return np.array(img, dtype=np.uint8)
-
-
 @dataclass(frozen=True)
 class _Obj:
     shape: str  # "ellipse" | "polygon"

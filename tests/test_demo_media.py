@@ -5,6 +5,7 @@ import numpy as np
 from PIL import Image
 
 from stages import demo_media as dm
+from stages.video_io import read_palette_mask
 from stages.synth_ops import instance_ids
 
 KW = dict(num_sequences=2, num_frames=6, width=96, height=64)
@@ -39,7 +40,7 @@ def test_palette_png_round_trip(tmp_path):
     ids = np.random.default_rng(0).integers(0, 5, (17, 23), dtype=np.uint8)
     path = tmp_path / "m.png"
     dm.write_index_png(path, ids)
-    np.testing.assert_array_equal(dm.read_index_png(path), ids)
+    np.testing.assert_array_equal(read_palette_mask(path), ids)
     with Image.open(path) as img:
         assert img.mode == "P"
         pal = np.frombuffer(bytes(img.getpalette()), np.uint8).reshape(-1, 3)
@@ -53,7 +54,7 @@ def test_annotations_are_the_drawn_geometry(tmp_path):
         bg, none = dm.render_sequence(np.random.default_rng([0, i]), 6, 96, 64, with_objects=False)
         assert not none.any()
         seq = root / "Annotations/480p" / f"demo-{i:03d}"
-        read = np.stack([dm.read_index_png(seq / f"{t:05d}.png") for t in range(6)])
+        read = np.stack([read_palette_mask(seq / f"{t:05d}.png") for t in range(6)])
         np.testing.assert_array_equal(read, masks)
         jpg = np.stack([cv2.imread(str(root / "JPEGImages/480p" / f"demo-{i:03d}" / f"{t:05d}.jpg"))[..., ::-1]
                         for t in range(6)])

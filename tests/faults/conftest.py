@@ -5,6 +5,8 @@
   ingest or augment takes ~0.5-1 s and a shard a few seconds: long enough to catch a stage actor mid-shard
   by polling the run folder, short enough for the whole file to stay within a few minutes on 2 cores.
 * ``reference``: one undisturbed run of that config (session-wide), the truth every faulted run must match.
+* ``tiny_inputs`` / ``write_tiny_config``: a 4-sequence, fast variant for the tests that make a process kill
+  itself at an exact instant (``crash_at.py``) instead of polling for a moment that lasts long enough.
 * ``launcher``: starts ``ffp`` subprocesses whose environment carries a unique tag. Every process of the
   local Ray they start (GCS, raylet, dashboard, workers, actors) inherits it, so a test can find *its* Ray
   processes (and only those: other sessions may run Ray on the same machine) and check none is left.
@@ -124,7 +126,11 @@ def write_tiny_config(inputs: Path, run_dir: Path, path: Path, *, stages: tuple[
 
 @dataclass(frozen=True)
 class RunState:
-    """What a finished run holds, per stage: every manifest row's status, and the keys of its tars."""
+    """What a finished run holds, per stage: every manifest row's status, and the keys of its tars.
+
+    Not the tars' bytes: x264 output is not bit-reproducible from run to run here (a few clips of two
+    undisturbed runs of one config differ), so only ids, statuses and keys are compared with the reference;
+    bytes are compared where they must be equal (committed shards across a rerun, reused partial results)."""
 
     statuses: dict[str, dict[str, str]]
     tar_keys: dict[str, set[str]]
@@ -298,11 +304,18 @@ def launcher(ray_tmpdir: Path) -> Iterator[Launcher]:
     assert not leftovers, f"processes of this test were still running after it and had to be killed: {leftovers}"
 
 
+def _ray_initialized() -> bool:
+    ray = sys.modules.get("ray")
+    return ray is not None and ray.is_initialized()
+
+
 @pytest.fixture(autouse=True)
 def no_ray_in_pytest() -> Iterator[None]:
+    """These tests run Ray only in ``ffp`` subprocesses: none may initialise Ray in the pytest process (one
+    initialised before by another test's fixture, e.g. ``ray_session``, is not theirs to judge)."""
+    before = _ray_initialized()
     yield
-    ray = sys.modules.get("ray")
-    assert ray is None or not ray.is_initialized(), "a test left Ray initialised in the pytest process"
+    assert before or not _ray_initialized(), "the test left Ray initialised in the pytest process"
 
 
 # Polling ---------------------------------------------------------------------------------------------------
@@ -391,6 +404,26 @@ def ffp_verify(run_dir: Path, launcher: Launcher) -> dict[str, Any]:
     report = json.loads(done.stdout)
     assert report["ok"] and not report["problems"], report
     return report
+
+
+def partial_files(folder: Path, keys: set[str]) -> dict[str, dict[str, bytes]]:
+    """The files of finished items in a ``_partial/`` folder: ``{sample_id: {field: bytes}}``."""
+    files: dict[str, dict[str, bytes]] = {}
+    for key in keys:
+        path = folder / f"{key}.files.tar"
+        if path.exists():
+            with open(path, "rb") as handle:
+                reader = ShardReader(handle, name=str(path))
+                files.update({sample_id: reader.sample(sample_id) for sample_id in reader.keys})
+    return files
+
+
+def assert_reused_bytes(run_dir: Path, tar_path: str, files: dict[str, dict[str, bytes]]) -> None:
+    """Reused results went into the committed tar as they were in ``_partial/``, not made again."""
+    with open(run_dir / tar_path, "rb") as handle:
+        reader = ShardReader(handle, name=tar_path)
+        for sample_id, fields in files.items():
+            assert reader.sample(sample_id) == fields, f"{tar_path}: {sample_id} differs from its result in _partial/"
 
 
 def run_logs(run_dir: Path) -> list[dict[str, Any]]:

@@ -18,7 +18,7 @@ import re
 import signal
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -31,9 +31,11 @@ from tests.faults.conftest import (
     FfpProcess,
     Launcher,
     RunState,
+    assert_reused_bytes,
     assert_same_samples,
     check_integrity,
     ffp_verify,
+    partial_files,
     poll,
     psutil,
     read_state,
@@ -54,6 +56,7 @@ class ActorKill:
     worker: str  # the manifest's ``worker`` value of rows this actor made ("host:pid")
     finished: frozenset[str]  # items with a result in _partial/ at the kill: to be reused
     in_flight: frozenset[str]  # items begun but without a result at the kill: to be redone (attempt 2)
+    files: dict[str, dict[str, bytes]] = field(repr=False)  # the finished items' files in _partial/ at the kill
 
 
 def _kill_actor_mid_shard(
@@ -88,13 +91,14 @@ def _kill_actor_mid_shard(
                     continue
                 done = {p.name.removesuffix(".rows.json") for p in folder.glob("*.rows.json")}
                 begun = {p.name.removesuffix(".attempts.json") for p in folder.glob("*.attempts.json")}
+                files = partial_files(folder, done)
                 proc.send_signal(signal.SIGKILL)
                 killed = True
             finally:
                 if not killed:
                     proc.send_signal(signal.SIGCONT)
             _wait_dead(proc)
-            return ActorKill(stage, candidate, proc.pid, worker, frozenset(done), frozenset(begun - done))
+            return ActorKill(stage, candidate, proc.pid, worker, frozenset(done), frozenset(begun - done), files)
         time.sleep(POLL_S)
 
 
@@ -138,6 +142,8 @@ def test_kill_stage_actor_mid_shard(
     stage: str, shard: int, min_finished: int, fault_inputs: Path, reference: RunState, launcher: Launcher,
     tmp_path: Path,
 ) -> None:
+    """The actor of ``stage`` is SIGKILLed once ``min_finished`` samples of ``shard`` are done: the driver
+    sees the death, reruns the shard on a new actor, which reuses those samples and redoes the rest."""
     run_dir = tmp_path / "run"
     config = write_fault_config(fault_inputs, run_dir, tmp_path / "config.yaml")
     run = launcher.start(["run", str(config)], tmp_path / "ffp-run.log")
@@ -160,6 +166,9 @@ def test_kill_stage_actor_mid_shard(
     assert summary["processed"] == len(inputs) - len(kill.finished), (summary, kill)
     assert info.extra["worker"] != kill.worker, "the shard was committed by the actor that was killed"
     assert kill.finished <= inputs and kill.in_flight <= inputs
+    reused_ok = {row["sample_id"] for row in rows if row["input_id"] in kill.finished and row["status"] == "ok"}
+    assert set(kill.files) == reused_ok, (sorted(kill.files), sorted(reused_ok))
+    assert_reused_bytes(run_dir, info.tar_path, kill.files)  # byte for byte what was in _partial/
     for row in rows:
         if row["input_id"] in kill.finished:  # reused as they were: made by the killed actor, first attempt
             assert row["worker"] == kill.worker and row["attempts"] == 1, row
@@ -180,6 +189,7 @@ class Interrupted:
 
     finished: dict[str, str]  # item -> worker that made its result in _partial/ (to be reused)
     in_flight: frozenset[str]  # items begun without a result (to be redone, second attempt)
+    files: dict[str, dict[str, bytes]] = field(repr=False)  # the finished items' files
 
 
 def _ray_workers(launcher: Launcher) -> list[psutil.Process]:
@@ -280,12 +290,13 @@ def test_kill_driver_then_rerun(
             for p in folder.glob("*.rows.json")
         }
         begun = {p.name.removesuffix(".attempts.json") for p in folder.glob("*.attempts.json")}
-        interrupted[(stage, shard)] = Interrupted(finished, frozenset(begun - set(finished)))
+        files = partial_files(folder, set(finished))
+        interrupted[(stage, shard)] = Interrupted(finished, frozenset(begun - set(finished)), files)
     if with_actors:
         assert any(i.finished for i in interrupted.values()), f"no half-done shard after the crash: {interrupted}"
 
     second = launcher.start(["run", str(config)], tmp_path / "ffp-run-2.log")
-    output = _finish_and_check(second, run_dir, launcher, reference)
+    _finish_and_check(second, run_dir, launcher, reference)
 
     # committed shards were skipped: not one byte, not one mtime changed
     for path, (sha, mtime) in committed.items():
@@ -303,7 +314,11 @@ def test_kill_driver_then_rerun(
     # interrupted shards took up their finished samples from _partial/ and redid only the rest
     for (stage, shard), left in interrupted.items():
         assert reran[(stage, shard)]["reused"] == len(left.finished), (stage, shard, reran[(stage, shard)], left)
-        for row in _manifest_rows(run_dir, stage, shard):
+        rows = _manifest_rows(run_dir, stage, shard)
+        reused_ok = {row["sample_id"] for row in rows if row["input_id"] in left.finished and row["status"] == "ok"}
+        assert set(left.files) == reused_ok, (stage, shard, sorted(left.files), sorted(reused_ok))
+        assert_reused_bytes(run_dir, read_commit(storage, manifest_path(stage, shard)).tar_path, left.files)
+        for row in rows:
             if row["input_id"] in left.finished:
                 assert row["worker"] == left.finished[row["input_id"]] and row["attempts"] == 1, row
             else:
