@@ -155,7 +155,7 @@ def demo(
     inputs = out / "inputs"
     if not (inputs / "JPEGImages").exists():
         console.print(f"generating {sequences} synthetic sequences in {inputs}")
-        make_demo_vos(inputs, num_sequences=sequences)
+        make_demo_vos(inputs, num_sequences=sequences, num_frames=88)  # 81-frame clips at 16 fps, as FFP-300K
     cfg = load_config(preset="demo", overrides=[f"inputs.0.path={inputs}"], run_dir=str(out / "run"))
     report = _execute(cfg)
     _print_status(cfg.run_dir)

@@ -88,6 +88,7 @@ def write_fault_config(inputs: Path, run_dir: Path, path: Path) -> Path:
         preset="demo",
         overrides=[
             f"inputs.0.path={inputs}",
+            "stages.ingest.params.num_frames=33",
             "stages.ingest.params.preset=veryslow",
             "stages.augment.params.preset=veryslow",
             "ray.num_cpus=2",
