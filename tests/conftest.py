@@ -67,11 +67,19 @@ def make_config(
     return validate_config(data)
 
 
-def synth_config(run_dir: Path | str, vos_root: Path | str, *, shard_size: int = 4, seed: int = 0, **kw: Any) -> PipelineConfig:
-    """ingest -> augment -> export on a VOS layout, small and fast."""
+def synth_config(
+    run_dir: Path | str,
+    vos_root: Path | str,
+    *,
+    shard_size: int = 4,
+    seed: int = 0,
+    extra_inputs: Sequence[Mapping[str, Any]] = (),
+    **kw: Any,
+) -> PipelineConfig:
+    """ingest -> augment -> export on a VOS layout (plus any extra inputs), small and fast."""
     return make_config(
         run_dir,
-        inputs=[{"kind": "vos", "path": str(vos_root), "fps": 16}],
+        inputs=[{"kind": "vos", "path": str(vos_root), "fps": 16}, *extra_inputs],
         stages={
             "ingest": {"type": "ingest", "params": FAST_INGEST},
             "augment": {"type": "synth_augment", "params": {"seed": seed, "crf": 30, "preset": "ultrafast"}},

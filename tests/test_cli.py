@@ -20,7 +20,7 @@ from manifests.shards import open_shard
 from manifests.storage import Storage
 from pipeline.config import config_to_yaml
 from stages.video_io import encode_frames
-from tests.conftest import FAST_INGEST, by_id, cli_invoke, ffp_cli, make_config, manifest_rows, run_local
+from tests.conftest import by_id, cli_invoke, ffp_cli, manifest_rows, run_local, synth_config
 
 STATUS_FIELDS = {"stage", "shards_total", "shards_done", "shards_stale", "ok", "filtered", "failed", "quarantined",
                  "samples_per_s", "eta_s"}
@@ -37,15 +37,7 @@ def run_dir(tmp_path_factory, demo_vos) -> Path:
     frames = [np.full((96, 128, 3), 40 * i, np.uint8) for i in range(4)]
     (videos / "brief.mp4").write_bytes(encode_frames(frames, 16))  # 4 frames: too short
     (videos / "list.csv").write_text("path\nnotes.mp4\nbrief.mp4\n")
-    config = make_config(
-        root / "run",
-        inputs=[{"kind": "vos", "path": str(demo_vos), "fps": 16}, {"kind": "list", "path": str(videos / "list.csv")}],
-        stages={
-            "ingest": {"type": "ingest", "params": FAST_INGEST},
-            "augment": {"type": "synth_augment", "params": {"crf": 30, "preset": "ultrafast"}},
-            "export": {"type": "export"},
-        },
-    )
+    config = synth_config(root / "run", demo_vos, extra_inputs=[{"kind": "list", "path": str(videos / "list.csv")}])
     run_local(config, finalize=True)
     (root / "run/run.yaml").write_text(config_to_yaml(config))  # what `ffp run` writes at first start
     return root / "run"

@@ -493,15 +493,8 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     (lists / "clips").mkdir(parents=True)
     (lists / "clips/notes.mp4").write_text("not a video\n")
     (lists / "videos.csv").write_text("path,comment\nclips/later.mp4,arrives late\nclips/notes.mp4,text\n")
-    config = make_config(
-        tmp_path / "run",
-        inputs=[{"kind": "vos", "path": str(vos), "fps": 16}, {"kind": "list", "path": str(lists / "videos.csv")}],
-        stages={
-            "ingest": {"type": "ingest", "params": FAST_INGEST},
-            "augment": {"type": "synth_augment", "params": {"crf": 30, "preset": "ultrafast"}},
-            "export": {"type": "export"},
-        },
-        max_attempts=3,
+    config = synth_config(
+        tmp_path / "run", vos, extra_inputs=[{"kind": "list", "path": str(lists / "videos.csv")}], max_attempts=3
     )
     cfg = write_config(tmp_path / "cfg.yaml", config)
     run = tmp_path / "run"
