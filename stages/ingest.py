@@ -128,6 +128,7 @@ class Ingest(Stage):
         frame_sources = [_image_loader(fs, f) for f in frames]
         masks = _mask_files(fs, source.get("annotations"), frames)
         first = frame_sources[0]()
+        frame_sources[0] = lambda: first  # decoded once: the cutter asks for frame 0 again
         src = {"fps": source["fps"], "width": first.shape[1], "height": first.shape[0], "frames": len(frames)}
         small = self._too_small(first.shape[1], first.shape[0])
         if small:
