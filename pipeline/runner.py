@@ -32,15 +32,18 @@ from pipeline.worker import ShardSummary, ShardTask, ShardWorker
 log = logging.getLogger("ffp.runner")
 
 
-def connect_ray(options: RayOptions) -> None:
-    """Join ``RAY_ADDRESS`` (or ``ray.address``) when set, else start a local Ray; dashboard on loopback."""
+def connect_ray(options: RayOptions) -> str | None:
+    """Join ``RAY_ADDRESS`` (or ``ray.address``) when set, else start a local Ray; dashboard on loopback.
+
+    Returns the dashboard address when this call started one (``host:port``), else ``None``."""
     if ray.is_initialized():
-        return
+        return None
     address = os.environ.get("RAY_ADDRESS") or options.address
     kwargs: dict[str, Any] = {"include_dashboard": options.dashboard, "logging_level": logging.WARNING}
     if not address:
         kwargs.update(num_cpus=options.num_cpus, num_gpus=options.num_gpus, dashboard_host=options.dashboard_host)
-    ray.init(address=address, **kwargs)
+    context = ray.init(address=address, **kwargs)
+    return context.dashboard_url or None
 
 
 @ray.remote
