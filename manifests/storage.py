@@ -59,9 +59,6 @@ class Storage:
             return []
         return sorted(posixpath.relpath(p, self.root) for p in self.fs.find(base))
 
-    def makedirs(self, rel: str) -> None:
-        self.fs.makedirs(self.path(rel), exist_ok=True)
-
     def remove(self, rel: str, *, recursive: bool = False) -> None:
         target = self.path(rel)
         if self.fs.exists(target):
