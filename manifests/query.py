@@ -3,6 +3,10 @@
 Views: ``manifests`` (every stage, columns unioned by name) and one view per stage (``ingest``,
 ``augment``, ...). The same data reads without our code:
 ``duckdb.sql("select * from read_parquet('RUN/manifests/**/*.parquet', union_by_name=true)")``.
+
+Local manifests are read by DuckDB itself (``read_parquet``, multi-threaded). Remote ones are fetched
+through fsspec into Arrow tables first: handing DuckDB a dataset backed by a Python filesystem makes its
+scan threads call back into Python, which can deadlock on the GIL.
 """
 
 from __future__ import annotations
@@ -11,44 +15,47 @@ import re
 
 import duckdb
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
-from pyarrow.fs import FSSpecHandler, PyFileSystem
 
 from manifests.storage import Storage
+
+VIEW_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 def stage_names(run: Storage) -> list[str]:
     return sorted(p.rsplit("/", 1)[-1] for p in run.fs.ls(run.path("manifests"), detail=False)) if run.exists("manifests") else []
 
 
-def manifest_dataset(run: Storage, stage: str | None = None) -> pads.Dataset | None:
-    """All committed manifests (of one stage, or all) as one Arrow dataset with a unified schema."""
+def _manifest_files(run: Storage, stage: str | None) -> list[str]:
     pattern = f"manifests/{stage}" if stage else "manifests/*"
-    files = [run.path(rel) for rel in run.list(pattern, pattern="shard-*.parquet")]
-    if not files:
-        return None
-    filesystem = PyFileSystem(FSSpecHandler(run.fs))
-    schemas = []
-    for path in files:
-        with run.fs.open(path, "rb") as handle:
-            schemas.append(pq.read_schema(handle).remove_metadata())
-    schema = pa.unify_schemas(schemas, promote_options="permissive")
-    return pads.dataset(files, schema=schema, format="parquet", filesystem=filesystem)
+    return run.list(pattern, pattern="shard-*.parquet")
+
+
+def _register(con: duckdb.DuckDBPyConnection, run: Storage, name: str, files: list[str], fetched: dict[str, pa.Table]) -> None:
+    if run.is_local:
+        paths = ", ".join("'" + run.path(rel).replace("'", "''") + "'" for rel in files)
+        con.execute(f'create view "{name}" as select * from read_parquet([{paths}], union_by_name=true)')
+        return
+    for rel in files:
+        if rel not in fetched:
+            with run.open(rel) as handle:
+                fetched[rel] = pq.read_table(handle).replace_schema_metadata(None)
+    con.register(name, pa.concat_tables([fetched[rel] for rel in files], promote_options="permissive"))
 
 
 def connect(run: Storage) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
-    everything = manifest_dataset(run)
-    if everything is None:
+    everything = _manifest_files(run, None)
+    if not everything:
         con.execute("create view manifests as select null::varchar as sample_id, null::varchar as stage, "
                     "null::varchar as status where false")
         return con
-    con.register("manifests", everything)
+    fetched: dict[str, pa.Table] = {}  # remote manifests, each fetched once
+    _register(con, run, "manifests", everything, fetched)
     for stage in stage_names(run):
-        dataset = manifest_dataset(run, stage)
-        if dataset is not None and re.fullmatch(r"[a-z_][a-z0-9_]*", stage):
-            con.register(stage, dataset)
+        files = _manifest_files(run, stage)
+        if files and VIEW_NAME.fullmatch(stage):
+            _register(con, run, stage, files, fetched)
     return con
 
 
