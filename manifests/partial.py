@@ -15,7 +15,7 @@ from typing import Any
 
 from manifests.manifest import partial_dir
 from manifests.shards import ShardReader, write_shard
-from manifests.storage import TEMP_MARKER, Storage
+from manifests.storage import Storage
 
 
 @dataclass
@@ -59,10 +59,6 @@ class PartialStore:
         if files:
             write_shard(self.storage, self._rel(key, "files.tar"), files)
         self.storage.write_bytes(self._rel(key, "rows.json"), json.dumps(rows, default=str).encode())
-
-    def remove_temporaries(self) -> None:
-        for temp in self.storage.list(self.dir, pattern=f"*{TEMP_MARKER}*"):
-            self.storage.remove(temp)
 
     def load(self, key: str) -> ItemResult | None:
         rows_rel = self._rel(key, "rows.json")

@@ -116,6 +116,9 @@ class ShardReader:
             self.order.append(key)
         fields[field] = (member.offset_data, member.size)
 
+    def close(self) -> None:
+        self.handle.close()
+
     @property
     def keys(self) -> list[str]:
         return sorted(self.index)

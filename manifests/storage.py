@@ -64,10 +64,14 @@ class Storage:
         if self.fs.exists(target):
             self.fs.rm(target, recursive=recursive)
 
-    def remove_temporaries(self, rel: str) -> int:
-        """Delete temporaries left next to ``rel`` by an interrupted write; returns how many."""
-        folder, name = posixpath.split(rel)
-        found = self.list(folder, pattern=f"{name}{TEMP_MARKER}*")
+    def remove_temporaries(self, folder: str = "", *, prefix: str = "", recursive: bool = False) -> int:
+        """Delete temporaries of interrupted writes (``<prefix>...<TEMP_MARKER>...``) in ``folder``, or
+        below it with ``recursive``; returns how many."""
+        candidates = self.walk_files(folder) if recursive else self.list(folder, pattern=f"{prefix}*{TEMP_MARKER}*")
+        found = [
+            rel for rel in candidates
+            if posixpath.basename(rel).startswith(prefix) and TEMP_MARKER in posixpath.basename(rel)
+        ]
         for temp in found:
             self.remove(temp)
         return len(found)

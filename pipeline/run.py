@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import yaml
 
-from manifests.storage import TEMP_MARKER, Storage
+from manifests.storage import Storage
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
@@ -105,9 +105,7 @@ def _stamp() -> str:
 def _clean_leftovers(storage: Storage, plan: RunPlan) -> None:
     """Remove what killed processes of earlier starts left: temporaries of any write (one driver per run, so
     no writer is alive now) and ``_partial/`` folders of shards that did commit."""
-    for rel in storage.walk_files():
-        if TEMP_MARKER in rel.rsplit("/", 1)[-1]:
-            storage.remove(rel)
+    storage.remove_temporaries(recursive=True)
     for stage in plan.graph.order:
         for folder in storage.list(f"stages/{stage}/_partial", pattern="shard-*"):
             shard = int(folder.rsplit("-", 1)[-1])

@@ -13,6 +13,7 @@ without Ray. Order of work for a shard:
 from __future__ import annotations
 
 import os
+import posixpath
 import socket
 import time
 import traceback
@@ -109,10 +110,10 @@ class ShardWorker:
 
     def _run(self, task: ShardTask, samples: list[Sample]) -> ShardSummary:
         started, node, shard = time.time(), self.node, task.shard
-        for target in (node.tar_path(shard), manifest_path(node.name, shard)):
-            self.storage.remove_temporaries(target)  # left by a worker killed mid-write
+        for target in (node.tar_path(shard), manifest_path(node.name, shard)):  # left by a worker killed mid-write
+            self.storage.remove_temporaries(posixpath.dirname(target), prefix=posixpath.basename(target))
         partial = PartialStore(self.storage, node.name, shard, node.fingerprint)
-        partial.remove_temporaries()
+        self.storage.remove_temporaries(partial.dir)
         self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry)
         summary = ShardSummary(node.name, shard)
         results: dict[str, ItemResult] = {}
@@ -163,12 +164,12 @@ class ShardWorker:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
                     files = {r["sample_id"]: reader.sample(r["sample_id"]) for r in rows if reader and r["status"] == Status.OK}
                     partial.save(input_id, rows, files)
-                elif redo and input_id in inputs and all(r["status"] == Status.FAILED for r in rows if r["status"] != Status.OK):
+                elif redo and input_id in inputs and not any(r["status"] == Status.QUARANTINED for r in rows):
                     # failed samples carry their attempts forward, so repeated failures end in quarantine;
                     # quarantined ones retried on request start afresh
                     partial.set_attempts(input_id, max(int(r.get("attempts") or 1) for r in rows))
             if reader is not None:
-                reader.handle.close()
+                reader.close()
         uncommit_shard(self.storage, self.node.name, shard)
 
     # Processing -----------------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class _LazyReaders:
 
     def __exit__(self, *exc: object) -> None:
         for reader in self.open.values():
-            reader.handle.close()
+            reader.close()
 
     def reader_for(self, sample_id: str, owners: dict[str, str]) -> Callable[[str], bytes]:
         def read(field_name: str) -> bytes:

@@ -464,6 +464,8 @@ def _run_plans(
                     mp4 = encoders.pop(k).finish()
                     clip_masks = np.stack(masks.pop(k)) if with_masks else None
                     done[k] = Clip(k, plans[k], mp4, firsts.pop(k), out_w, out_h, float(fps), clip_masks)
+    except av.FFmpegError as e:  # decode errors are collected by the caller's picture source
+        raise VideoError(f"cannot encode: {e}") from e
     finally:
         for enc in encoders.values():
             enc.abort()
@@ -507,10 +509,7 @@ def cut_clips(source: Source, spec: ClipSpec, info: VideoInfo | None = None, *, 
                 decoded = idx + 1
                 yield idx, lambda frame=frame: _picture_from_frame(frame, out_w, out_h, info.rotation)
 
-        try:
-            clips = _run_plans(plans, pictures(), out_w, out_h, fps, spec, with_masks=False)
-        except av.FFmpegError as e:
-            raise VideoError(f"cannot encode: {e}") from e
+        clips = _run_plans(plans, pictures(), out_w, out_h, fps, spec, with_masks=False)
     if not clips or (strict and len(clips) < len(plans)):
         reason = f" ({errors[0]})" if errors else ""
         raise VideoError(
@@ -569,10 +568,7 @@ def cut_clips_from_frames(
 
     needed = sorted({i for plan in plans for i in plan})
     pictures = ((i, lambda i=i: prepare(i)) for i in needed)
-    try:
-        return _run_plans(plans, pictures, out_w, out_h, fps, spec, with_masks=masks is not None)
-    except av.FFmpegError as e:
-        raise VideoError(f"cannot encode: {e}") from e
+    return _run_plans(plans, pictures, out_w, out_h, fps, spec, with_masks=masks is not None)
 
 
 # --------------------------------------------------------------------------------------------
