@@ -46,6 +46,7 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "fingerprint": pa.string(),
     "worker": pa.string(),
     "seconds": pa.float32(),
+    "model_seconds": pa.float32(),
     "finished_at": pa.timestamp("ms", tz="UTC"),
 }
 

@@ -56,7 +56,9 @@ class TarInfo:
 
 
 def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, bytes]]) -> TarInfo:
-    """Atomically write ``{sample_id: {field: bytes}}`` as a key-grouped, sorted tar at ``rel``."""
+    """Atomically write ``{sample_id: {field: bytes}}`` as a key-grouped, sorted tar at ``rel``.
+
+    A sample without fields (a stage whose output is manifest columns only) has no members in the tar."""
     with storage.atomic_writer(rel) as handle:
         hashing = _HashingWriter(handle)
         with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
@@ -66,7 +68,7 @@ def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, b
                     if not FIELD.match(field):
                         raise ValueError(f"field name {field!r} of {sample_id} must match {FIELD.pattern}")
                     _add_member(tar, f"{sample_id}.{field}", samples[sample_id][field])
-    return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=len(samples))
+    return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=sum(1 for f in samples.values() if f))
 
 
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:

@@ -76,7 +76,6 @@ def _check_tar(run: Storage, manifest: str, tar: str, sha256: str, size: int, sa
         return problems + [str(exc)]
     if len(keys) != samples:
         problems.append(f"{tar}: {len(keys)} samples, its manifest says {samples}")
-    if keys != ok_ids:
-        extra, missing = sorted(keys - ok_ids), sorted(ok_ids - keys)
-        problems.append(f"{tar}: samples differ from the manifest's ok rows (extra {extra[:5]}, missing {missing[:5]})")
+    if not keys <= ok_ids:  # ok samples of column-only stages have no members: the count above covers them
+        problems.append(f"{tar}: samples that are not ok rows of its manifest: {sorted(keys - ok_ids)[:5]}")
     return problems

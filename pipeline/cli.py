@@ -146,7 +146,8 @@ def demo(
     sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
 ) -> None:
-    """Generate synthetic VOS clips, run ingest -> synthetic pairs -> export on local Ray, verify, report."""
+    """Generate synthetic VOS clips and run both demo tracks on local Ray (synthetic pairs; swap/removal pairs on
+    tiny random-weight models), then verify and report."""
     from stages.demo_media import make_demo_vos
 
     if fresh and out.exists():
@@ -164,8 +165,9 @@ def demo(
                   + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
     for problem in checked.problems:
         err.print(f"  {problem}")
-    console.print(f"pairs: [cyan]{out / 'run' / 'export'}[/cyan] (WebDataset shards, dataset.parquet, README.md); "
-                  f"demo took {time.time() - started:.1f} s")
+    folders = [spec.params.get("folder", "export") for spec in cfg.stages.values() if spec.type == "export"]
+    console.print("pairs: " + ", ".join(f"[cyan]{out / 'run' / folder}[/cyan]" for folder in folders)
+                  + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
     raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
 
 

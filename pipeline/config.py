@@ -42,7 +42,18 @@ class Resources(Strict):
     gpus: float = Field(0.0, ge=0, description="GPUs per actor (fractions allowed)")
     memory_gb: float | None = Field(None, gt=0, description="memory reserved per actor")
     actors: int = Field(1, ge=1, description="largest number of actors in the stage's pool")
-    tensor_parallel: int = Field(1, ge=1, description="GPUs one model instance spans")
+    tensor_parallel: int = Field(
+        1, ge=1, description="GPUs one model instance spans; > 1 reserves them as a placement group (gpus: 0 or equal)"
+    )
+
+    @model_validator(mode="after")
+    def _gpus_match_tensor_parallel(self) -> Resources:
+        if self.tensor_parallel > 1 and self.gpus not in (0, self.tensor_parallel):
+            raise ValueError(
+                f"tensor_parallel {self.tensor_parallel} reserves {self.tensor_parallel} GPUs per actor; "
+                f"set gpus to {self.tensor_parallel} (or 0), not {self.gpus}"
+            )
+        return self
 
 
 class StageSpec(Strict):

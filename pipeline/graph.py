@@ -40,7 +40,7 @@ class StageNode:
 
     @property
     def output_dir(self) -> str:
-        return self.cls.output_dir or f"stages/{self.name}"
+        return self.cls.output_dir_for(self.params) or f"stages/{self.name}"
 
     def tar_path(self, shard: int) -> str:
         return f"{self.output_dir}/shard-{shard:06d}.tar"
@@ -92,12 +92,19 @@ def build_graph(config: PipelineConfig) -> StageGraph:
         node.owners = _owners(node, nodes)
         node.fingerprint = digest(
             {
-                "type": spec.type, "version": cls.version, "params": node.params.model_dump(mode="json"),
+                "type": spec.type, "version": cls.version, "params": node.params.fingerprint_data(),
                 "extra": cls.fingerprint_extra(node.params), "deps": [nodes[d].fingerprint for d in node.deps],
             }
         )
+        clash = next((other for other in nodes.values() if _nested(other.output_dir, node.output_dir)), None)
+        if clash is not None:
+            raise GraphError(f"stages {clash.name!r} and {name!r} both write to {node.output_dir}/: give one another folder")
         nodes[name] = node
     return StageGraph(nodes, config)
+
+
+def _nested(a: str, b: str) -> bool:
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
 
 
 def _topological(deps: dict[str, list[str]]) -> list[str]:

@@ -123,7 +123,7 @@ def _finalize(storage: Storage, plan: RunPlan, stage: str) -> None:
     done = digest([plan.commits[(stage, shard)].tar_sha256 + plan.commits[(stage, shard)].fingerprint for shard in shards])
     marker = f"logs/finalized-{stage}.txt"
     node = plan.graph.nodes[stage]
-    outputs_there = all(storage.exists(rel) for rel in node.cls.finalize_outputs)
+    outputs_there = all(storage.exists(rel) for rel in node.cls.finalize_outputs_for(node.params))
     if outputs_there and storage.exists(marker) and storage.read_bytes(marker).decode() == done:
         return
     node.cls.finalize(stage, storage, node.params)

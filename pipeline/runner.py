@@ -21,10 +21,12 @@ from typing import Any
 
 import ray
 from ray.exceptions import RayActorError, RayTaskError
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from manifests.manifest import read_commit, manifest_path
 from manifests.storage import Storage
-from pipeline.config import PipelineConfig, RayOptions
+from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.graph import StageGraph
 from pipeline.plan import RunPlan, State
 from pipeline.worker import ShardSummary, ShardTask, ShardWorker
@@ -61,6 +63,33 @@ class StageActor:
 
     def run_shard(self, task: ShardTask) -> ShardSummary:
         return self.worker.run_shard(task)
+
+    def placement(self) -> list[dict[str, float]] | None:
+        """Bundles of the placement group this actor (and the tasks it starts) runs in, if any."""
+        group = ray.util.get_current_placement_group()
+        return group.bundle_specs if group is not None else None
+
+
+def actor_placement(resources: Resources) -> tuple[dict[str, Any], PlacementGroup | None]:
+    """Ray options for one actor of a stage, and the placement group it needs.
+
+    A model split over ``tensor_parallel`` GPUs (vLLM's Ray executor) gets a placement group of one CPU bundle
+    for the actor and one GPU bundle per shard of the model, packed on one node; the actor holds no GPU itself
+    and the workers vLLM starts inside it land in the group's GPU bundles (child tasks are captured)."""
+    options: dict[str, Any] = {"num_cpus": resources.cpus, "num_gpus": resources.gpus, "max_restarts": 0}
+    if resources.memory_gb:
+        options["memory"] = int(resources.memory_gb * (1 << 30))
+    if resources.tensor_parallel <= 1:
+        return options, None
+    bundles = [{"CPU": resources.cpus}] + [{"GPU": 1.0, "CPU": 1.0} for _ in range(resources.tensor_parallel)]
+    group = placement_group(bundles, strategy="STRICT_PACK")
+    options.update(
+        num_gpus=0,
+        scheduling_strategy=PlacementGroupSchedulingStrategy(
+            group, placement_group_bundle_index=0, placement_group_capture_child_tasks=True
+        ),
+    )
+    return options, group
 
 
 @dataclass
@@ -104,6 +133,7 @@ class Driver:
         self.inflight: dict[ray.ObjectRef, tuple[str, int, Any]] = {}
         self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
         self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.groups: dict[Any, PlacementGroup] = {}
         self.tries: Counter[tuple[str, int]] = Counter()
         self.report = RunReport()
         self.config_json = graph.config.model_dump(mode="json")
@@ -133,13 +163,12 @@ class Driver:
     # Actors ---------------------------------------------------------------------------------------------
     def _new_actor(self, stage: str) -> Any:
         self.connect()  # Ray starts only when there is work: a finished run resumes in a second
-        res = self.graph.nodes[stage].resources
-        options: dict[str, Any] = {"num_cpus": res.cpus, "num_gpus": res.gpus, "max_restarts": 0}
-        if res.memory_gb:
-            options["memory"] = int(res.memory_gb * (1 << 30))
+        options, group = actor_placement(self.graph.nodes[stage].resources)
         actor = StageActor.options(**options).remote(self.storage.url, self.config_json, stage)
+        if group is not None:
+            self.groups[actor] = group
         self.actors[stage].append(actor)
-        self.listener("actor_started", stage)
+        self.listener("actor_started", (stage, actor))
         return actor
 
     def _take_actor(self, stage: str) -> Any | None:
@@ -153,8 +182,14 @@ class Driver:
         for stage in self.graph.order:
             if self.actors[stage] and self._stage_finished(stage):
                 for actor in self.actors[stage]:
-                    ray.kill(actor)
+                    self._drop_actor(actor)
                 self.actors[stage], self.idle[stage] = [], []
+
+    def _drop_actor(self, actor: Any) -> None:
+        ray.kill(actor)
+        group = self.groups.pop(actor, None)
+        if group is not None:
+            remove_placement_group(group)
 
     def _stage_finished(self, stage: str) -> bool:
         if self.pending[stage] or any(s == stage for s, _, _ in self.inflight.values()):
@@ -203,6 +238,7 @@ class Driver:
         except RayActorError as exc:
             self.report.actor_deaths += 1
             self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+            self._drop_actor(actor)
             self._retry_or_give_up(stage, shard, f"actor died: {exc.__class__.__name__}")
             return
         except RayTaskError as exc:

@@ -8,7 +8,9 @@ and columns), ``filtered`` (with a reason) or ``failed`` (with an error). An exc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,10 +21,24 @@ from manifests.manifest import Status
 from manifests.storage import Storage
 
 
+RUNTIME_ONLY = {"fingerprint": False}
+"""``Field(..., json_schema_extra=RUNTIME_ONLY)`` marks a param that changes speed or memory, not the output
+(batch sizes, offloading): changing it does not make the stage stale."""
+
+
 class Params(BaseModel):
     """Base for stage params: unknown keys are errors, values are immutable once validated."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        """The params that enter the stage fingerprint: all but those marked ``RUNTIME_ONLY``."""
+        data = self.model_dump(mode="json")
+        for name, info in type(self).model_fields.items():
+            extra = info.json_schema_extra
+            if isinstance(extra, dict) and extra.get("fingerprint") is False:
+                data.pop(name, None)
+        return data
 
 
 @dataclass
@@ -68,6 +84,8 @@ class StageContext:
     run: Storage
     lineage: dict[str, str] = field(default_factory=dict)
     """Fingerprint of this stage and of every stage before it, for provenance."""
+    tensor_parallel: int = 1
+    """GPUs one model instance spans (``resources.tensor_parallel``); the actor holds a placement group."""
 
 
 class Stage:
@@ -85,11 +103,23 @@ class Stage:
     """Folder of the stage's tars inside the run; ``None`` means ``stages/<name>``."""
     is_source: ClassVar[bool] = False
     """Source stages read the run's inputs instead of another stage."""
-    batch_size: ClassVar[int] = 1
-    """Items handed to one ``process`` call; each batch is checkpointed to ``_partial/`` as it finishes."""
+    batch_size: int = 1
+    """Items handed to one ``process`` call; each batch is checkpointed to ``_partial/`` as it finishes.
+    A class default; an instance may set its own from its params (e.g. a whole shard per vLLM batch)."""
 
     def __init__(self, params: Params, context: StageContext) -> None:
         self.params, self.context = params, context
+        self.model_seconds = 0.0
+
+    @contextmanager
+    def model_call(self) -> Iterator[None]:
+        """Wrap the model's forward/generate calls: their time is kept apart (manifest ``model_seconds``), so
+        the decode, pre/post-processing and encode overhead around the model shows in the numbers."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.model_seconds += time.perf_counter() - started
 
     @classmethod
     def reads_for(cls, params: Params) -> tuple[str, ...]:
@@ -100,6 +130,16 @@ class Stage:
     def fingerprint_extra(cls, params: Params) -> dict[str, Any]:
         """Anything besides params that changes the output (model ids and revisions, prompt templates)."""
         return {}
+
+    @classmethod
+    def output_dir_for(cls, params: Params) -> str | None:
+        """Folder of the stage's tars with these params (``output_dir`` unless params choose it)."""
+        return cls.output_dir
+
+    @classmethod
+    def finalize_outputs_for(cls, params: Params) -> tuple[str, ...]:
+        """Files ``finalize`` writes with these params (``finalize_outputs`` unless params choose them)."""
+        return cls.finalize_outputs
 
     def setup(self) -> None:
         """Load models once per actor."""

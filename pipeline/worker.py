@@ -72,7 +72,9 @@ class ShardWorker:
     def __init__(self, storage: Storage, graph: StageGraph, stage_name: str) -> None:
         self.storage, self.graph = storage, graph
         self.node: StageNode = graph.nodes[stage_name]
-        context = StageContext(name=stage_name, run=storage, lineage=self.node.lineage(graph))
+        context = StageContext(
+            name=stage_name, run=storage, lineage=self.node.lineage(graph), tensor_parallel=self.node.resources.tensor_parallel
+        )
         self.stage: Stage = self.node.cls(self.node.params, context)
         self.stage.setup()
         self.max_attempts = graph.config.max_attempts
@@ -82,23 +84,21 @@ class ShardWorker:
         node, shard = self.node, task.shard
         if node.cls.is_source:
             return [Sample(row["source_id"], shard, dict(row)) for row in task.source_rows]
-        tables = {}
+        tables: dict[str, dict[str, dict[str, Any]]] = {}
         for ancestor in node.ancestors:
             found = read_manifest(self.storage, ancestor, shard)
             if found is None:
                 raise InputError(f"{node.name}/shard {shard}: no manifest for upstream stage {ancestor}")
             tables[ancestor] = {row["sample_id"]: row for row in found[1].to_pylist()}
-        ok_sets = [
-            {sid for sid, row in tables[dep].items() if row["status"] == Status.OK} for dep in node.deps
-        ]
-        ids = sorted(set.intersection(*ok_sets)) if ok_sets else []
+        lineage = _Lineage(tables)
         samples = []
-        for sample_id in ids:
+        for sample_id in lineage.ok_ids(node.deps):
             columns: dict[str, Any] = {}
+            keys = {ancestor: lineage.key_in(ancestor, sample_id) for ancestor in node.ancestors}
             for ancestor in reversed(node.ancestors):  # nearest ancestor wins
-                row = tables[ancestor].get(sample_id) or {}
+                row = tables[ancestor].get(keys[ancestor] or "") or {}
                 columns.update({k: row.get(k) for k in self.graph.nodes[ancestor].cls.columns})
-            samples.append(Sample(sample_id, shard, columns, readers.reader_for(sample_id, node.owners)))
+            samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners)))
         return samples
 
     # The shard ------------------------------------------------------------------------------------------
@@ -131,7 +131,7 @@ class ShardWorker:
                 pending.append(sample)
         if pending:
             self.stage.prepare_shard(samples)
-        for batch in _batches(pending, self.node.cls.batch_size):
+        for batch in _batches(pending, self.stage.batch_size):
             for sample_id, item in self._process_batch(batch, partial).items():
                 results[sample_id] = item
                 summary.processed += 1
@@ -181,6 +181,7 @@ class ShardWorker:
             return batch_results
         attempts = {s.sample_id: partial.begin(s.sample_id) for s in batch}
         started = time.time()
+        self.stage.model_seconds = 0.0
         try:
             produced = self.stage.process(batch)
         except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
@@ -191,6 +192,7 @@ class ShardWorker:
                 return self._process_batch(batch, partial)
             return {sample.sample_id: self._quarantine(sample, partial, _describe(exc))}
         elapsed = (time.time() - started) / max(1, len(batch))
+        model_elapsed = self.stage.model_seconds / max(1, len(batch))
         try:
             grouped = self._group(batch, produced)
         except ValueError as exc:  # a stage bug (wrong ids): every sample of the batch fails, the shard goes on
@@ -200,7 +202,7 @@ class ShardWorker:
             rows, files = [], {}
             for result in grouped[sample.sample_id]:
                 result = self._check(result)
-                rows.append(self._row(result, sample, attempts[sample.sample_id], elapsed))
+                rows.append(self._row(result, sample, attempts[sample.sample_id], elapsed, model_elapsed))
                 if result.status == Status.OK:
                     files[result.sample_id] = result.files
             partial.save(sample.sample_id, rows, files)
@@ -208,18 +210,17 @@ class ShardWorker:
         return out
 
     def _group(self, batch: Sequence[Sample], produced: Sequence[Result]) -> dict[str, list[Result]]:
+        """Results by the input they came from: an input's own id, or ids derived from it (``<id>-swap``)."""
         grouped: dict[str, list[Result]] = {s.sample_id: [] for s in batch}
-        if self.node.cls.is_source:
-            for result in produced:
-                owner = next((s.sample_id for s in batch if _derives(result.sample_id, s.sample_id)), None)
-                if owner is None:
-                    raise ValueError(f"{self.node.name} returned sample {result.sample_id!r} not derived from its inputs")
-                grouped[owner].append(result)
-        else:
-            for result in produced:
-                if result.sample_id not in grouped or grouped[result.sample_id]:
-                    raise ValueError(f"{self.node.name} returned {result.sample_id!r}: not exactly one result per input")
-                grouped[result.sample_id].append(result)
+        seen: set[str] = set()
+        for result in produced:
+            owners = [s.sample_id for s in batch if _derives(result.sample_id, s.sample_id)]
+            if not owners:
+                raise ValueError(f"{self.node.name} returned sample {result.sample_id!r} not derived from its inputs")
+            if result.sample_id in seen:
+                raise ValueError(f"{self.node.name} returned sample {result.sample_id!r} twice")
+            seen.add(result.sample_id)
+            grouped[max(owners, key=len)].append(result)
         for sample in batch:
             if not grouped[sample.sample_id]:
                 grouped[sample.sample_id].append(
@@ -237,14 +238,16 @@ class ShardWorker:
             )
         return result
 
-    def _row(self, result: Result, sample: Sample, attempts: int, seconds: float) -> dict[str, Any]:
+    def _row(
+        self, result: Result, sample: Sample, attempts: int, seconds: float, model_seconds: float = 0.0
+    ) -> dict[str, Any]:
         status, reason = result.status, result.reason
         if status == Status.FAILED and attempts >= self.max_attempts > 1:
             status, reason = Status.QUARANTINED, f"failed on {attempts} attempts; last: {reason}"
         return {
             "sample_id": result.sample_id, "input_id": sample.sample_id, "shard": sample.shard,
             "stage": self.node.name, "status": str(status), "reason": reason, "attempts": attempts,
-            "fingerprint": self.node.fingerprint, "worker": WORKER, "seconds": seconds,
+            "fingerprint": self.node.fingerprint, "worker": WORKER, "seconds": seconds, "model_seconds": model_seconds,
             "finished_at": time.time(), **result.columns,
         }
 
@@ -269,16 +272,53 @@ class _LazyReaders:
         for reader in self.open.values():
             reader.close()
 
-    def reader_for(self, sample_id: str, owners: dict[str, str]) -> Callable[[str], bytes]:
+    def reader_for(self, keys: dict[str, str | None], owners: dict[str, str]) -> Callable[[str], bytes]:
+        """Reads a field from the stage that wrote it, under the sample's key in that stage."""
+
         def read(field_name: str) -> bytes:
             stage = owners.get(field_name)
             if stage is None:
                 raise KeyError(f"no stage before this one writes {field_name!r}")
+            key = keys.get(stage)
+            if key is None:
+                raise KeyError(f"stage {stage} has no sample this one derives from")
             if stage not in self.open:
                 self.open[stage] = open_shard(self.storage, self.graph.nodes[stage].tar_path(self.shard))
-            return self.open[stage].read(sample_id, field_name)
+            return self.open[stage].read(key, field_name)
 
         return read
+
+
+class _Lineage:
+    """Which upstream sample a sample derives from, across stages that fan one input out into several.
+
+    A stage may turn input ``clip`` into ``clip-swap`` and ``clip-removal`` (rows with ``input_id = clip``);
+    the stages after it read ``clip``'s fields and columns from the stages before the fan-out."""
+
+    def __init__(self, tables: dict[str, dict[str, dict[str, Any]]]) -> None:
+        self.tables = tables
+        self.parent = {
+            sid: row["input_id"]
+            for rows in tables.values()
+            for sid, row in rows.items()
+            if row.get("input_id") and row["input_id"] != sid
+        }
+
+    def key_in(self, stage: str, sample_id: str) -> str | None:
+        key: str | None = sample_id
+        while key is not None and key not in self.tables[stage]:
+            key = self.parent.get(key)
+        return key
+
+    def ok_ids(self, deps: Sequence[str]) -> list[str]:
+        """Samples ok in every direct upstream stage, the most derived ids only."""
+        candidates = {sid for dep in deps for sid, row in self.tables[dep].items() if row["status"] == Status.OK}
+        kept = {
+            sid for sid in candidates
+            if all((key := self.key_in(dep, sid)) is not None and self.tables[dep][key]["status"] == Status.OK for dep in deps)
+        }
+        parents = {self.parent[sid] for sid in kept if sid in self.parent}
+        return sorted(kept - parents)
 
 
 def _batches(items: list[Sample], size: int) -> list[list[Sample]]:

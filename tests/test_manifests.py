@@ -291,7 +291,7 @@ def test_verify_finds_a_manifest_whose_rows_do_not_match_the_tar(run_copy):
     problems = verify_run(Storage(str(run_copy))).problems
     joined = "\n".join(problems)
     assert "stages/ingest/shard-000000.tar" in joined
-    assert "samples differ" in joined and "sha256" in joined
+    assert "samples that are not ok rows" in joined and "sha256" in joined
 
 
 # _partial/: a worker stopped mid-shard loses at most the sample in flight ------------------------------------

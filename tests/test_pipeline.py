@@ -568,9 +568,13 @@ def test_resuming_by_run_folder_is_a_no_op(e2e):
 def test_ffp_demo(tmp_path, ray_session):
     code, out, err = cli_invoke(["demo", "--out", str(tmp_path / "demo"), "--sequences", "3"])
     assert code == 0, out + err
-    assert "verify: 3 shards" in out and "clean" in out
-    rows = manifest_rows(tmp_path / "demo/run", "export")
-    assert len(rows) >= 1 and (tmp_path / "demo/run/export/README.md").exists()
+    assert "verify: 9 shards" in out and "clean" in out  # 3 sequences: one shard in each of the 9 stages
+    for stage, folder in (("export", "export"), ("export_local", "export-local")):
+        rows = manifest_rows(tmp_path / "demo/run", stage)
+        assert any(r["status"] == "ok" for r in rows), stage
+        assert (tmp_path / "demo/run" / folder / "README.md").exists() and folder in out
+    tasks = {r["task"] for r in manifest_rows(tmp_path / "demo/run", "export_local") if r["status"] == "ok"}
+    assert tasks <= {"swap", "removal"} and tasks
     assert verify_run(Storage(str(tmp_path / "demo/run"))).ok
 
 

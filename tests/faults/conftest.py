@@ -80,22 +80,29 @@ def fault_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_demo_vos(tmp_path_factory.mktemp("fault_inputs") / "vos", **INPUTS)
 
 
-def write_fault_config(inputs: Path, run_dir: Path, path: Path) -> Path:
-    """The demo preset (ingest -> augment -> export, shard_size 4, 1 actor per stage, 2 CPUs) made slower."""
-    from pipeline.config import config_to_yaml, load_config
+def synth_demo(inputs: Path, run_dir: Path, stages: tuple[str, ...] = STAGES) -> dict:
+    """The demo preset's synthetic track alone (its local track runs models: not what these tests are about)."""
+    import yaml
 
-    config = load_config(
-        preset="demo",
-        overrides=[
-            f"inputs.0.path={inputs}",
-            "stages.ingest.params.num_frames=33",
-            "stages.ingest.params.preset=veryslow",
-            "stages.augment.params.preset=veryslow",
-            "ray.num_cpus=2",
-        ],
-        run_dir=str(run_dir),
-    )
-    path.write_text(config_to_yaml(config))
+    from pipeline.config import preset_text
+
+    data = yaml.safe_load(preset_text("demo"))
+    data.update(run_dir=str(run_dir), tracks={"synth": list(stages)})
+    data["inputs"][0]["path"] = str(inputs)
+    data["stages"] = {name: spec for name, spec in data["stages"].items() if name in stages}
+    return data
+
+
+def write_fault_config(inputs: Path, run_dir: Path, path: Path) -> Path:
+    """The demo preset's synthetic track (ingest -> augment -> export, shard_size 4, 1 actor per stage, 2 CPUs)
+    made slower."""
+    from pipeline.config import config_to_yaml, validate_config
+
+    data = synth_demo(inputs, run_dir)
+    data["stages"]["ingest"]["params"].update(num_frames=33, preset="veryslow")
+    data["stages"]["augment"]["params"].update(preset="veryslow")
+    data["ray"]["num_cpus"] = 2
+    path.write_text(config_to_yaml(validate_config(data)))
     return path
 
 
@@ -109,15 +116,11 @@ def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def write_tiny_config(inputs: Path, run_dir: Path, path: Path, *, stages: tuple[str, ...] = STAGES) -> Path:
-    """The demo preset on ``tiny_inputs`` with fast settings, optionally cut down to its first stages."""
-    import yaml
+    """The demo preset's synthetic track on ``tiny_inputs`` with fast settings, optionally cut down to its
+    first stages."""
+    from pipeline.config import config_to_yaml, validate_config
 
-    from pipeline.config import config_to_yaml, preset_text, validate_config
-
-    data = yaml.safe_load(preset_text("demo"))
-    data.update(run_dir=str(run_dir), tracks={"synth": list(stages)})
-    data["inputs"][0]["path"] = str(inputs)
-    data["stages"] = {name: spec for name, spec in data["stages"].items() if name in stages}
+    data = synth_demo(inputs, run_dir, stages)
     data["stages"]["ingest"]["params"].update(num_frames=9, width=96, height=64, preset="ultrafast")
     if "augment" in stages:
         data["stages"]["augment"]["params"].update(preset="ultrafast")
