@@ -78,9 +78,10 @@ def print_table(storage: Storage, stages: list[str], wall: float) -> None:
             shard_wall += float(info.extra.get("seconds", 0.0)) if info else 0.0
             with storage.open(rel) as handle:
                 rows += pq.read_table(handle).to_pylist()
-        inputs = len({r["input_id"] for r in rows}) or 1
-        process = sum(r["seconds"] or 0.0 for r in rows if r["attempts"])
-        model = sum(r["model_seconds"] or 0.0 for r in rows if r["attempts"])
+        per_input = {r["input_id"]: r for r in rows if r["attempts"]}  # fanned-out rows share their input's time
+        inputs = len(per_input) or 1
+        process = sum(r["seconds"] or 0.0 for r in per_input.values())
+        model = sum(r["model_seconds"] or 0.0 for r in per_input.values())
         ok = sum(r["status"] == "ok" for r in rows)
         outside = (shard_wall - model) / shard_wall if shard_wall else 0.0
         io = (shard_wall - process) / shard_wall if shard_wall else 0.0

@@ -258,31 +258,39 @@ def inspect(
     sample_id: Annotated[str, typer.Argument(help="the sample to show")],
     dump: Annotated[Optional[Path], typer.Option("--dump", help="write the sample's files into DIR/<stage>/")] = None,
 ) -> None:
-    """A sample across stages: its manifest rows and its files."""
+    """A sample across stages, back to the clip it derives from: its manifest rows and its files."""
     from manifests.query import query
 
     run = _run_folder(run_dir)
-    rows = query(run, "select * from manifests where sample_id = ? order by finished_at", [sample_id]).to_pylist()
+    rows, wanted, seen = [], [sample_id], set()
+    while wanted:  # `<clip>-swap` also shows the rows of `<clip>` in the stages before the fan-out
+        seen.update(wanted)
+        found = query(run, "select * from manifests where list_contains(?, sample_id)", [wanted]).to_pylist()
+        rows += found
+        wanted = sorted({r["input_id"] for r in found if r["input_id"] and r["input_id"] not in seen})
     if not rows:
         err.print(f"no sample {sample_id!r} in {run_dir}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
         raise typer.Exit(1)
     cfg = load_run_config(run_dir)
     _, graph, _ = open_run(cfg)
+    rows.sort(key=lambda r: (graph.order.index(r["stage"]) if r["stage"] in graph.nodes else len(graph.nodes), r["sample_id"]))
     for row in rows:
         values = {k: v for k, v in row.items() if v is not None}
-        console.rule(f"{row['stage']}: {row['status']}")
+        console.rule(f"{row['stage']}: {row['status']} ({row['sample_id']})")
         console.print(values)
         node = graph.nodes.get(row["stage"])
         if node is None or row["status"] != Status.OK:
             continue
         reader = open_shard(run, node.tar_path(row["shard"]))
-        for field in reader.fields(sample_id):
-            data = reader.read(sample_id, field)
-            console.print(f"  {sample_id}.{field}: {len(data)} bytes")
+        key = row["sample_id"]
+        for field in reader.fields(key) if key in reader.keys else []:
+            data = reader.read(key, field)
+            console.print(f"  {key}.{field}: {len(data)} bytes")
             if dump is not None:
                 target = dump / row["stage"] / field
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_bytes(data)
+        reader.close()
     if dump is not None:
         console.print(f"files written under {dump}")
 

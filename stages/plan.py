@@ -33,7 +33,7 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator
 
-from pipeline.stage import Result, Sample, Stage, StageContext
+from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
 from stages.arrays import json_bytes
 from stages.video_io import VideoError, decode_frames, read_png
 from stages.vlm import Generation, VLMBackend, VLMParams, VLMRequest, Video, load_backend
@@ -218,7 +218,9 @@ class PlanParams(VLMParams):
     require_tasks: bool = Field(
         False, description="the model must plan every task in tasks (no null); unsuitable clips must then be flagged"
     )
-    batch_size: int = Field(64, ge=1, description="clips per model call (vllm: a whole shard in one call)")
+    batch_size: int = Field(
+        64, ge=1, description="clips per model call (vllm: a whole shard in one call)", json_schema_extra=RUNTIME_ONLY
+    )
 
     @field_validator("prompt")
     @classmethod
@@ -314,7 +316,8 @@ class Plan(Stage):
         if not requests:
             return []
         assert self.backend is not None
-        generations = self.backend.generate(requests)
+        with self.model_call():
+            generations = self.backend.generate(requests)
         if len(generations) != len(requests):
             raise RuntimeError(f"backend {self.backend.name} returned {len(generations)} answers for {len(requests)}")
         return generations

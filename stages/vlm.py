@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from pipeline.stage import RUNTIME_ONLY
 from stages.models import ModelParams
 
 log = logging.getLogger(__name__)
@@ -91,12 +92,20 @@ class VLMParams(ModelParams):
     structured_output: bool = Field(
         True, description="constrain the output to the request's JSON schema (xgrammar; both backends)"
     )
-    max_model_len: int | None = Field(None, ge=1, description="vllm: context length (default: the model's)")
-    gpu_memory_utilization: float = Field(0.9, gt=0, le=1, description="vllm: share of GPU memory it may use")
-    max_num_seqs: int | None = Field(
-        None, ge=1, description="sequences decoded at once (vllm: its scheduler limit; transformers: batch, default 8)"
+    # speed and memory only (RUNTIME_ONLY: changing them does not make the stage stale)
+    max_model_len: int | None = Field(
+        None, ge=1, description="vllm: context length (default: the model's)", json_schema_extra=RUNTIME_ONLY
     )
-    enforce_eager: bool = Field(False, description="vllm: no CUDA graphs / compilation (faster start)")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vllm: share of GPU memory it may use", json_schema_extra=RUNTIME_ONLY
+    )
+    max_num_seqs: int | None = Field(
+        None, ge=1, description="sequences decoded at once (vllm: its scheduler limit; transformers: batch, default 8)",
+        json_schema_extra=RUNTIME_ONLY,
+    )
+    enforce_eager: bool = Field(
+        False, description="vllm: no CUDA graphs / compilation (faster start)", json_schema_extra=RUNTIME_ONLY
+    )
 
 
 @dataclass(frozen=True)

@@ -95,3 +95,39 @@ def test_exported_pairs_have_the_configured_frames_size_and_every_field(local_ru
 def test_a_second_run_reuses_everything(local_run):
     _, report = execute(local_run["config"])
     assert report.ok and report.summaries == []
+
+
+def test_inspect_follows_a_pair_back_to_its_clip(local_run, tmp_path):
+    from tests.conftest import cli_invoke
+
+    pair = next(r for r in manifest_rows(local_run["run"], "export") if r["status"] == "ok")["sample_id"]
+    code, out, err = cli_invoke(["inspect", str(local_run["run"]), pair, "--dump", str(tmp_path / "dump")])
+    assert code == 0, err
+    clip = pair.rpartition("-")[0]
+    for stage in STAGES:
+        assert f"{stage}: " in out, stage
+    assert f"{clip}.clip.mp4" in out and f"{pair}.edit.mp4" in out
+    assert (tmp_path / "dump/ingest/clip.mp4").exists() and (tmp_path / "dump/inpaint/edit.mp4").exists()
+
+
+@pytest.mark.gpu
+def test_the_track_on_cuda_in_bfloat16_with_the_vllm_planner(tmp_path, ray_session):
+    """On a GPU node: the same run with every model on CUDA in bf16, and the planner under (GPU) vLLM."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    for parts in VIDEOS[:2]:
+        (folder / parts[-1]).symlink_to(media(*parts))
+    gpu = [f"stages.{s}.params.{k}={v}" for s in ("ground", "track", "inpaint") for k, v in (("device", "cuda"), ("dtype", "bfloat16"))]
+    gpu += [f"stages.{s}.resources.gpus=0.2" for s in ("plan", "ground", "track", "inpaint")]
+    config = load_config(
+        preset="local-tiny", run_dir=str(tmp_path / "run"),
+        overrides=[f"inputs.0.path={folder}", "stages.plan.params.backend=vllm", "stages.plan.params.gpu_memory_utilization=0.2",
+                   "ray.num_gpus=1", *gpu],
+    )
+    _, report = execute(config)
+    assert report.ok, report.errors
+    assert any(r["status"] == "ok" for r in manifest_rows(tmp_path / "run", "export"))

@@ -4,8 +4,8 @@ spawns processes, so this needs its own interpreter and a ``__main__`` guard).
     python tests/vllm_parity.py OUT.json [MEDIA_DIR]
 
 Starts the plan stage with the vllm backend (its ``setup()`` creates our ``VllmBackend``), then runs our
-``VllmBackend`` and our ``TransformersBackend`` on the same requests (an image prompt, and the stage's own
-image + video prompt) with greedy decoding and a fixed ``max_new_tokens``, then the plan stage itself on two
+``VllmBackend`` and our ``TransformersBackend`` on the same requests (an image prompt, the stage's own
+image + video prompt, and that prompt constrained by the plan's JSON schema) with greedy decoding and a fixed ``max_new_tokens``, then the plan stage itself on two
 clips (structured output on). Writes token ids, results and timings to OUT.json. Exits 77 if vLLM does not
 import. Clips come from MEDIA_DIR/sam2_gallery when given, else are synthetic.
 """
@@ -74,7 +74,8 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     plan_request = replace(stage._request(samples[0]), json_schema=None, max_new_tokens=PARITY_TOKENS)
     describe = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the dog."}]},)
     image_request = VLMRequest(describe, plan_request.images, max_new_tokens=PARITY_TOKENS)
-    requests = [image_request, plan_request]
+    constrained = replace(stage._request(samples[1]), max_new_tokens=PARITY_TOKENS * 8)  # JSON schema on
+    requests = [image_request, plan_request, constrained]
     assert stage.backend is not None
     started = time.perf_counter()
     vllm_out = stage.backend.generate(requests)
