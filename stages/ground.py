@@ -26,9 +26,9 @@ from pydantic import Field, field_validator
 
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
 from stages.models import ModelParams
+from stages.plan import TASKS
 from stages.video_io import VideoError, read_png
 
-TASKS = ("swap", "removal")
 PROMPT_FORMAT = "lowercase phrase, inner dots removed, ending with '.'"
 """How the target becomes the text prompt; enters the fingerprint (it changes the boxes)."""
 MIN_SIDE_PX = 1.0

@@ -14,9 +14,7 @@ that is empty at the output size are ``filtered``.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import time
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -27,11 +25,12 @@ from pydantic import Field, field_validator
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
 from stages.arrays import npz_bytes, read_npz
 from stages.models import ModelParams
-from stages.video_io import VideoError, decode_frames, encode_frames, png_bytes, resize_center_crop
+from stages.plan import TASKS
+from stages.seeds import sample_key
+from stages.video_io import ClipDecoder, VideoError, encode_frames, png_bytes, resize_center_crop
 
 log = logging.getLogger(__name__)
 
-TASKS = ("swap", "removal")
 NEGATIVE_PROMPT = (
     "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
     "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
@@ -81,8 +80,7 @@ class InpaintParams(ModelParams):
 
 def sample_seed(seed: int, sample_id: str) -> int:
     """The noise seed of one sample: stable across reruns and machines, different per sample, fits int64."""
-    digest = hashlib.sha256(f"{seed}:{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & (2**63 - 1)
+    return sample_key(seed, sample_id) & (2**63 - 1)
 
 
 def prepare_inputs(
@@ -160,6 +158,7 @@ class Inpaint(Stage):
             pipe.to(self.device)
         pipe.set_progress_bar_config(disable=True)
         self.pipe = pipe
+        self.decode = ClipDecoder()
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         return [self._one(sample) for sample in samples]
@@ -171,10 +170,9 @@ class Inpaint(Stage):
             return Result.filtered(sid, f"task {task!r} is not one of {', '.join(TASKS)}")
         if not isinstance(prompt, str) or not prompt.strip():
             return Result.filtered(sid, "no inpaint_prompt")
-        started = time.perf_counter()
         clip = sample.read("clip.mp4")
         try:
-            frames = decode_frames(clip)
+            frames = self.decode(clip)
             masks = read_npz(sample.read("track_masks.npz"))["edit"]
         except (VideoError, KeyError, ValueError, OSError) as exc:
             return Result.failed(sid, f"cannot read the clip or track_masks.npz: {exc}")
@@ -189,9 +187,7 @@ class Inpaint(Stage):
             return Result.filtered(sid, f"edit mask is empty in the first {p.num_frames} frames at {size}")
 
         seed = sample_seed(p.seed, sid)
-        generated = time.perf_counter()
         output = self._generate(frames, masks, prompt, seed)
-        generated = time.perf_counter() - generated
         try:
             edit = to_uint8(output, frames.shape)
         except ValueError as exc:
@@ -204,7 +200,6 @@ class Inpaint(Stage):
             "edit0.png": png_bytes(edit[0]),
             "mask.npz": npz_bytes(masks=masks),
         }
-        log.debug("inpaint %s: %.2f s, of which %.2f s in the pipeline", sid, time.perf_counter() - started, generated)
         return Result.ok(sid, files, num_frames=p.num_frames, width=p.width, height=p.height, inpaint_seed=seed,
                          inpaint_steps=p.num_inference_steps)
 

@@ -90,6 +90,7 @@ class PlanV1(_Strict):
 SCHEMA_VERSION = "plan-v1"
 FLAGS = tuple(PlanFlags.model_fields)
 TASKS = ("swap", "removal")
+"""The edits of the local track; every later stage of the track takes its task names from here."""
 
 
 def plan_model(required: Sequence[str] = ()) -> type[PlanV1]:

@@ -8,7 +8,6 @@ there is one), so a shard is all the stage needs to see.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -17,6 +16,7 @@ from pydantic import Field, field_validator
 
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.arrays import json_bytes, npz_bytes, read_npz
+from stages.seeds import sample_key
 from stages.synth_ops import (
     DEFAULT_PROPORTIONS,
     KINDS,
@@ -77,8 +77,7 @@ class SynthAugment(Stage):
         return [self._one(sample) for sample in samples]
 
     def _rng(self, sample_id: str) -> np.random.Generator:
-        key = hashlib.sha256(f"{self.params.seed}:{sample_id}".encode()).digest()
-        return np.random.default_rng(int.from_bytes(key[:8], "little"))
+        return np.random.default_rng(sample_key(self.params.seed, sample_id))
 
     def _one(self, sample: Sample) -> Result:
         if not sample.columns.get("num_instances"):

@@ -48,9 +48,9 @@ from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
 from stages.arrays import npz_bytes
 from stages.masks import Limits, MaskStats, box_masks, check, erode, measure
 from stages.models import ModelParams
-from stages.video_io import VideoError, decode_frames
+from stages.plan import TASKS
+from stages.video_io import ClipDecoder, VideoError
 
-TASKS = ("swap", "removal")
 OBJ_ID = 1
 CHUNK_FRAMES = 16
 """Frames preprocessed at once by the transformers backend."""
@@ -297,6 +297,7 @@ class Track(Stage):
     def setup(self) -> None:
         tracker_class = MetaTracker if self.params.backend == "sam2" else TransformersTracker
         self.tracker = tracker_class(self.params)
+        self.decode = ClipDecoder()
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         return [self._one(sample) for sample in samples]
@@ -309,7 +310,7 @@ class Track(Stage):
         if box is None:
             return Result.failed(sid, f"box must be [x0, y0, x1, y1] finite numbers, got {sample.columns.get('box')!r}")
         try:
-            frames = decode_frames(sample.read("clip.mp4"))
+            frames = self.decode(sample.read("clip.mp4"))
         except VideoError as exc:
             return Result.failed(sid, f"clip.mp4: {exc}")
         num_frames, height, width = frames.shape[:3]

@@ -604,6 +604,24 @@ def encode_frames(frames: Iterable[np.ndarray], fps: float, *, crf: int = 18, pr
             encoder.abort()
 
 
+class ClipDecoder:
+    """``decode_frames`` that keeps the last clip it decoded: the swap and removal samples of one clip come one
+    after the other with the same ``clip.mp4`` bytes, so a stage decodes each clip once. The frames it returns
+    are read-only (shared by those samples)."""
+
+    def __init__(self) -> None:
+        self._data: bytes | None = None
+        self._frames: np.ndarray | None = None
+
+    def __call__(self, data: bytes) -> np.ndarray:
+        if self._frames is None or data != self._data:
+            self._data, self._frames = None, None  # a failed decode must not leave the previous clip behind
+            frames = decode_frames(data)
+            frames.setflags(write=False)
+            self._data, self._frames = data, frames
+        return self._frames
+
+
 def decode_frames(source: Source | bytes) -> np.ndarray:
     """All frames of a (short) clip as (T,H,W,3) uint8 RGB, rotation applied."""
     frames: list[np.ndarray] = []

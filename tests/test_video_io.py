@@ -417,3 +417,20 @@ def test_rotation_metadata_is_applied(tmp_path):
     upright = np.rot90(decode_frames(GIRLS)[0])  # 90 degrees counter-clockwise, as ffmpeg displays it
     assert np.array_equal(clip.first_frame, upright)
     assert decode_frames(clip.mp4).shape == (3, 432, 240, 3)
+
+
+def test_clip_decoder_decodes_a_clip_once_for_its_consecutive_samples():
+    from stages.video_io import ClipDecoder, decode_frames, encode_frames
+
+    rng = np.random.default_rng(3)
+    first = encode_frames(rng.integers(0, 255, (5, 32, 48, 3), dtype=np.uint8), 8.0, preset="ultrafast")
+    second = encode_frames(rng.integers(0, 255, (5, 32, 48, 3), dtype=np.uint8), 8.0, preset="ultrafast")
+    decode = ClipDecoder()
+    frames = decode(first)
+    assert decode(bytes(first)) is frames  # equal bytes read again for the clip's other sample
+    assert not frames.flags.writeable  # shared between samples: nobody may change it
+    again = decode(second)
+    assert again is not frames and np.array_equal(again, decode_frames(second))
+    with pytest.raises(VideoError):
+        decode(b"not a video")
+    assert decode(second) is not again  # a failed decode forgot the previous clip

@@ -26,11 +26,8 @@ VLLM_IMPORT_FAILED = 77
 def clips(media_dir: Path | None) -> list[Any]:
     import numpy as np
 
-    from pipeline.stage import Sample
     from stages.video_io import ClipSpec, cut_clips, encode_frames, png_bytes
-
-    def sample_of(sample_id: str, columns: dict[str, Any], files: dict[str, bytes]) -> Sample:
-        return Sample(sample_id, 0, columns, files.__getitem__)
+    from tests.conftest import sample_of
 
     samples = []
     if media_dir is not None:
