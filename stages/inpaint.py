@@ -14,73 +14,22 @@ that is empty at the output size are ``filtered``.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
+from pipeline.stage import Result, Sample, Stage
 from stages.arrays import npz_bytes, read_npz
-from stages.models import ModelParams
 from stages.plan import TASKS
-from stages.seeds import sample_key
 from stages.video_io import ClipDecoder, VideoError, encode_frames, png_bytes, resize_center_crop
-
-log = logging.getLogger(__name__)
-
-NEGATIVE_PROMPT = (
-    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
-    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
-    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
-    "background, three legs, many people in the background, walking backwards"
-)
-"""Wan's recommended negative prompt (English version of the one in the Wan 2.1 repository)."""
+from stages.wan import WanParams, generator, load_pipeline, sample_seed, to_uint8
 
 
-class InpaintParams(ModelParams):
+class InpaintParams(WanParams):
     model: str = Field("Wan-AI/Wan2.1-VACE-14B-diffusers", description="a WanVACEPipeline checkpoint or tiny:wan_vace")
-    width: int = Field(832, ge=16, description="output width, a multiple of 16")
-    height: int = Field(480, ge=16, description="output height, a multiple of 16")
-    num_frames: int = Field(81, ge=1, description="frames generated (4k+1); longer clips are trimmed")
-    num_inference_steps: int = Field(50, ge=1, le=1000)
-    guidance_scale: float = Field(5.0, ge=0, description="classifier-free guidance (<= 1 turns it off)")
-    negative_prompt: str = NEGATIVE_PROMPT
-    flow_shift: float | None = Field(None, gt=0, description="scheduler shift; None keeps the checkpoint's "
-                                     "(Wan: 3.0 for 480p, 5.0 for 720p)")
-    seed: int = Field(0, description="run seed; each sample's noise seed is derived from it and the sample id")
-    offload: Literal["none", "model", "sequential"] = Field(
-        "none", description="GPU memory: model = enable_model_cpu_offload, sequential = enable_sequential_cpu_offload",
-        json_schema_extra=RUNTIME_ONLY,
-    )
-    attention_backend: str | None = Field(None, description="diffusers attention backend (e.g. flash, _flash_3, "
-                                          "sage, native); None keeps the default")
-    vae_tiling: bool = Field(
-        False, description="tiled VAE encode/decode (less memory at large sizes)", json_schema_extra=RUNTIME_ONLY
-    )
-    crf: int = Field(18, ge=0, le=51)
-    preset: str = "veryfast"
-
-    @field_validator("width", "height")
-    @classmethod
-    def _multiple_of_16(cls, value: int) -> int:
-        if value % 16:
-            raise ValueError(f"must be a multiple of 16 (Wan's VAE stride 8 x patch 2), got {value}")
-        return value
-
-    @field_validator("num_frames")
-    @classmethod
-    def _four_k_plus_one(cls, value: int) -> int:
-        if (value - 1) % 4:
-            raise ValueError(f"must be 4k+1 (Wan's VAE compresses time by 4), e.g. 81, 49, 17; got {value}")
-        return value
-
-
-def sample_seed(seed: int, sample_id: str) -> int:
-    """The noise seed of one sample: stable across reruns and machines, different per sample, fits int64."""
-    return sample_key(seed, sample_id) & (2**63 - 1)
 
 
 def prepare_inputs(
@@ -93,19 +42,6 @@ def prepare_inputs(
     binary = np.where(masks > 127, 255, 0).astype(np.uint8)
     masks = np.stack([resize_center_crop(m, width, height, nearest=True) for m in binary])
     return frames, masks
-
-
-def to_uint8(video: Any, shape: tuple[int, int, int, int]) -> np.ndarray:
-    """The pipeline's ``np`` output (1, T, H, W, 3) floats in [0, 1] as uint8 frames; raises ``ValueError`` on
-    an unexpected shape or non-finite values."""
-    video = np.asarray(video)
-    if video.ndim == 5 and video.shape[0] == 1:
-        video = video[0]
-    if video.shape != shape:
-        raise ValueError(f"the pipeline returned frames of shape {video.shape}, expected {shape}")
-    if not np.isfinite(video).all():
-        raise ValueError("the pipeline returned non-finite values")
-    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
 class Inpaint(Stage):
@@ -128,36 +64,9 @@ class Inpaint(Stage):
         return params.model_identity()
 
     def setup(self) -> None:
-        import torch
         from diffusers import WanVACEPipeline
 
-        p = self.params
-        self.device = p.torch_device()
-        # The VAE stays float32, as in Wan's own diffusers examples; the rest takes the configured dtype.
-        dtype = {"default": p.torch_dtype(), "vae": torch.float32}
-        pipe = WanVACEPipeline.from_pretrained(p.weights(), dtype=dtype, **p.pretrained_kwargs())
-        if p.flow_shift is not None:
-            pipe.scheduler = _with_shift(pipe.scheduler, p.flow_shift)
-        if p.attention_backend:
-            for model in (pipe.transformer, getattr(pipe, "transformer_2", None)):
-                if model is None:
-                    continue
-                if not hasattr(model, "set_attention_backend"):
-                    raise ValueError("attention_backend needs a diffusers version with set_attention_backend")
-                model.set_attention_backend(p.attention_backend)
-        if p.vae_tiling:
-            pipe.vae.enable_tiling()
-        if p.offload != "none" and self.device.type != "cuda":
-            log.info("inpaint: offload=%s ignored on %s", p.offload, self.device)
-            pipe.to(self.device)
-        elif p.offload == "model":
-            pipe.enable_model_cpu_offload(device=self.device)
-        elif p.offload == "sequential":
-            pipe.enable_sequential_cpu_offload(device=self.device)
-        else:
-            pipe.to(self.device)
-        pipe.set_progress_bar_config(disable=True)
-        self.pipe = pipe
+        self.pipe, self.device = load_pipeline(WanVACEPipeline, self.params)
         self.decode = ClipDecoder()
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
@@ -205,7 +114,6 @@ class Inpaint(Stage):
 
     def _generate(self, frames: np.ndarray, masks: np.ndarray, prompt: str, seed: int) -> Any:
         """The pipeline's raw ``np`` output for one clip (white mask pixels are regenerated)."""
-        import torch
         from PIL import Image
 
         p = self.params
@@ -215,14 +123,7 @@ class Inpaint(Stage):
             return self.pipe(
                 video=video, mask=mask, prompt=prompt, negative_prompt=p.negative_prompt, height=p.height,
                 width=p.width, num_frames=p.num_frames, num_inference_steps=p.num_inference_steps,
-                guidance_scale=p.guidance_scale, generator=torch.Generator(self.device).manual_seed(seed),
+                guidance_scale=p.guidance_scale, generator=generator(self.device, seed),
                 output_type="np",
             ).frames
 
-
-def _with_shift(scheduler: Any, shift: float) -> Any:
-    """The same scheduler with another flow shift (UniPC calls it ``flow_shift``, flow-match Euler ``shift``)."""
-    for key in ("flow_shift", "shift"):
-        if key in scheduler.config:
-            return type(scheduler).from_config(scheduler.config, **{key: shift})
-    raise ValueError(f"flow_shift: {type(scheduler).__name__} has no flow shift setting")

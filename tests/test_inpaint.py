@@ -18,7 +18,8 @@ from pydantic import ValidationError
 from manifests.manifest import Status
 from pipeline.stage import Result
 from stages.arrays import npz_bytes, read_npz
-from stages.inpaint import InpaintParams, sample_seed, to_uint8
+from stages.inpaint import InpaintParams
+from stages.wan import sample_seed, to_uint8
 from stages.video_io import decode_frames, encode_frames, read_png, resize_center_crop
 from tests.conftest import media, sample_of, stage_of
 
@@ -190,9 +191,9 @@ def test_bad_params_name_the_param(key: str, value: object, message: str) -> Non
 def test_runtime_settings_are_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     params = {**TINY, "offload": "model", "flow_shift": 5.0, "vae_tiling": True, "attention_backend": "native",
               "dtype": "bfloat16"}
-    with caplog.at_level(logging.INFO, logger="stages.inpaint"):
+    with caplog.at_level(logging.INFO, logger="stages.wan"):
         stage = stage_of("inpaint", params, tmp_path)
-    assert "offload=model ignored on cpu" in caplog.text
+    assert "WanVACEPipeline: offload=model ignored on cpu" in caplog.text
     assert stage.pipe.scheduler.config.flow_shift == 5.0
     assert stage.pipe.vae.use_tiling
     backends = {m.processor._attention_backend for m in stage.pipe.transformer.modules() if hasattr(m, "processor")}

@@ -1,0 +1,132 @@
+"""What every Wan 2.1 diffusers stage shares (inpaint and stylize: VACE; animate: I2V).
+
+:class:`WanParams` holds the generation settings (size, frames, steps, guidance, seed, memory options),
+:func:`load_pipeline` loads any Wan pipeline class with them, :func:`to_uint8` checks and converts its output,
+and :func:`sample_seed` gives each sample its own stable noise seed.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Literal
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from pipeline.stage import RUNTIME_ONLY
+from stages.models import ModelParams
+from stages.seeds import sample_key
+
+log = logging.getLogger(__name__)
+
+NEGATIVE_PROMPT = (
+    "Bright tones, overexposed, static, blurred details, subtitles, style, works, paintings, images, static, "
+    "overall gray, worst quality, low quality, JPEG compression residue, ugly, incomplete, extra fingers, poorly "
+    "drawn hands, poorly drawn faces, deformed, disfigured, misshapen limbs, fused fingers, still picture, messy "
+    "background, three legs, many people in the background, walking backwards"
+)
+"""Wan's recommended negative prompt (English version of the one in the Wan 2.1 repository)."""
+
+
+class WanParams(ModelParams):
+    """Generation settings of a Wan diffusers stage; each stage sets its own ``model`` default."""
+
+    width: int = Field(832, ge=16, description="output width, a multiple of 16")
+    height: int = Field(480, ge=16, description="output height, a multiple of 16")
+    num_frames: int = Field(81, ge=1, description="frames generated (4k+1); longer clips are trimmed")
+    num_inference_steps: int = Field(50, ge=1, le=1000)
+    guidance_scale: float = Field(5.0, ge=0, description="classifier-free guidance (<= 1 turns it off)")
+    negative_prompt: str = NEGATIVE_PROMPT
+    flow_shift: float | None = Field(None, gt=0, description="scheduler shift; None keeps the checkpoint's "
+                                     "(Wan: 3.0 for 480p, 5.0 for 720p)")
+    seed: int = Field(0, description="run seed; each sample's noise seed is derived from it and the sample id")
+    offload: Literal["none", "model", "sequential"] = Field(
+        "none", description="GPU memory: model = enable_model_cpu_offload, sequential = enable_sequential_cpu_offload",
+        json_schema_extra=RUNTIME_ONLY,
+    )
+    attention_backend: str | None = Field(None, description="diffusers attention backend (e.g. flash, _flash_3, "
+                                          "sage, native); None keeps the default")
+    vae_tiling: bool = Field(
+        False, description="tiled VAE encode/decode (less memory at large sizes)", json_schema_extra=RUNTIME_ONLY
+    )
+    crf: int = Field(18, ge=0, le=51, description="x264 constant rate factor of the written videos")
+    preset: str = "veryfast"
+
+    @field_validator("width", "height")
+    @classmethod
+    def _multiple_of_16(cls, value: int) -> int:
+        if value % 16:
+            raise ValueError(f"must be a multiple of 16 (Wan's VAE stride 8 x patch 2), got {value}")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _four_k_plus_one(cls, value: int) -> int:
+        if (value - 1) % 4:
+            raise ValueError(f"must be 4k+1 (Wan's VAE compresses time by 4), e.g. 81, 49, 17; got {value}")
+        return value
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """The noise seed of one sample: stable across reruns and machines, different per sample, fits int64."""
+    return sample_key(seed, sample_id) & (2**63 - 1)
+
+
+def load_pipeline(pipeline_class: type, params: WanParams, float32: tuple[str, ...] = ("vae",)) -> tuple[Any, Any]:
+    """``(pipe, device)``: ``pipeline_class.from_pretrained`` with ``params``' dtype (the ``float32`` components
+    stay float32, as in Wan's own diffusers examples), scheduler shift, attention backend, VAE tiling and
+    offloading applied, progress bar off."""
+    import torch
+
+    device = params.torch_device()
+    dtype = {"default": params.torch_dtype(), **{name: torch.float32 for name in float32}}
+    pipe = pipeline_class.from_pretrained(params.weights(), dtype=dtype, **params.pretrained_kwargs())
+    if params.flow_shift is not None:
+        pipe.scheduler = with_shift(pipe.scheduler, params.flow_shift)
+    if params.attention_backend:
+        for model in (pipe.transformer, getattr(pipe, "transformer_2", None)):
+            if model is None:
+                continue
+            if not hasattr(model, "set_attention_backend"):
+                raise ValueError("attention_backend needs a diffusers version with set_attention_backend")
+            model.set_attention_backend(params.attention_backend)
+    if params.vae_tiling:
+        pipe.vae.enable_tiling()
+    if params.offload != "none" and device.type != "cuda":
+        log.info("%s: offload=%s ignored on %s", pipeline_class.__name__, params.offload, device)
+        pipe.to(device)
+    elif params.offload == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif params.offload == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    else:
+        pipe.to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe, device
+
+
+def generator(device: Any, seed: int) -> Any:
+    import torch
+
+    return torch.Generator(device).manual_seed(seed)
+
+
+def to_uint8(video: Any, shape: tuple[int, int, int, int]) -> np.ndarray:
+    """The pipeline's ``np`` output (1, T, H, W, 3) floats in [0, 1] as uint8 frames; raises ``ValueError`` on
+    an unexpected shape (e.g. a wrong number of frames) or non-finite values."""
+    video = np.asarray(video)
+    if video.ndim == 5 and video.shape[0] == 1:
+        video = video[0]
+    if video.shape != shape:
+        raise ValueError(f"the pipeline returned frames of shape {video.shape}, expected {shape}")
+    if not np.isfinite(video).all():
+        raise ValueError("the pipeline returned non-finite values")
+    return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def with_shift(scheduler: Any, shift: float) -> Any:
+    """The same scheduler with another flow shift (UniPC calls it ``flow_shift``, flow-match Euler ``shift``)."""
+    for key in ("flow_shift", "shift"):
+        if key in scheduler.config:
+            return type(scheduler).from_config(scheduler.config, **{key: shift})
+    raise ValueError(f"flow_shift: {type(scheduler).__name__} has no flow shift setting")
