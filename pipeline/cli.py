@@ -146,9 +146,9 @@ def demo(
     sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
 ) -> None:
-    """Generate synthetic VOS clips and run both demo tracks on local Ray (synthetic pairs; swap/removal pairs on
-    tiny random-weight models), then verify and report."""
-    from stages.demo_media import make_demo_vos
+    """Generate synthetic VOS clips and still images and run the three demo tracks on local Ray (synthetic pairs;
+    swap/removal and style pairs on tiny random-weight models), then verify and report."""
+    from stages.demo_media import make_demo_images, make_demo_vos
 
     if fresh and out.exists():
         shutil.rmtree(out)
@@ -157,7 +157,10 @@ def demo(
     if not (inputs / "JPEGImages").exists():
         console.print(f"generating {sequences} synthetic sequences in {inputs}")
         make_demo_vos(inputs, num_sequences=sequences, num_frames=88)  # 81-frame clips at 16 fps, as FFP-300K
-    cfg = load_config(preset="demo", overrides=[f"inputs.0.path={inputs}"], run_dir=str(out / "run"))
+    if not (inputs / "styles").exists():
+        make_demo_images(inputs)
+    overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs / 'content'}", f"inputs.2.path={inputs / 'styles'}"]
+    cfg = load_config(preset="demo", overrides=overrides, run_dir=str(out / "run"))
     report = _execute(cfg)
     _print_status(cfg.run_dir)
     checked = verify_run(Storage(cfg.run_dir))

@@ -28,13 +28,16 @@ class Strict(BaseModel):
 
 
 class InputSpec(Strict):
-    kind: Literal["videos", "list", "vos"] = Field(
+    kind: Literal["videos", "list", "vos", "images", "image_pairs"] = Field(
         description="videos: a folder or glob of video files; list: a CSV/Parquet table with a path or URL "
-        "column; vos: a DAVIS/YouTube-VOS layout (JPEGImages/ + palette Annotations/)"
+        "column; vos: a DAVIS/YouTube-VOS layout (JPEGImages/ + palette Annotations/); images: a folder or glob "
+        "of content or style images (see role); image_pairs: a CSV/Parquet table with columns content, style "
+        "and optionally stylized, style_name (paths or URLs)"
     )
     path: str = Field(description="local path or fsspec URL (folder, glob, or table file)")
     column: str = Field("path", description="list inputs: the column holding video paths or URLs")
     fps: float = Field(24.0, gt=0, description="vos inputs: frame rate of the image sequences")
+    role: Literal["content", "style"] = Field("content", description="images inputs: content images or style images")
 
 
 class Resources(Strict):

@@ -187,3 +187,45 @@ def make_demo_vos(root: Path, *, num_sequences: int = 4, num_frames: int = 40, w
     }
     (root / "ffp_demo.json").write_text(json.dumps(meta, indent=2) + "\n")
     return root
+
+
+def _swirl_style(h: int, w: int) -> np.ndarray:
+    """A 'painting' of swirling bands in night blues and yellows (a stand-in for a Starry-Night-like style)."""
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    u, v = xx / w - 0.5, yy / h - 0.5
+    radius, angle = np.hypot(u, v), np.arctan2(v, u)
+    swirl = np.sin(18 * radius - 3 * angle + 4 * np.sin(6 * u)) * 0.5 + 0.5
+    strokes = np.sin(90 * (u * np.cos(7 * v) + v * np.sin(5 * u))) * 0.5 + 0.5
+    t = (0.7 * swirl + 0.3 * strokes)[..., None]
+    night, gold = np.float32([25, 45, 120]), np.float32([240, 200, 60])
+    return np.clip(night * (1 - t) + gold * t ** 3 * 1.2, 0, 255).astype(np.uint8)
+
+
+def _mosaic_style(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+    """Flat warm tiles with dark outlines (a stand-in for a mosaic / stained-glass style)."""
+    points = rng.uniform([0, 0], [w, h], (60, 2)).astype(np.float32)
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    distance = (xx[..., None] - points[:, 0]) ** 2 + (yy[..., None] - points[:, 1]) ** 2
+    nearest = np.sort(distance, axis=2)
+    cells = np.argmin(distance, axis=2)
+    palette = rng.uniform([150, 40, 20], [255, 160, 90], (len(points), 3)).astype(np.uint8)
+    image = palette[cells]
+    edges = (np.sqrt(nearest[..., 1]) - np.sqrt(nearest[..., 0])) < 2.0
+    image[edges] = (30, 20, 15)
+    return image
+
+
+def make_demo_images(root: Path, *, num_content: int = 3, width: int = 320, height: int = 192, seed: int = 0) -> Path:
+    """Write ``root/content/*.jpg`` (first frames of rendered scenes) and two style images ``root/styles/*.png``
+    for the demo's style track; return ``root``."""
+    root = Path(root)
+    (root / "content").mkdir(parents=True, exist_ok=True)
+    (root / "styles").mkdir(parents=True, exist_ok=True)
+    for i in range(num_content):
+        frames, _ = render_sequence(np.random.default_rng([seed, 1000 + i]), 1, width, height)
+        bgr = cv2.cvtColor(frames[0], cv2.COLOR_RGB2BGR)
+        cv2.imwrite(str(root / "content" / f"scene-{i:03d}.jpg"), bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    styles = {"swirls": _swirl_style(256, 256), "mosaic": _mosaic_style(np.random.default_rng([seed, 2000]), 256, 256)}
+    for name, image in styles.items():
+        cv2.imwrite(str(root / "styles" / f"{name}.png"), cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    return root

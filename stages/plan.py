@@ -19,24 +19,22 @@ objects, the swap and the removal). The stage turns it into up to two samples, `
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
-import re
 from collections.abc import Sequence
-from dataclasses import dataclass
-from pathlib import Path
-from string import Template
 from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, create_model, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
 
-from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
+from pipeline.stage import Result, Sample
 from stages.arrays import json_bytes
-from stages.video_io import VideoError, decode_frames, read_png
-from stages.vlm import Generation, VLMBackend, VLMParams, VLMRequest, Video, load_backend
+from stages.images import read_rgb
+from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
+    Answer, AnswerError, PromptParams, PromptTemplate, VLMStage, chat_request, json_schema_of, parse_answer,
+)
+from stages.video_io import decode_frames
+from stages.vlm import VLMRequest, Video
 
 # The plan schema -----------------------------------------------------------------------------------------
 
@@ -105,107 +103,26 @@ def _required_tasks(required: tuple[str, ...]) -> type[PlanV1]:
 
 
 def plan_schema(model: type[PlanV1] = PlanV1) -> dict[str, Any]:
-    """The plan model as JSON schema, without pydantic's ``title`` keys (noise in a prompt)."""
-
-    def strip(node: Any, in_properties: bool = False) -> Any:
-        if isinstance(node, dict):
-            return {k: strip(v, k in ("properties", "$defs")) for k, v in node.items() if in_properties or k != "title"}
-        if isinstance(node, list):
-            return [strip(v) for v in node]
-        return node
-
-    return strip(model.model_json_schema())
+    """The plan model as JSON schema (what the prompt shows and the output is constrained to)."""
+    return json_schema_of(model)
 
 
-class PlanError(ValueError):
-    """A model answer that is not a valid plan, with a message the model can act on."""
+PlanError = AnswerError
+"""A model answer that is not a valid plan."""
 
 
 def parse_plan(text: str, finish_reason: str | None = None, model: type[PlanV1] = PlanV1) -> PlanV1:
-    """The plan in a model answer: the JSON object starting at its first ``{`` (prose and code fences around
-    it are ignored), validated against ``model``. Raises :class:`PlanError`."""
-    start = text.find("{")
-    if start < 0:
-        raise PlanError("the answer contains no JSON object")
-    try:
-        # not strict: xgrammar's length-bounded JSON strings (the constrained output) allow raw control characters
-        data, _ = json.JSONDecoder(strict=False).raw_decode(text, start)
-    except json.JSONDecodeError as exc:
-        cut = " (the answer was cut off at max_new_tokens)" if finish_reason == "length" else ""
-        raise PlanError(f"invalid JSON: {exc.msg} at character {exc.pos}{cut}") from None
-    try:
-        return model.model_validate(data)
-    except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
-        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise PlanError("the JSON does not follow the schema: " + "; ".join(problems[:5]) + more) from None
-
-
-# Prompt templates ---------------------------------------------------------------------------------------
-
-PROMPTS = Path(__file__).with_name("prompts")
-_SECTION = re.compile(r"^<!-- section: (\w+) -->[ \t]*$", re.MULTILINE)
-_SECTIONS = {"system", "user", "repair"}
-
-
-@dataclass(frozen=True)
-class PromptTemplate:
-    """A prompt file: ``<!-- section: NAME -->`` lines split it into ``system`` (optional), ``user`` (with
-    ``${inputs}`` and ``${schema}``) and ``repair`` (with ``${error}`` and ``${schema}``); ``$$`` is a ``$``."""
-
-    version: str
-    text: str
-    sections: dict[str, str]
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    @classmethod
-    def load(cls, prompt: str) -> PromptTemplate:
-        """``prompt`` is a packaged name (``plan-v1``: version ``plan-v1``) or a path to a ``.md`` file
-        (version ``<stem>@<first 8 hex of its sha256>``)."""
-        if re.fullmatch(r"[\w.-]+", prompt) and not prompt.endswith(".md"):
-            path = PROMPTS / f"{prompt}.md"
-            if not path.is_file():
-                known = ", ".join(sorted(p.stem for p in PROMPTS.glob("*.md")))
-                raise ValueError(f"no packaged prompt {prompt!r} (packaged: {known}); or give a path to a .md file")
-            version = prompt
-        else:
-            path = Path(prompt).expanduser()
-            if not path.is_file():
-                raise ValueError(f"prompt file {path} does not exist")
-            version = ""
-        text = path.read_text(encoding="utf-8")
-        parts = _SECTION.split(text)
-        sections = {name: body.strip() for name, body in zip(parts[1::2], parts[2::2], strict=True)}
-        unknown, missing = set(parts[1::2]) - _SECTIONS, {"user", "repair"} - set(sections)
-        if unknown or missing or parts[0].strip():
-            raise ValueError(
-                f"prompt {path}: sections must be <!-- section: NAME --> lines with NAME in {sorted(_SECTIONS)} "
-                f"(user and repair required); unknown {sorted(unknown)}, missing {sorted(missing)}"
-            )
-        template = cls(version or f"{path.stem}@{hashlib.sha256(text.encode()).hexdigest()[:8]}", text, sections)
-        template.render("user", inputs="", schema="")  # placeholders checked now, not per sample
-        template.render("repair", error="", schema="")
-        return template
-
-    def render(self, section: str, **values: str) -> str:
-        try:
-            return Template(self.sections.get(section, "")).substitute(values)
-        except (KeyError, ValueError) as exc:
-            raise ValueError(f"prompt {self.version}, section {section}: bad placeholder {exc}") from None
+    """The plan in a model answer (see :func:`stages.prompting.parse_answer`). Raises :class:`PlanError`."""
+    return parse_answer(text, model, finish_reason)
 
 
 # The stage ------------------------------------------------------------------------------------------------
 
 Task = Literal["swap", "removal"]
 Flag = Literal["no_clear_object", "text_overlay", "scene_cut"]
-_REPAIR_SHOWN_CHARS = 4000
-"""How much of a bad answer the repair prompt repeats (a runaway answer must not overflow the context)."""
 
 
-class PlanParams(VLMParams):
+class PlanParams(PromptParams):
     model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Qwen2.5-VL checkpoint, folder or tiny:qwen2_5_vl")
     prompt: str = Field(
         "plan-v1", description="packaged prompt name (stages/prompts/NAME.md) or an absolute .md path (actors read it)"
@@ -219,15 +136,6 @@ class PlanParams(VLMParams):
     require_tasks: bool = Field(
         False, description="the model must plan every task in tasks (no null); unsuitable clips must then be flagged"
     )
-    batch_size: int = Field(
-        64, ge=1, description="clips per model call (vllm: a whole shard in one call)", json_schema_extra=RUNTIME_ONLY
-    )
-
-    @field_validator("prompt")
-    @classmethod
-    def _loadable(cls, value: str) -> str:
-        PromptTemplate.load(value)
-        return value
 
     @field_validator("tasks", "filter_flags")
     @classmethod
@@ -237,11 +145,7 @@ class PlanParams(VLMParams):
         return value
 
 
-def _plan_model(params: PlanParams) -> type[PlanV1]:
-    return plan_model(params.tasks if params.require_tasks else ())
-
-
-class Plan(Stage):
+class Plan(VLMStage):
     version = "1"
     Params = PlanParams
     reads = ("frame0.png",)
@@ -253,79 +157,30 @@ class Plan(Stage):
     }
     params: PlanParams
 
-    def __init__(self, params: PlanParams, context: StageContext) -> None:
-        super().__init__(params, context)
-        self.batch_size = params.batch_size
-        self.template = PromptTemplate.load(params.prompt)
-        self.plan_model = _plan_model(params)
-        self.schema = plan_schema(self.plan_model)
-        self.backend: VLMBackend | None = None
+    @classmethod
+    def answer_model_for(cls, params: PlanParams) -> type[PlanV1]:  # type: ignore[override]
+        return plan_model(params.tasks if params.require_tasks else ())
+
+    @classmethod
+    def media_limits(cls, params: PlanParams) -> dict[str, int]:  # type: ignore[override]
+        return {"image": 1, "video": 1 if params.frames > 1 else 0}
 
     @classmethod
     def reads_for(cls, params: PlanParams) -> tuple[str, ...]:  # type: ignore[override]
         return cls.reads + (("clip.mp4", "fps") if params.frames > 1 else ())
 
-    @classmethod
-    def fingerprint_extra(cls, params: PlanParams) -> dict[str, Any]:  # type: ignore[override]
-        template = PromptTemplate.load(params.prompt)
-        schema = json.dumps(plan_schema(_plan_model(params)), sort_keys=True).encode()
-        return {
-            **params.model_identity(), "prompt_version": template.version, "prompt_sha256": template.sha256,
-            "schema_sha256": hashlib.sha256(schema).hexdigest(),
-        }
+    def unreadable(self, sample: Sample, exc: Exception) -> Result:
+        return Result.failed(sample.sample_id, f"cannot read the clip: {exc}")
 
-    def setup(self) -> None:
-        limits = {"image": 1, "video": 1 if self.params.frames > 1 else 0}
-        self.backend = load_backend(self.params, tensor_parallel=self.context.tensor_parallel, limit_mm_per_prompt=limits)
-
-    def process(self, samples: Sequence[Sample]) -> list[Result]:
-        if self.backend is None:
-            raise RuntimeError("Plan.setup() was not called")
-        version = self.template.version
-        results: dict[str, list[Result]] = {}
-        requests: dict[str, VLMRequest] = {}
-        for sample in samples:
-            try:
-                requests[sample.sample_id] = self._request(sample)
-            except (KeyError, TypeError, ValueError, VideoError) as exc:
-                results[sample.sample_id] = [Result.failed(sample.sample_id, f"cannot read the clip: {exc}")]
-        ids = list(requests)
-        first = dict(zip(ids, self._generate([requests[i] for i in ids]), strict=True))
-        plans: dict[str, tuple[PlanV1, str, bool]] = {}
-        errors: dict[str, str] = {}
-        for sample_id, generation in first.items():
-            try:
-                plan = parse_plan(generation.text, generation.finish_reason, self.plan_model)
-                plans[sample_id] = (plan, generation.text, False)
-            except PlanError as exc:
-                errors[sample_id] = str(exc)
-        retry = list(errors)
-        repairs = self._generate([self._repair(requests[i], first[i].text, errors[i]) for i in retry])
-        for sample_id, generation in zip(retry, repairs, strict=True):
-            try:
-                plan = parse_plan(generation.text, generation.finish_reason, self.plan_model)
-                plans[sample_id] = (plan, generation.text, True)
-            except PlanError as exc:
-                raw = f"{first[sample_id].text}\n\n--- repair ---\n\n{generation.text}"
-                error = f"no valid plan after one repair: first answer: {errors[sample_id]}; repair: {exc}"
-                results[sample_id] = [Result.failed(sample_id, error, plan_raw=raw, prompt_version=version)]
-        for sample_id, (plan, raw, repaired) in plans.items():
-            results[sample_id] = self._results(sample_id, plan, raw, repaired)
-        return [result for sample in samples for result in results[sample.sample_id]]
-
-    def _generate(self, requests: list[VLMRequest]) -> list[Generation]:
-        if not requests:
-            return []
-        assert self.backend is not None
-        with self.model_call():
-            generations = self.backend.generate(requests)
-        if len(generations) != len(requests):
-            raise RuntimeError(f"backend {self.backend.name} returned {len(generations)} answers for {len(requests)}")
-        return generations
+    def results(self, sample: Sample, answer: Answer[PlanV1]) -> list[Result]:
+        if answer.value is None:
+            assert answer.error is not None
+            return [Result.failed(sample.sample_id, answer.error, plan_raw=answer.raw, prompt_version=self.template.version)]
+        return self._results(sample.sample_id, answer.value, answer.raw, answer.repaired)
 
     # Requests ---------------------------------------------------------------------------------------------
-    def _request(self, sample: Sample) -> VLMRequest:
-        image = Image.fromarray(_rgb(read_png(sample.read("frame0.png"))))
+    def request(self, sample: Sample) -> VLMRequest:
+        image = Image.fromarray(read_rgb(sample.read("frame0.png"), "frame0.png"))
         content: list[dict[str, Any]] = [{"type": "image"}]
         videos: tuple[Video, ...] = ()
         inputs = "the first frame of a video clip"
@@ -336,19 +191,7 @@ class Plan(Stage):
             videos = (Video(clip[indices], fps, tuple(indices), len(clip)),)
             content.append({"type": "video"})
             inputs += f", then {len(indices)} frames sampled evenly across the whole clip"
-        schema_text = json.dumps(self.schema, separators=(",", ":"))
-        content.append({"type": "text", "text": self.template.render("user", inputs=inputs, schema=schema_text)})
-        messages: list[dict[str, Any]] = []
-        if system := self.template.render("system"):
-            messages.append({"role": "system", "content": system})
-        messages.append({"role": "user", "content": content})
-        return VLMRequest(tuple(messages), (image,), videos, self.schema)
-
-    def _repair(self, request: VLMRequest, answer: str, error: str) -> VLMRequest:
-        shown = answer if len(answer) <= _REPAIR_SHOWN_CHARS else answer[:_REPAIR_SHOWN_CHARS] + " [...]"
-        text = self.template.render("repair", error=error, schema=json.dumps(self.schema, separators=(",", ":")))
-        messages = (*request.messages, {"role": "assistant", "content": shown}, {"role": "user", "content": text})
-        return VLMRequest(messages, request.images, request.videos, request.json_schema)
+        return chat_request(self.template, content, inputs, self.answer_model, images=(image,), videos=videos)
 
     # Results ----------------------------------------------------------------------------------------------
     def _results(self, clip: str, plan: PlanV1, raw: str, repaired: bool) -> list[Result]:
@@ -379,14 +222,3 @@ class Plan(Stage):
             return [Result.filtered(clip, f"the plan has no {' or '.join(self.params.tasks)} edit", prompt_version=version)]
         return out
 
-
-def _rgb(image: np.ndarray) -> np.ndarray:
-    if image.dtype != np.uint8 or image.ndim not in (2, 3):
-        raise ValueError(f"frame0.png is not an 8-bit image ({image.dtype}, shape {image.shape})")
-    if image.ndim == 2:
-        return np.repeat(image[..., None], 3, axis=2)
-    if image.shape[2] == 4:
-        return np.ascontiguousarray(image[..., :3])
-    if image.shape[2] != 3:
-        raise ValueError(f"frame0.png has {image.shape[2]} channels")
-    return image

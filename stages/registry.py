@@ -13,6 +13,13 @@ STAGES: dict[str, str] = {
     "ground": "stages.ground:Ground",
     "track": "stages.track:Track",
     "inpaint": "stages.inpaint:Inpaint",
+    "ingest_images": "stages.ingest_images:IngestImages",
+    "style_pairs": "stages.style_pairs:StylePairs",
+    "caption_content": "stages.captions:CaptionContent",
+    "caption_style": "stages.captions:CaptionStyle",
+    "animate": "stages.animate:Animate",
+    "depth": "stages.depth:Depth",
+    "stylize": "stages.stylize:Stylize",
     "export": "stages.export:Export",
 }
 

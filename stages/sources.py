@@ -27,9 +27,13 @@ class InputListError(ValueError):
     """An input that cannot be listed at all (missing folder, table without the path column)."""
 
 
-def source_id_for(uri: str) -> str:
+VIDEO_KINDS = ("videos", "list", "vos")
+IMAGE_KINDS = ("images", "image_pairs")
+
+
+def source_id_for(uri: str, slug_length: int = 48) -> str:
     stem = posixpath.splitext(posixpath.basename(uri.rstrip("/")))[0]
-    slug = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")[:48] or "source"
+    slug = re.sub(r"[^a-z0-9]+", "_", stem.lower()).strip("_")[:slug_length].strip("_") or "source"
     return f"{slug}-{hashlib.sha1(uri.encode()).hexdigest()[:8]}"
 
 
@@ -37,17 +41,22 @@ def _full_url(fs: Any, path: str) -> str:
     return path if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(path)
 
 
-def list_videos(path: str) -> list[dict[str, Any]]:
+def list_files(path: str, extensions: tuple[str, ...], what: str) -> list[str]:
+    """Full URLs of the files under a folder (recursive, by extension), of a glob's matches, or of one file."""
     fs, root = url_to_fs(path)
     if fs.isdir(root):
-        files = [p for p in fs.find(root) if p.lower().endswith(VIDEO_EXTENSIONS)]
+        files = [p for p in fs.find(root) if p.lower().endswith(extensions)]
     elif any(ch in root for ch in "*?["):
         files = [p for p in fs.glob(root) if fs.isfile(p)]
     elif fs.isfile(root):
         files = [root]
     else:
-        raise InputListError(f"video input {path!r}: no such file, folder or glob match")
-    return [_video_row(_full_url(fs, p)) for p in sorted(files)]
+        raise InputListError(f"{what} input {path!r}: no such file, folder or glob match")
+    return [_full_url(fs, p) for p in sorted(files)]
+
+
+def list_videos(path: str) -> list[dict[str, Any]]:
+    return [_video_row(uri) for uri in list_files(path, VIDEO_EXTENSIONS, "video")]
 
 
 def _video_row(uri: str, source_id: str | None = None) -> dict[str, Any]:
@@ -56,6 +65,20 @@ def _video_row(uri: str, source_id: str | None = None) -> dict[str, Any]:
 
 def list_table(path: str, column: str) -> list[dict[str, Any]]:
     """Rows of a CSV or Parquet list; relative paths are taken relative to the table's folder."""
+    table = read_table(path, required=(column,))
+    return [_video_row(resolve(path, str(value))) for value in table.column(column).to_pylist() if value]
+
+
+def resolve(table_path: str, value: str) -> str:
+    """A path or URL from a table cell; relative paths are relative to the table's folder."""
+    if "://" in value or value.startswith("/"):
+        return value
+    base = posixpath.dirname(table_path)
+    return posixpath.join(base, value) if base else value
+
+
+def read_table(path: str, required: Sequence[str]) -> pa.Table:
+    """A CSV or Parquet file (any fsspec URL) with at least the ``required`` columns."""
     fs, root = url_to_fs(path)
     if not fs.isfile(root):
         raise InputListError(f"list input {path!r}: no such file")
@@ -65,18 +88,10 @@ def list_table(path: str, column: str) -> list[dict[str, Any]]:
         table = pq.read_table(io.BytesIO(data)) if root.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputListError(f"list input {path!r}: cannot read it as a table ({exc})") from exc
-    if column not in table.column_names:
-        raise InputListError(f"list input {path!r} has no column {column!r} (columns: {', '.join(table.column_names)})")
-    base = posixpath.dirname(path)
-    rows = []
-    for value in table.column(column).to_pylist():
-        if not value:
-            continue
-        uri = str(value)
-        if "://" not in uri and not uri.startswith("/"):
-            uri = posixpath.join(base, uri) if base else uri
-        rows.append(_video_row(uri))
-    return rows
+    missing = [column for column in required if column not in table.column_names]
+    if missing:
+        raise InputListError(f"list input {path!r} has no column {missing[0]!r} (columns: {', '.join(table.column_names)})")
+    return table
 
 
 def list_vos(path: str, fps: float) -> list[dict[str, Any]]:
@@ -123,9 +138,19 @@ def list_frames(uri: str) -> list[str]:
     return sorted(p for p in fs.ls(root, detail=False) if p.lower().endswith(FRAME_EXTENSIONS))
 
 
+def inputs_of(inputs: Sequence[Any], kinds: Sequence[str], stage: str) -> list[Any]:
+    """The input specs of the given kinds; an error naming them when the config has none."""
+    chosen = [spec for spec in inputs if spec.kind in kinds]
+    if not chosen:
+        given = sorted({spec.kind for spec in inputs}) or ["none"]
+        raise InputListError(f"{stage} reads inputs of kind {', '.join(kinds)}; the config has {', '.join(given)}")
+    return chosen
+
+
 def list_inputs(inputs: Sequence[Any]) -> list[dict[str, Any]]:
+    """Source rows of the video inputs (``videos``, ``list``, ``vos``); image inputs are another stage's."""
     rows: list[dict[str, Any]] = []
-    for spec in inputs:
+    for spec in inputs_of(inputs, VIDEO_KINDS, "ingest"):
         if spec.kind == "videos":
             rows += list_videos(spec.path)
         elif spec.kind == "list":

@@ -702,7 +702,7 @@ def read_png(data: bytes) -> np.ndarray:
     indices (HxW uint8), not colours."""
     if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
         return _palette_indices(data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
     if image is None:
         raise VideoError("cannot decode PNG")
     if image.ndim == 3 and image.shape[2] == 3:

@@ -186,6 +186,38 @@ def sample_of(sample_id: str, columns: Mapping[str, Any], files: Mapping[str, by
     return Sample(sample_id, shard, dict(columns), read)
 
 
+class ScriptedBackend:
+    """Returns the given answers, call by call, and records every request (the model is not what is tested)."""
+
+    name = "scripted"
+
+    def __init__(self, *calls: Sequence[str]) -> None:
+        self.calls = list(calls)
+        self.requests: list[list[Any]] = []
+
+    def generate(self, requests: Sequence[Any]) -> list[Any]:
+        self.requests.append(list(requests))
+        answers = self.calls.pop(0)
+        assert len(answers) == len(requests)
+        from stages.vlm import Generation
+
+        return [Generation(text, finish_reason="stop") for text in answers]
+
+
+class Spy:
+    """Wraps a real diffusers pipeline: records each call's keyword arguments; ``edit`` may change its output."""
+
+    def __init__(self, pipe: Any, edit: Any = None) -> None:
+        self.pipe, self.edit, self.calls = pipe, edit, []
+
+    def __call__(self, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        output = self.pipe(**kwargs)
+        if self.edit is not None:
+            output.frames = self.edit(output.frames)
+        return output
+
+
 def stage_of(type_name: str, params: Mapping[str, Any], tmp_path: Path, name: str | None = None) -> Any:
     """A stage instance with validated params and ``setup()`` done, as an actor holds it."""
     from pipeline.stage import StageContext

@@ -79,7 +79,7 @@ def test_a_good_config_loads(tmp_path):
         ("      cpus: 2", "      cpus: plenty", "stages.ingest.resources.cpus", "valid number", "cpus:"),
         ("      cpus: 2", "      cpus: -1", "stages.ingest.resources.cpus", "greater than or equal to 0", "cpus:"),
         ("    path: /data/videos", "    path: /data/videos\n    colum: x", "inputs.0.colum", "unknown key", "colum:"),
-        ("  - kind: videos", "  - kind: webcam", "inputs.0.kind", "'videos', 'list' or 'vos'", "kind:"),
+        ("  - kind: videos", "  - kind: webcam", "inputs.0.kind", "'videos', 'list', 'vos', 'images' or 'image_pairs'", "kind:"),
         ("    type: ingest", "    type: ingest\n    typo: 1", "stages.ingest.typo", "unknown key", "typo:"),
         ("shard_size: 4", "shard_size: 4\nray:\n  num_cpu: 2", "ray.num_cpu", "unknown key", "num_cpu:"),
     ],
@@ -205,18 +205,24 @@ def test_config_schema_prints_json_with_stage_params():
 
 
 def test_config_show_and_plan_with_a_preset(tmp_path, demo_vos):
+    from stages.demo_media import make_demo_images
+
     code, out, err = cli_invoke(["config", "show", "--preset", "demo", "--set", f"inputs.0.path={demo_vos}",
                                  "--out", str(tmp_path / "run")])
     assert code == 0, err
     shown = yaml.safe_load(out)
     assert shown["inputs"][0]["path"] == str(demo_vos) and shown["run_dir"] == str(tmp_path / "run")
-    code, out, err = cli_invoke(["plan", "--preset", "demo", "--set", f"inputs.0.path={demo_vos}",
+    images = make_demo_images(tmp_path / "images", num_content=5)
+    code, out, err = cli_invoke(["plan", "--preset", "demo", "--set", f"inputs.0.path={demo_vos}", "--set",
+                                 f"inputs.1.path={images / 'content'}", "--set", f"inputs.2.path={images / 'styles'}",
                                  "--out", str(tmp_path / "run"), "--json"])
     assert code == 0, err
     plan = {row["stage"]: row for row in json.loads(out)}
-    assert list(plan) == ["ingest", "augment", "export", "ingest_local", "plan", "ground", "track", "inpaint", "export_local"]
+    assert list(plan) == ["ingest", "augment", "export", "ingest_local", "plan", "ground", "track", "inpaint", "export_local",
+                          "ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "export_style"]
     assert plan["ingest"]["shards"] == 2 and plan["ingest"]["todo"] == 2  # 6 sequences, 4 per shard
     assert plan["augment"]["waiting"] == 2 and plan["inpaint"]["waiting"] == 2
+    assert plan["ingest_images"]["shards"] == 2 and plan["stylize"]["waiting"] == 2  # 5 pairs, 4 per shard
     assert not (tmp_path / "run").exists()  # plan writes nothing
 
 

@@ -23,7 +23,7 @@ from pipeline.stage import Result, StageContext
 from stages.plan import Plan, PlanError, PlanParams, PlanV1, PromptTemplate, parse_plan, plan_model, plan_schema
 from stages.video_io import ClipSpec, cut_clips, encode_frames, png_bytes, read_png
 from stages.vlm import Generation, JsonGrammars, TransformersBackend, VLMParams, VLMRequest
-from tests.conftest import media, sample_of, stage_of
+from tests.conftest import ScriptedBackend, media, sample_of, stage_of
 
 
 def plan_dict(**overrides: Any) -> dict[str, Any]:
@@ -42,22 +42,6 @@ def plan_dict(**overrides: Any) -> dict[str, Any]:
     }
     plan.update(overrides)
     return plan
-
-
-class ScriptedBackend:
-    """Returns the given answers, call by call, and records every request (the model is not what is tested)."""
-
-    name = "scripted"
-
-    def __init__(self, *calls: Sequence[str]) -> None:
-        self.calls = list(calls)
-        self.requests: list[list[VLMRequest]] = []
-
-    def generate(self, requests: Sequence[VLMRequest]) -> list[Generation]:
-        self.requests.append(list(requests))
-        answers = self.calls.pop(0)
-        assert len(answers) == len(requests)
-        return [Generation(text, finish_reason="stop") for text in answers]
 
 
 def frame_png(seed: int = 0) -> bytes:

@@ -21,6 +21,8 @@ BUILDERS: dict[str, str] = {
     "sam2_video": "stages.tiny.sam2_video",
     "sam2_meta": "stages.tiny.sam2_meta",
     "wan_vace": "stages.tiny.wan_vace",
+    "wan_i2v": "stages.tiny.wan_i2v",
+    "depth_anything": "stages.tiny.depth_anything",
 }
 """arch -> module with ``VERSION: str`` and ``build(folder: Path) -> None``."""
 

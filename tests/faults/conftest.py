@@ -88,7 +88,7 @@ def synth_demo(inputs: Path, run_dir: Path, stages: tuple[str, ...] = STAGES) ->
 
     data = yaml.safe_load(preset_text("demo"))
     data.update(run_dir=str(run_dir), tracks={"synth": list(stages)})
-    data["inputs"][0]["path"] = str(inputs)
+    data["inputs"] = [{**data["inputs"][0], "path": str(inputs)}]
     data["stages"] = {name: spec for name, spec in data["stages"].items() if name in stages}
     return data
 
