@@ -70,7 +70,8 @@ def main() -> None:
 
 
 def print_table(storage: Storage, stages: list[str], wall: float) -> None:
-    print(f"{'stage':<10} {'rows':>5} {'ok':>4} {'s/input':>8} {'model s/input':>14} {'outside model':>14} {'shard I/O':>10}")
+    width = max(len(stage) for stage in stages)
+    print(f"{'stage':<{width}} {'rows':>5} {'ok':>4} {'s/input':>8} {'model s/input':>14} {'outside model':>14} {'shard I/O':>10}")
     for stage in dict.fromkeys(stages):
         rows, shard_wall = [], 0.0
         for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
@@ -85,7 +86,7 @@ def print_table(storage: Storage, stages: list[str], wall: float) -> None:
         ok = sum(r["status"] == "ok" for r in rows)
         outside = (shard_wall - model) / shard_wall if shard_wall else 0.0
         io = (shard_wall - process) / shard_wall if shard_wall else 0.0
-        print(f"{stage:<10} {len(rows):>5} {ok:>4} {shard_wall / inputs:>8.3f} {model / inputs:>13.3f} "
+        print(f"{stage:<{width}} {len(rows):>5} {ok:>4} {shard_wall / inputs:>8.3f} {model / inputs:>13.3f} "
               f"{outside:>13.0%} {io:>10.0%}")
     print(f"whole run (Ray start, actors, model loads included): {wall:.1f} s")
 

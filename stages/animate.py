@@ -14,17 +14,16 @@ and a generation with the wrong shape or non-finite values are ``failed``; an em
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.stage import Result, Sample, Stage
+from pipeline.stage import Result, Sample
 from stages.images import ImageError, read_rgb
 from stages.video_io import encode_frames, png_bytes, resize_center_crop
-from stages.wan import WanParams, generator, load_pipeline, sample_seed, to_uint8
+from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class AnimateParams(WanParams):
@@ -38,36 +37,17 @@ class AnimateParams(WanParams):
     fps: float = Field(16.0, gt=0, le=240, description="frame rate of the written clip (Wan generates 16 fps)")
 
 
-class Animate(Stage):
+class Animate(WanStage):
+    pipeline_class = "WanImageToVideoPipeline"
+    float32 = ("vae", "image_encoder")  # as in diffusers' Wan I2V examples
     version = "1"
     Params = AnimateParams
     reads = ("content.png", "animate_prompt")
     writes = ("clip.mp4", "frame0.png")
-    columns = {
-        "num_frames": pa.int16(),
-        "fps": pa.float32(),
-        "width": pa.int16(),
-        "height": pa.int16(),
-        "animate_seed": pa.int64(),
-        "animate_steps": pa.int16(),
-    }
-    batch_size = 1
+    columns = {**generation_columns("animate"), "fps": pa.float32()}
     params: AnimateParams
 
-    @classmethod
-    def fingerprint_extra(cls, params: AnimateParams) -> dict[str, Any]:  # type: ignore[override]
-        return params.model_identity()
-
-    def setup(self) -> None:
-        from diffusers import WanImageToVideoPipeline
-
-        # The VAE and the CLIP image encoder stay float32, as in diffusers' Wan I2V examples.
-        self.pipe, self.device = load_pipeline(WanImageToVideoPipeline, self.params, float32=("vae", "image_encoder"))
-
-    def process(self, samples: Sequence[Sample]) -> list[Result]:
-        return [self._one(sample) for sample in samples]
-
-    def _one(self, sample: Sample) -> Result:
+    def process_one(self, sample: Sample) -> Result:
         p, sid = self.params, sample.sample_id
         prompt = sample.columns.get("animate_prompt")
         if not isinstance(prompt, str) or not prompt.strip():

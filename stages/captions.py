@@ -15,35 +15,31 @@ with the raw answers in ``caption_raw``. Prompts: ``stages/prompts/cinematic-v1.
 
 from __future__ import annotations
 
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import Field
 
 from pipeline.stage import Result, Sample
 from stages.arrays import json_bytes
 from stages.images import read_rgb
-from stages.prompting import Answer, PromptParams, VLMStage, chat_request
+from stages.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
 from stages.video_io import decode_frames
 from stages.vlm import VLMRequest, Video
 
-Phrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=160)]
-Sentence = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
-Paragraph = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=800)]
+Phrase = bounded_text(160)
+Sentence = bounded_text(300)
+Paragraph = bounded_text(800)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ContentFlags(_Strict):
+class ContentFlags(StrictAnswer):
     text_overlay: bool = Field(description="mostly text, a screenshot or a diagram, or large logos or watermarks")
     not_a_scene: bool = Field(description="not a picture of a scene: a collage, a blank or abstract image")
 
 
-class CinematicV1(_Strict):
+class CinematicV1(StrictAnswer):
     """How a still image could become a clip (the Wan I2V prompt)."""
 
     subject: Sentence = Field(description="what the image shows")
@@ -53,7 +49,7 @@ class CinematicV1(_Strict):
     flags: ContentFlags
 
 
-class StyleV1(_Strict):
+class StyleV1(StrictAnswer):
     """The captions of one (source video, style image) pair."""
 
     style: Phrase = Field(description="the style image's style: medium, texture, palette, mood")

@@ -14,18 +14,16 @@ that is empty at the output size are ``filtered``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 from pydantic import Field
 
-from pipeline.stage import Result, Sample, Stage
-from stages.arrays import npz_bytes, read_npz
+from pipeline.stage import Result, Sample
+from stages.arrays import read_npz
 from stages.plan import TASKS
-from stages.video_io import ClipDecoder, VideoError, encode_frames, png_bytes, resize_center_crop
-from stages.wan import WanParams, generator, load_pipeline, sample_seed, to_uint8
+from stages.video_io import ClipDecoder, VideoError, resize_center_crop
+from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class InpaintParams(WanParams):
@@ -44,35 +42,20 @@ def prepare_inputs(
     return frames, masks
 
 
-class Inpaint(Stage):
+class Inpaint(WanStage):
+    pipeline_class = "WanVACEPipeline"
     version = "1"
     Params = InpaintParams
     reads = ("clip.mp4", "track_masks.npz", "task", "inpaint_prompt", "fps")
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz")
-    columns = {
-        "num_frames": pa.int16(),
-        "width": pa.int16(),
-        "height": pa.int16(),
-        "inpaint_seed": pa.int64(),
-        "inpaint_steps": pa.int16(),
-    }
-    batch_size = 1
+    columns = generation_columns("inpaint")
     params: InpaintParams
 
-    @classmethod
-    def fingerprint_extra(cls, params: InpaintParams) -> dict[str, Any]:  # type: ignore[override]
-        return params.model_identity()
-
     def setup(self) -> None:
-        from diffusers import WanVACEPipeline
-
-        self.pipe, self.device = load_pipeline(WanVACEPipeline, self.params)
+        super().setup()
         self.decode = ClipDecoder()
 
-    def process(self, samples: Sequence[Sample]) -> list[Result]:
-        return [self._one(sample) for sample in samples]
-
-    def _one(self, sample: Sample) -> Result:
+    def process_one(self, sample: Sample) -> Result:
         p, sid = self.params, sample.sample_id
         task, prompt = sample.columns.get("task"), sample.columns.get("inpaint_prompt")
         if task not in TASKS:
@@ -102,13 +85,7 @@ class Inpaint(Stage):
         except ValueError as exc:
             return Result.failed(sid, str(exc))
 
-        fps = float(sample.columns["fps"])
-        files = {
-            "src.mp4": clip if unchanged else encode_frames(frames, fps, crf=p.crf, preset=p.preset),
-            "edit.mp4": encode_frames(edit, fps, crf=p.crf, preset=p.preset),
-            "edit0.png": png_bytes(edit[0]),
-            "mask.npz": npz_bytes(masks=masks),
-        }
+        files = self.pair_files(clip, unchanged, frames, edit, masks, float(sample.columns["fps"]))
         return Result.ok(sid, files, num_frames=p.num_frames, width=p.width, height=p.height, inpaint_seed=seed,
                          inpaint_steps=p.num_inference_steps)
 

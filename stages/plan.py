@@ -20,18 +20,19 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, create_model, field_validator
+from pydantic import Field, create_model, field_validator
 
 from pipeline.stage import Result, Sample
 from stages.arrays import json_bytes
 from stages.images import read_rgb
 from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
-    Answer, AnswerError, PromptParams, PromptTemplate, VLMStage, chat_request, json_schema_of, parse_answer,
+    Answer, AnswerError, PromptParams, PromptTemplate, StrictAnswer, VLMStage, bounded_text, chat_request,
+    json_schema_of, parse_answer,
 )
 from stages.video_io import decode_frames
 from stages.vlm import VLMRequest, Video
@@ -39,43 +40,38 @@ from stages.vlm import VLMRequest, Video
 # The plan schema -----------------------------------------------------------------------------------------
 
 
-NounPhrase = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=80)]
-Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=160)]
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Caption = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=300)]
+NounPhrase = bounded_text(80)
+Reason = bounded_text(160)
+Text = bounded_text(200)
+Caption = bounded_text(300)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class PlanFlags(_Strict):
+class PlanFlags(StrictAnswer):
     no_clear_object: bool = Field(description="nothing is a distinct, well-visible object worth editing")
     text_overlay: bool = Field(description="burned-in text, subtitles, logos or watermarks")
     scene_cut: bool = Field(description="the clip is not one continuous shot")
 
 
-class Candidate(_Strict):
+class Candidate(StrictAnswer):
     noun: NounPhrase = Field(description="short noun phrase a detector can ground")
     why: Reason = Field(description="why editing it would look natural")
 
 
-class SwapPlan(_Strict):
+class SwapPlan(StrictAnswer):
     target: NounPhrase = Field(description="noun phrase of the object to replace")
     replacement: Text = Field(description="the new object")
     instruction: Text = Field(description="imperative edit instruction")
     caption_edit: Caption = Field(description="caption of the edited video")
 
 
-class RemovalPlan(_Strict):
+class RemovalPlan(StrictAnswer):
     target: NounPhrase = Field(description="noun phrase of the object to remove")
     background: Text = Field(description="what is visible where the object was")
     instruction: Text = Field(description="imperative edit instruction")
     caption_edit: Caption = Field(description="caption of the scene without the object")
 
 
-# every string and list is bounded, so a schema-constrained generation always ends
-class PlanV1(_Strict):
+class PlanV1(StrictAnswer):
     """The plan of one clip: caption, flags, candidate objects, one swap and one removal (null when none fits)."""
 
     caption: Caption = Field(description="the scene as it is")

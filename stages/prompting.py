@@ -19,9 +19,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
 from stages.video_io import VideoError
@@ -98,6 +98,18 @@ class PromptParams(VLMParams):
     def _loadable(cls, value: str) -> str:
         PromptTemplate.load(value)
         return value
+
+
+class StrictAnswer(BaseModel):
+    """Base of answer schemas: unknown keys are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def bounded_text(max_length: int) -> Any:
+    """A non-empty string type of at most ``max_length`` characters once stripped. Every string of an answer
+    schema is bounded, so a schema-constrained generation always ends."""
+    return Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=max_length)]
 
 
 class AnswerError(ValueError):

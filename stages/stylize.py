@@ -18,18 +18,17 @@ when nothing was resized or trimmed), ``edit.mp4``, ``edit0.png`` (its first fra
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.stage import Result, Sample, Stage
-from stages.arrays import npz_bytes, read_npz
+from pipeline.stage import Result, Sample
+from stages.arrays import read_npz
 from stages.images import ImageError, read_rgb
-from stages.video_io import VideoError, decode_frames, encode_frames, png_bytes, resize_center_crop
-from stages.wan import WanParams, generator, load_pipeline, sample_seed, to_uint8
+from stages.video_io import VideoError, decode_frames, resize_center_crop
+from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class StylizeParams(WanParams):
@@ -61,39 +60,20 @@ def depth_mismatch(depth: np.ndarray, clip: tuple[int, ...]) -> str | None:
     return None
 
 
-class Stylize(Stage):
+class Stylize(WanStage):
+    pipeline_class = "WanVACEPipeline"
     version = "1"
     Params = StylizeParams
     reads = ("clip.mp4", "depth.npz", "style.png", "caption_edit", "fps")
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz")
-    columns = {
-        "num_frames": pa.int16(),
-        "width": pa.int16(),
-        "height": pa.int16(),
-        "stylize_seed": pa.int64(),
-        "stylize_steps": pa.int16(),
-        "stylize_first_frame": pa.bool_(),
-    }
-    batch_size = 1
+    columns = {**generation_columns("stylize"), "stylize_first_frame": pa.bool_()}
     params: StylizeParams
 
     @classmethod
     def reads_for(cls, params: StylizeParams) -> tuple[str, ...]:  # type: ignore[override]
         return cls.reads + (("stylized.png",) if params.first_frame == "stylized" else ())
 
-    @classmethod
-    def fingerprint_extra(cls, params: StylizeParams) -> dict[str, Any]:  # type: ignore[override]
-        return params.model_identity()
-
-    def setup(self) -> None:
-        from diffusers import WanVACEPipeline
-
-        self.pipe, self.device = load_pipeline(WanVACEPipeline, self.params)
-
-    def process(self, samples: Sequence[Sample]) -> list[Result]:
-        return [self._one(sample) for sample in samples]
-
-    def _one(self, sample: Sample) -> Result:
+    def process_one(self, sample: Sample) -> Result:
         p, sid = self.params, sample.sample_id
         caption = sample.columns.get("caption_edit")
         if not isinstance(caption, str) or not caption.strip():
@@ -136,13 +116,8 @@ class Stylize(Stage):
         except ValueError as exc:
             return Result.failed(sid, str(exc))
 
-        fps = float(sample.columns["fps"])
-        files = {
-            "src.mp4": clip if unchanged else encode_frames(frames, fps, crf=p.crf, preset=p.preset),
-            "edit.mp4": encode_frames(edit, fps, crf=p.crf, preset=p.preset),
-            "edit0.png": png_bytes(edit[0]),
-            "mask.npz": npz_bytes(masks=np.full((n, h, w), 255, np.uint8)),
-        }
+        everything = np.full((n, h, w), 255, np.uint8)
+        files = self.pair_files(clip, unchanged, frames, edit, everything, float(sample.columns["fps"]))
         return Result.ok(sid, files, num_frames=n, width=w, height=h, stylize_seed=seed,
                          stylize_steps=p.num_inference_steps, stylize_first_frame=first is not None)
 

@@ -8,14 +8,18 @@ and :func:`sample_seed` gives each sample its own stable noise seed.
 from __future__ import annotations
 
 import logging
-from typing import Any, Literal
+from collections.abc import Sequence
+from typing import Any, ClassVar, Literal
 
 import numpy as np
+import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.stage import RUNTIME_ONLY
+from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
+from stages.arrays import npz_bytes
 from stages.models import ModelParams
 from stages.seeds import sample_key
+from stages.video_io import encode_frames, png_bytes
 
 log = logging.getLogger(__name__)
 
@@ -130,3 +134,51 @@ def with_shift(scheduler: Any, shift: float) -> Any:
         if key in scheduler.config:
             return type(scheduler).from_config(scheduler.config, **{key: shift})
     raise ValueError(f"flow_shift: {type(scheduler).__name__} has no flow shift setting")
+
+
+def generation_columns(prefix: str) -> dict[str, pa.DataType]:
+    """The columns every Wan stage writes about what it generated: size, frames, ``<prefix>_seed`` and steps."""
+    return {
+        "num_frames": pa.int16(), "width": pa.int16(), "height": pa.int16(),
+        f"{prefix}_seed": pa.int64(), f"{prefix}_steps": pa.int16(),
+    }
+
+
+class WanStage(Stage):
+    """A stage around one Wan diffusers pipeline: loaded once per actor, one sample per batch (each clip is
+    checkpointed as it finishes, so a killed actor loses at most one), model id and revision in the fingerprint."""
+
+    pipeline_class: ClassVar[str] = "WanVACEPipeline"
+    """The diffusers pipeline class name."""
+    float32: ClassVar[tuple[str, ...]] = ("vae",)
+    """Components kept in float32 whatever ``dtype`` says (as in Wan's own diffusers examples)."""
+    batch_size = 1
+    params: WanParams
+
+    @classmethod
+    def fingerprint_extra(cls, params: Params) -> dict[str, Any]:
+        assert isinstance(params, WanParams)
+        return params.model_identity()
+
+    def setup(self) -> None:
+        import diffusers
+
+        self.pipe, self.device = load_pipeline(getattr(diffusers, self.pipeline_class), self.params, self.float32)
+
+    def process(self, samples: Sequence[Sample]) -> list[Result]:
+        return [self.process_one(sample) for sample in samples]
+
+    def process_one(self, sample: Sample) -> Result:
+        raise NotImplementedError
+
+    def pair_files(self, clip: bytes, unchanged: bool, frames: np.ndarray, edit: np.ndarray, masks: np.ndarray,
+                   fps: float) -> dict[str, bytes]:
+        """``src.mp4`` (the frames the model saw; the upstream clip's own bytes when ``unchanged``), ``edit.mp4``,
+        ``edit0.png`` (the edit's first frame, lossless) and ``mask.npz`` (``masks``, uint8 0/255)."""
+        p = self.params
+        return {
+            "src.mp4": clip if unchanged else encode_frames(frames, fps, crf=p.crf, preset=p.preset),
+            "edit.mp4": encode_frames(edit, fps, crf=p.crf, preset=p.preset),
+            "edit0.png": png_bytes(edit[0]),
+            "mask.npz": npz_bytes(masks=masks),
+        }

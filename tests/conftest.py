@@ -148,6 +148,55 @@ def manifest_rows(run_dir: Path | str, stage: str) -> list[dict[str, Any]]:
     return sorted(rows, key=lambda r: r["sample_id"])
 
 
+def check_track_rows(report: Any, run_dir: Path | str, stages: Iterable[str]) -> None:
+    """A finished track run: every stage has rows, each ok or filtered/failed with a reason; verify is clean."""
+    from manifests.verify import verify_run
+
+    assert report.ok, (report.errors, report.blocked)
+    for stage in stages:
+        rows = manifest_rows(run_dir, stage)
+        assert rows, f"stage {stage} has no rows"
+        for row in rows:
+            assert row["status"] in ("ok", "filtered", "failed"), row
+            assert row["status"] == "ok" or row["reason"], row
+    assert verify_run(Storage(str(run_dir))).ok
+
+
+def exported_pairs(run_dir: Path | str, frames: int, height: int, width: int, stage: str = "export",
+                   folder: str = "export") -> Iterable[tuple[dict[str, Any], Any, dict[str, Any]]]:
+    """Each ok pair of an export folder, checked for what every pair has (src and edit videos of the given size
+    and frame count, ``edit0.png`` = the edit's first frame, a uint8 0/255 mask per frame), as
+    ``(manifest row, masks, json card)``."""
+    import io
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from manifests.shards import open_shard
+    from stages.arrays import read_npz
+    from stages.video_io import decode_frames
+
+    storage = Storage(str(run_dir))
+    rows = [r for r in manifest_rows(run_dir, stage) if r["status"] == "ok"]
+    assert rows, "no pair reached the export"
+    for shard in sorted({r["shard"] for r in rows}):
+        reader = open_shard(storage, f"{folder}/shard-{shard:06d}.tar")
+        for row in (r for r in rows if r["shard"] == shard):
+            sid = row["sample_id"]
+            src, edit = decode_frames(reader.read(sid, "src.mp4")), decode_frames(reader.read(sid, "edit.mp4"))
+            assert src.shape == edit.shape == (frames, height, width, 3)
+            edit0 = np.asarray(Image.open(io.BytesIO(reader.read(sid, "edit0.png"))).convert("RGB"))
+            assert edit0.shape == (height, width, 3)
+            assert np.abs(edit0.astype(int) - edit[0].astype(int)).mean() < 12  # the first frame, before x264
+            masks = read_npz(reader.read(sid, "mask.npz"))["masks"]
+            assert masks.shape == (frames, height, width) and masks.dtype == np.uint8
+            assert set(np.unique(masks)) <= {0, 255}
+            assert (row["num_frames"], row["width"], row["height"]) == (frames, width, height)
+            yield row, masks, json.loads(reader.read(sid, "json"))
+        reader.close()
+
+
 def by_id(rows: Iterable[Mapping[str, Any]]) -> dict[str, Mapping[str, Any]]:
     return {row["sample_id"]: row for row in rows}
 

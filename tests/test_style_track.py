@@ -9,8 +9,6 @@ class on the tiny profile:
 
 from __future__ import annotations
 
-import io
-import json
 from pathlib import Path
 
 import av
@@ -20,13 +18,11 @@ from PIL import Image
 
 from manifests.shards import open_shard
 from manifests.storage import Storage
-from manifests.verify import verify_run
 from pipeline.config import load_config
 from pipeline.run import execute
-from stages.arrays import read_npz
 from stages.style_pairs import style_id_for
 from stages.video_io import decode_frames
-from tests.conftest import by_id, manifest_rows, media
+from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
 
 pytestmark = pytest.mark.slow
 IMAGE_STAGES = ("ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "export")
@@ -64,45 +60,22 @@ def video_run(tmp_path_factory, ray_session):
     return {"config": config, "run": run_dir, "report": report}
 
 
-def check_rows(run: dict, stages: tuple[str, ...]) -> None:
-    assert run["report"].ok, (run["report"].errors, run["report"].blocked)
-    for stage in stages:
-        rows = manifest_rows(run["run"], stage)
-        assert rows, f"stage {stage} has no rows"
-        for row in rows:
-            assert row["status"] in ("ok", "filtered", "failed"), row
-            assert row["status"] == "ok" or row["reason"], row
-    assert verify_run(Storage(str(run["run"]))).ok
-
-
 def check_exported_pairs(run: dict, stages: tuple[str, ...]) -> list[dict]:
     """Every exported pair has all fields of the pair format at the stylize size; returns the export rows."""
     stylize = run["config"].stage_params("stylize")
-    frames, height, width = stylize.num_frames, stylize.height, stylize.width
-    storage = Storage(str(run["run"]))
-    rows = [r for r in manifest_rows(run["run"], "export") if r["status"] == "ok"]
-    assert rows, "no pair reached the export"
-    for shard in sorted({r["shard"] for r in rows}):
-        reader = open_shard(storage, f"export/shard-{shard:06d}.tar")
-        for row in (r for r in rows if r["shard"] == shard):
-            sid = row["sample_id"]
-            src, edit = decode_frames(reader.read(sid, "src.mp4")), decode_frames(reader.read(sid, "edit.mp4"))
-            assert src.shape == edit.shape == (frames, height, width, 3)
-            edit0 = np.asarray(Image.open(io.BytesIO(reader.read(sid, "edit0.png"))).convert("RGB"))
-            assert np.abs(edit0.astype(int) - edit[0].astype(int)).mean() < 12  # the first frame, before x264
-            masks = read_npz(reader.read(sid, "mask.npz"))["masks"]
-            assert masks.shape == (frames, height, width) and (masks == 255).all()  # a global edit
-            card = json.loads(reader.read(sid, "json"))
-            assert card["task"] == "style" and card["instruction"] and card["style_caption"]
-            assert card["captions"]["src"] and card["captions"]["edit"] and card["style_name"]
-            assert card["stylize_seed"] is not None
-            assert set(card["provenance"]["fingerprints"]) == set(stages)
-        reader.close()
+    rows = []
+    for row, masks, card in exported_pairs(run["run"], stylize.num_frames, stylize.height, stylize.width):
+        assert (masks == 255).all()  # a global edit
+        assert card["task"] == "style" and card["instruction"] and card["style_caption"]
+        assert card["captions"]["src"] and card["captions"]["edit"] and card["style_name"]
+        assert card["stylize_seed"] is not None
+        assert set(card["provenance"]["fingerprints"]) == set(stages)
+        rows.append(row)
     return rows
 
 
 def test_stills_run_through_every_stage_with_reasons_for_what_stops(image_run):
-    check_rows(image_run, IMAGE_STAGES)
+    check_track_rows(image_run["report"], image_run["run"], IMAGE_STAGES)
     pairs = manifest_rows(image_run["run"], "ingest_images")
     assert len(pairs) == len(CLIPS) and all(r["status"] == "ok" for r in pairs)
     for stage in IMAGE_STAGES[2:]:  # each later stage saw exactly what the one before passed on
@@ -124,7 +97,7 @@ def test_stills_become_style_pairs_whose_source_is_the_animated_clip(image_run):
 
 
 def test_real_videos_become_style_pairs_by_config_alone(video_run):
-    check_rows(video_run, VIDEO_STAGES)
+    check_track_rows(video_run["report"], video_run["run"], VIDEO_STAGES)
     rows = check_exported_pairs(video_run, VIDEO_STAGES)
     clips = {r["sample_id"]: r for r in manifest_rows(video_run["run"], "ingest") if r["status"] == "ok"}
     assert len(clips) == 2
