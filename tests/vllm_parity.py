@@ -68,10 +68,10 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     stage.setup()
     start_s = time.perf_counter() - started
 
-    plan_request = replace(stage._request(samples[0]), json_schema=None, max_new_tokens=PARITY_TOKENS)
+    plan_request = replace(stage.request(samples[0]), json_schema=None, max_new_tokens=PARITY_TOKENS)
     describe = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the dog."}]},)
     image_request = VLMRequest(describe, plan_request.images, max_new_tokens=PARITY_TOKENS)
-    constrained = replace(stage._request(samples[1]), max_new_tokens=PARITY_TOKENS * 8)  # JSON schema on
+    constrained = replace(stage.request(samples[1]), max_new_tokens=PARITY_TOKENS * 8)  # JSON schema on
     requests = [image_request, plan_request, constrained]
     assert stage.backend is not None
     started = time.perf_counter()
