@@ -89,7 +89,7 @@ def main() -> None:
         for video in videos:
             frames = read_clip(video, args.frames, width, height)
             clip = encode_frames(frames, 16.0, crf=18, preset="veryfast")
-            sample = Sample(video.stem, 0, {}, lambda name, clip=clip: clip)
+            sample = Sample(video.stem, 0, {"fps": 16.0}, lambda name, clip=clip: clip)
             stage.model_seconds = 0.0
             started = time.perf_counter()
             result = stage.process([sample])[0]

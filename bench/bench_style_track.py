@@ -6,7 +6,7 @@ outside the model call.
 
 ``--source images`` runs the ``style-tiny`` preset (ingest_images -> caption_content -> animate -> caption_style
 -> depth -> stylize -> export) with the first frames of the shared clips as content images; ``--source videos``
-runs ``style-videos-tiny`` (ingest -> style_pairs -> caption_style -> depth -> stylize -> export) on the clips
+runs ``style-videos-tiny`` (ingest -> depth -> style_pairs -> caption_style -> stylize -> export) on the clips
 themselves. Styles are the shared paintings. The figures come from the run's own manifests, as in
 ``bench_local_track.py`` (same table).
 """

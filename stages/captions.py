@@ -23,7 +23,6 @@ from PIL import Image
 from pydantic import Field
 
 from pipeline.stage import Result, Sample
-from stages.arrays import json_bytes
 from stages.images import read_rgb
 from stages.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
 from stages.video_io import decode_frames
@@ -66,16 +65,6 @@ def _image(sample: Sample, field: str) -> Image.Image:
     return Image.fromarray(read_rgb(sample.read(field), field))
 
 
-def _document(stage: VLMStage, answer: Answer[Any], **extra: Any) -> bytes:
-    """The stage's JSON field: the answer with its prompt, model and backend (provenance and debugging)."""
-    value = answer.value.model_dump(mode="json") if answer.value is not None else None
-    return json_bytes({
-        "prompt_version": stage.template.version, "backend": stage.backend.name if stage.backend else None,
-        "model": stage.params.model, "revision": stage.params.revision, "answer": value, "raw": answer.raw,
-        "repaired": answer.repaired, **extra,
-    })
-
-
 Flag = Literal["text_overlay", "not_a_scene"]
 
 
@@ -113,8 +102,9 @@ class CaptionContent(VLMStage):
         raised = [flag for flag in self.params.filter_flags if getattr(cinematic.flags, flag)]
         if raised:
             return [Result.filtered(sid, f"captioner flagged the image: {', '.join(raised)}", prompt_version=version)]
+        document = self.answer_document(answer.raw, answer.repaired, answer=cinematic.model_dump(mode="json"))
         return [Result.ok(
-            sid, {"caption_content.json": _document(self, answer)}, animate_prompt=cinematic.caption,
+            sid, {"caption_content.json": document}, animate_prompt=cinematic.caption,
             caption_content=cinematic.subject, prompt_version=version,
         )]
 
@@ -169,8 +159,9 @@ class CaptionStyle(VLMStage):
         if answer.value is None:
             return [Result.failed(sid, answer.error or "no answer", caption_raw=answer.raw, prompt_version=version)]
         style = answer.value
+        document = self.answer_document(answer.raw, answer.repaired, answer=style.model_dump(mode="json"))
         return [Result.ok(
-            sid, {"caption_style.json": _document(self, answer)}, task=STYLE_TASK, instruction=style.instruction,
+            sid, {"caption_style.json": document}, task=STYLE_TASK, instruction=style.instruction,
             caption_src=style.caption_src, caption_edit=style.caption_edit, style_caption=style.style,
             prompt_version=version,
         )]

@@ -1,8 +1,8 @@
 """Depth: per-clip relative depth for the stylization track's depth control (Depth Anything V2, transformers).
 
-Reads ``clip.mp4``; writes ``depth.npz`` (``depth``: uint16 T x H x W, relative inverse depth, near = bright =
-large, 65535 = the clip's nearest, normalised once over the whole clip, never per frame) and ``depth.mp4`` (the
-same depth as an 8-bit grayscale H.264 preview). The stored size is the clip's, downscaled keeping the aspect ratio
+Reads ``clip.mp4`` and ``fps``; writes ``depth.npz`` (``depth``: uint16 T x H x W, relative inverse depth,
+near = bright = large, 65535 = the clip's nearest, normalised once over the whole clip, never per frame) and
+``depth.mp4`` (the same depth as an 8-bit grayscale H.264 preview). The stored size is the clip's, downscaled keeping the aspect ratio
 when its long side exceeds ``max_side`` (both sides even, for the preview's yuv420p).
 
 Backends:
@@ -35,7 +35,6 @@ flicker. An unreadable clip and a model returning non-finite depth are ``failed`
 from __future__ import annotations
 
 import inspect
-import io
 import os
 from collections.abc import Sequence
 from typing import Any, Literal
@@ -47,7 +46,7 @@ from pydantic import Field, field_validator
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
 from stages.arrays import npz_bytes
 from stages.models import TINY_PREFIX, ModelParams
-from stages.video_io import ClipDecoder, VideoError, encode_frames, probe
+from stages.video_io import ClipDecoder, VideoError, encode_frames
 
 QUANTILE_LEVELS = 49
 """Quantile levels per frame that the scale/shift fit matches (evenly spaced over ``stabilize_quantiles``)."""
@@ -182,10 +181,14 @@ def to_uint16(depth01: np.ndarray) -> np.ndarray:
     return np.round(depth01 * 65535.0).astype(np.uint16)
 
 
+def depth_to_uint8(depth16: np.ndarray) -> np.ndarray:
+    """Stored uint16 depth as 8-bit grey (rounded; 65535 = 255 * 257): the preview's and VACE's control's form."""
+    return ((depth16.astype(np.uint32) + 128) // 257).astype(np.uint8)
+
+
 def preview_frames(depth16: np.ndarray) -> np.ndarray:
     """uint16 depth as 8-bit grey RGB frames for ``encode_frames``."""
-    grey = ((depth16.astype(np.uint32) + 128) // 257).astype(np.uint8)
-    return np.repeat(grey[..., None], 3, axis=-1)
+    return np.repeat(depth_to_uint8(depth16)[..., None], 3, axis=-1)
 
 
 def nonfinite_frames(depth: np.ndarray) -> list[int]:
@@ -216,7 +219,7 @@ def vda_checkpoint(model: str, revision: str | None) -> str:
 class Depth(Stage):
     version = "1"
     Params = DepthParams
-    reads = ("clip.mp4",)
+    reads = ("clip.mp4", "fps")
     writes = ("depth.npz", "depth.mp4")
     columns = {"depth_flicker_raw": pa.float32(), "depth_flicker": pa.float32(), "depth_backend": pa.string()}
     batch_size = 1
@@ -264,7 +267,6 @@ class Depth(Stage):
         p, sid = self.params, sample.sample_id
         clip = sample.read("clip.mp4")
         try:
-            fps = probe(io.BytesIO(clip)).fps
             frames = self.decode(clip)
         except (VideoError, OSError) as exc:
             return Result.failed(sid, f"cannot read clip.mp4: {exc}")
@@ -282,7 +284,7 @@ class Depth(Stage):
             aligned = raw
         depth16 = to_uint16(normalize_clip(aligned, p.normalize_percentiles))
         try:
-            preview = encode_frames(preview_frames(depth16), fps, crf=p.crf, preset=p.preset)
+            preview = encode_frames(preview_frames(depth16), float(sample.columns["fps"]), crf=p.crf, preset=p.preset)
         except VideoError as exc:
             return Result.failed(sid, f"cannot encode depth.mp4: {exc}")
         return Result.ok(

@@ -16,7 +16,6 @@ one smaller than ``min_side`` makes it ``filtered``, both with the file and the 
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -25,9 +24,9 @@ from pydantic import Field
 
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.images import IMAGE_EXTENSIONS, ImageError
-from stages.sources import InputListError, inputs_of, list_files, read_table, resolve, source_id_for
+from stages.sources import IMAGE_KINDS, InputListError, inputs_of, list_files, read_table, resolve, source_id_for
 from stages.style_pairs import (
-    STYLE_COLUMNS, ImageLimits, image_problem, pick_styles, read_image_file, style_id_for, style_name_for,
+    STYLE_COLUMNS, ImageLimits, image_problem, pick_styles, png_reader, read_image_file, style_id_for, style_name_for,
 )
 from stages.video_io import png_bytes
 
@@ -45,7 +44,7 @@ def pair_row(content: str, style: str, stylized: str | None = None, style_name: 
 
 
 def list_pairs(inputs: Sequence[Any], params: IngestImagesParams) -> list[dict[str, Any]]:
-    specs = inputs_of(inputs, ("images", "image_pairs"), "ingest_images")
+    specs = inputs_of(inputs, IMAGE_KINDS, "ingest_images")
     rows: list[dict[str, Any]] = []
     for spec in (s for s in specs if s.kind == "image_pairs"):
         table = read_table(spec.path, required=("content", "style"))
@@ -87,7 +86,7 @@ class IngestImages(Stage):
         return list_pairs(inputs, params)
 
     def setup(self) -> None:
-        self.png = functools.lru_cache(maxsize=64)(lambda uri: png_bytes(read_image_file(uri, self.params)))
+        self.png = png_reader(self.params)
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         return [self._one(sample.columns) for sample in samples]

@@ -22,7 +22,7 @@ from pydantic import Field
 from pipeline.stage import Result, Sample
 from stages.arrays import read_npz
 from stages.plan import TASKS
-from stages.video_io import ClipDecoder, VideoError, resize_center_crop
+from stages.video_io import VideoError, resize_center_crop
 from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
@@ -30,16 +30,11 @@ class InpaintParams(WanParams):
     model: str = Field("Wan-AI/Wan2.1-VACE-14B-diffusers", description="a WanVACEPipeline checkpoint or tiny:wan_vace")
 
 
-def prepare_inputs(
-    frames: np.ndarray, masks: np.ndarray, width: int, height: int, num_frames: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``num_frames`` frames and masks at ``width`` x ``height`` (frames: area/cubic resize, masks:
-    nearest-neighbour, re-thresholded to 0/255). Callers check that there are enough frames."""
-    frames, masks = frames[:num_frames], masks[:num_frames]
-    frames = np.stack([resize_center_crop(f, width, height) for f in frames])
-    binary = np.where(masks > 127, 255, 0).astype(np.uint8)
-    masks = np.stack([resize_center_crop(m, width, height, nearest=True) for m in binary])
-    return frames, masks
+def fit_masks(masks: np.ndarray, width: int, height: int, num_frames: int) -> np.ndarray:
+    """The first ``num_frames`` masks at ``width`` x ``height`` (nearest-neighbour, re-thresholded to 0/255), in the
+    frames' crop geometry."""
+    binary = np.where(masks[:num_frames] > 127, 255, 0).astype(np.uint8)
+    return np.stack([resize_center_crop(m, width, height, nearest=True) for m in binary])
 
 
 class Inpaint(WanStage):
@@ -50,10 +45,6 @@ class Inpaint(WanStage):
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz")
     columns = generation_columns("inpaint")
     params: InpaintParams
-
-    def setup(self) -> None:
-        super().setup()
-        self.decode = ClipDecoder()
 
     def process_one(self, sample: Sample) -> Result:
         p, sid = self.params, sample.sample_id
@@ -72,8 +63,8 @@ class Inpaint(WanStage):
             return Result.failed(sid, f"edit mask {masks.shape} does not match the clip {frames.shape[:3]}")
         if len(frames) < p.num_frames:
             return Result.filtered(sid, f"clip has {len(frames)} frames, num_frames is {p.num_frames}")
-        unchanged = frames.shape[:3] == (p.num_frames, p.height, p.width)
-        frames, masks = prepare_inputs(frames, masks, p.width, p.height, p.num_frames)
+        frames, unchanged = self.fit_clip(frames)
+        masks = fit_masks(masks, p.width, p.height, p.num_frames)
         if not masks.any():
             size = f"{p.width}x{p.height}"
             return Result.filtered(sid, f"edit mask is empty in the first {p.num_frames} frames at {size}")

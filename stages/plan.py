@@ -28,7 +28,6 @@ from PIL import Image
 from pydantic import Field, create_model, field_validator
 
 from pipeline.stage import Result, Sample
-from stages.arrays import json_bytes
 from stages.images import read_rgb
 from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
     Answer, AnswerError, PromptParams, PromptTemplate, StrictAnswer, VLMStage, bounded_text, chat_request,
@@ -204,13 +203,10 @@ class Plan(VLMStage):
                 inpaint_prompt = edit.caption_edit if self.params.swap_prompt == "caption_edit" else edit.replacement
             else:
                 inpaint_prompt = edit.background
-            document = {
-                "schema": SCHEMA_VERSION, "prompt_version": version, "backend": self.backend.name if self.backend else None,
-                "model": self.params.model, "revision": self.params.revision, "task": task,
-                "plan": plan.model_dump(mode="json"), "raw": raw, "repaired": repaired,
-            }
+            document = self.answer_document(raw, repaired, schema=SCHEMA_VERSION, task=task,
+                                            plan=plan.model_dump(mode="json"))
             out.append(Result.ok(
-                f"{clip}-{task}", {"plan.json": json_bytes(document)}, task=task, target=edit.target,
+                f"{clip}-{task}", {"plan.json": document}, task=task, target=edit.target,
                 instruction=edit.instruction, caption_src=plan.caption, caption_edit=edit.caption_edit,
                 inpaint_prompt=inpaint_prompt, prompt_version=version,
             ))

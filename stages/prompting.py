@@ -24,6 +24,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
+from stages.arrays import json_bytes
 from stages.video_io import VideoError
 from stages.vlm import Generation, VLMBackend, VLMParams, VLMRequest, load_backend
 
@@ -255,6 +256,14 @@ class VLMStage(Stage):
 
     def results(self, sample: Sample, answer: Answer[Any]) -> list[Result]:
         raise NotImplementedError
+
+    def answer_document(self, raw: str, repaired: bool, **content: Any) -> bytes:
+        """The stage's JSON field: ``content`` (the answer) with the raw text, the prompt version, model and backend
+        (provenance and debugging)."""
+        return json_bytes({
+            "prompt_version": self.template.version, "backend": self.backend.name if self.backend else None,
+            "model": self.params.model, "revision": self.params.revision, "raw": raw, "repaired": repaired, **content,
+        })
 
     def unreadable(self, sample: Sample, exc: Exception) -> Result:
         return Result.failed(sample.sample_id, f"cannot read the inputs: {exc}")

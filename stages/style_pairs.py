@@ -1,19 +1,19 @@
 """Style pairs: each upstream sample (a real clip) fans out into ``per_sample`` (clip, style image) pairs.
 
-This is how real videos enter the style track (no animate stage): ``ingest -> style_pairs -> caption_style
--> depth -> stylize -> export``. The style images are listed from ``styles`` (a folder, glob or file; any
-fsspec URL); which styles a sample gets is drawn from the run seed and the sample id, so it is stable across
+This is how real videos enter the style track (no animate stage): ``ingest -> depth -> style_pairs ->
+caption_style -> stylize -> export`` (depth before the fan-out: once per clip, not once per pair). The style
+images are listed from ``styles`` (a folder, glob or file; any fsspec URL); which styles a sample gets is drawn from the run seed and the sample id, so it is stable across
 reruns and does not change when other samples are added. Sample ids: ``<clip>-<style id>``. The style list
 enters the fingerprint (adding a style image makes the stage stale, never silently mixed).
 
-:func:`pick_styles` and :func:`read_style` are shared with ``ingest_images``, which pairs content images
-with style images the same way.
+:func:`pick_styles`, :func:`read_image_file` and :func:`png_reader` are shared with ``ingest_images``, which
+pairs content images with style images the same way.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,12 @@ def read_image_file(uri: str, limits: ImageLimits) -> np.ndarray:
     return fit_within(image, limits.max_side)
 
 
+def png_reader(limits: ImageLimits, cached: int = 64) -> Callable[[str], bytes]:
+    """``uri -> PNG bytes`` of :func:`read_image_file`, remembering the last ``cached`` images (style images are
+    shared by many pairs; failures are not remembered)."""
+    return functools.lru_cache(maxsize=cached)(lambda uri: png_bytes(read_image_file(uri, limits)))
+
+
 def image_problem(uri: str, exc: Exception) -> tuple[bool, str]:
     """``(filtered, reason)`` for an exception of :func:`read_image_file`: too small is a data choice
     (filtered); missing or unreadable files are failures."""
@@ -108,10 +114,7 @@ class StylePairs(Stage):
 
     def setup(self) -> None:
         self.styles = _listed(self.params.styles)
-        self.style_png = functools.lru_cache(maxsize=64)(self._style_png)
-
-    def _style_png(self, uri: str) -> bytes:
-        return png_bytes(read_image_file(uri, self.params))
+        self.style_png = png_reader(self.params)
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         p = self.params

@@ -26,8 +26,9 @@ from pydantic import Field
 
 from pipeline.stage import Result, Sample
 from stages.arrays import read_npz
+from stages.depth import depth_to_uint8
 from stages.images import ImageError, read_rgb
-from stages.video_io import VideoError, decode_frames, resize_center_crop
+from stages.video_io import VideoError, resize_center_crop
 from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
@@ -42,8 +43,7 @@ class StylizeParams(WanParams):
 def depth_frames(depth: np.ndarray, width: int, height: int) -> np.ndarray:
     """uint16 depth maps (T x H x W) as 3-channel uint8 frames at ``width`` x ``height`` (the RGB frames'
     geometry), the form VACE's depth control takes."""
-    scaled = ((depth.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    resized = np.stack([resize_center_crop(d, width, height) for d in scaled])
+    resized = np.stack([resize_center_crop(d, width, height) for d in depth_to_uint8(depth)])
     return np.repeat(resized[..., None], 3, axis=3)
 
 
@@ -80,7 +80,7 @@ class Stylize(WanStage):
             return Result.filtered(sid, "no caption_edit")
         clip = sample.read("clip.mp4")
         try:
-            frames = decode_frames(clip)
+            frames = self.decode(clip)
             depth = read_npz(sample.read("depth.npz"))["depth"]
         except (VideoError, KeyError, ValueError, OSError) as exc:
             return Result.failed(sid, f"cannot read the clip or depth.npz: {exc}")
@@ -100,8 +100,7 @@ class Stylize(WanStage):
                 return Result.failed(sid, str(exc))
 
         n, w, h = p.num_frames, p.width, p.height
-        unchanged = frames.shape[:3] == (n, h, w)
-        frames = np.stack([resize_center_crop(f, w, h) for f in frames[:n]])
+        frames, unchanged = self.fit_clip(frames)
         video = depth_frames(depth[:n], w, h)
         vace_mask = None
         if first is not None:

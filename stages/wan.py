@@ -19,7 +19,7 @@ from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
 from stages.arrays import npz_bytes
 from stages.models import ModelParams
 from stages.seeds import sample_key
-from stages.video_io import encode_frames, png_bytes
+from stages.video_io import ClipDecoder, encode_frames, png_bytes, resize_center_crop
 
 log = logging.getLogger(__name__)
 
@@ -164,12 +164,21 @@ class WanStage(Stage):
         import diffusers
 
         self.pipe, self.device = load_pipeline(getattr(diffusers, self.pipeline_class), self.params, self.float32)
+        self.decode = ClipDecoder()  # consecutive samples of one clip (fan-out) decode it once
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         return [self.process_one(sample) for sample in samples]
 
     def process_one(self, sample: Sample) -> Result:
         raise NotImplementedError
+
+    def fit_clip(self, frames: np.ndarray) -> tuple[np.ndarray, bool]:
+        """The clip's first ``num_frames`` frames at the output size (``resize_center_crop``, the ingest geometry),
+        and whether that left the clip as it was (its bytes can then be passed on as ``src.mp4``). Callers check
+        that there are enough frames."""
+        p = self.params
+        unchanged = frames.shape[:3] == (p.num_frames, p.height, p.width)
+        return np.stack([resize_center_crop(f, p.width, p.height) for f in frames[: p.num_frames]]), unchanged
 
     def pair_files(self, clip: bytes, unchanged: bool, frames: np.ndarray, edit: np.ndarray, masks: np.ndarray,
                    fps: float) -> dict[str, bytes]:

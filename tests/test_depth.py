@@ -57,7 +57,7 @@ def stage(tmp_path_factory: pytest.TempPathFactory) -> Depth:
 
 
 def depth_sample(sample_id: str, frames: np.ndarray):  # noqa: ANN201 - a Sample
-    return sample_of(sample_id, {}, {"clip.mp4": encode_frames(frames, FPS, crf=18, preset="ultrafast")})
+    return sample_of(sample_id, {"fps": FPS}, {"clip.mp4": encode_frames(frames, FPS, crf=18, preset="ultrafast")})
 
 
 def model_depth(frames: np.ndarray, width: int, height: int) -> np.ndarray:

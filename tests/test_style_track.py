@@ -3,8 +3,8 @@ class on the tiny profile:
 
 * from stills (``style-tiny``): frames of the shared clips as content images, the two shared paintings as
   styles -> ingest_images -> caption_content -> animate (Wan I2V) -> caption_style -> depth -> stylize -> export;
-* from real videos (``style-videos-tiny``, config alone): ingest -> style_pairs -> caption_style -> depth ->
-  stylize -> export, no animate stage.
+* from real videos (``style-videos-tiny``, config alone): ingest -> depth -> style_pairs -> caption_style ->
+  stylize -> export, no animate stage (depth once per clip, before the fan-out into styles).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_row
 
 pytestmark = pytest.mark.slow
 IMAGE_STAGES = ("ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "export")
-VIDEO_STAGES = ("ingest", "style_pairs", "caption_style", "depth", "stylize", "export")
+VIDEO_STAGES = ("ingest", "depth", "style_pairs", "caption_style", "stylize", "export")
 CLIPS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("e2fgvi_schoolgirls", "schoolgirls.mp4"))
 
 
