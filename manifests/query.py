@@ -1,7 +1,8 @@
 """SQL over a run's manifests with DuckDB, for local and object-store run folders alike.
 
-Views: ``manifests`` (every stage, columns unioned by name) and one view per stage (``ingest``,
-``augment``, ...). The same data reads without our code:
+Views: ``manifests`` (every stage, columns unioned by name), one view per stage (``ingest``,
+``augment``, ...), and the review labels: ``labels`` (the current decision per judged pair) and
+``label_history`` (every decision, see ``manifests.labels``). The same data reads without our code:
 ``duckdb.sql("select * from read_parquet('RUN/manifests/**/*.parquet', union_by_name=true)")``.
 
 Local manifests are read by DuckDB itself (``read_parquet``, multi-threaded). Remote ones are fetched
@@ -17,6 +18,7 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.labels import read_label_history
 from manifests.storage import Storage
 
 VIEW_NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -43,8 +45,16 @@ def _register(con: duckdb.DuckDBPyConnection, run: Storage, name: str, files: li
     con.register(name, pa.concat_tables([fetched[rel] for rel in files], promote_options="permissive"))
 
 
+def _register_labels(con: duckdb.DuckDBPyConnection, run: Storage) -> None:
+    history = read_label_history(run)
+    con.register("label_history", history.append_column("seq", pa.array(range(history.num_rows), pa.int64())))
+    con.execute("create view labels as select * exclude (rank, seq) from (select *, row_number() over "
+                "(partition by stage, sample_id order by seq desc) as rank from label_history) where rank = 1")
+
+
 def connect(run: Storage) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
+    _register_labels(con, run)
     everything = _manifest_files(run, None)
     if not everything:
         con.execute("create view manifests as select null::varchar as sample_id, null::varchar as stage, "

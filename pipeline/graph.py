@@ -35,6 +35,12 @@ class StageNode:
     owners: dict[str, str] = field(default_factory=dict)  # field or column -> ancestor stage that writes it
     fingerprint: str = ""
 
+    def label_stage(self, graph: StageGraph) -> str | None:
+        """The stage whose review labels this one honours: the nearest ``labelled`` stage before it."""
+        if not self.cls.uses_labels:
+            return None
+        return next((a for a in self.ancestors if graph.nodes[a].cls.labelled), None)
+
     def lineage(self, graph: StageGraph) -> dict[str, str]:
         return {name: graph.nodes[name].fingerprint for name in [self.name, *self.ancestors]}
 

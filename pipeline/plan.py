@@ -18,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.labels import Label, current_labels, labels_digest
 from manifests.manifest import CommitInfo, Status, committed_shards
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig
@@ -93,6 +94,8 @@ class RunPlan:
                 by_shard.setdefault(row["shard"], []).append(row)
             self.source_rows[name] = by_shard
         self.root: dict[str, str] = {name: self._root_of(name) for name in graph.order}
+        uses_labels = any(node.label_stage(graph) for node in graph.nodes.values())
+        self.labels: dict[tuple[str, str], Label] = current_labels(storage) if uses_labels else {}
         self.commits: dict[tuple[str, int], CommitInfo] = {}
         for name in graph.order:
             for shard, info in committed_shards(storage, name).items():
@@ -130,6 +133,9 @@ class RunPlan:
             if self.expected_inputs_digest(dep, shard) != info.inputs_digest:
                 return None
             parts.append(info.ok_digest)
+        label_stage = node.label_stage(self.graph)
+        if label_stage is not None:  # a new review decision redoes the shards it touches
+            parts.append(labels_digest(self.labels, label_stage, shard))
         return digest(parts)
 
     def state(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardState:

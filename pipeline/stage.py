@@ -103,6 +103,11 @@ class Stage:
     """Folder of the stage's tars inside the run; ``None`` means ``stages/<name>``."""
     is_source: ClassVar[bool] = False
     """Source stages read the run's inputs instead of another stage."""
+    labelled: ClassVar[bool] = False
+    """Reviewers label this stage's samples (the judge): labels name the pair by this stage's name."""
+    uses_labels: ClassVar[bool] = False
+    """The stage reads review labels (export): each sample gets the columns ``label``, ``label_reviewer`` and
+    ``label_note`` from the nearest ``labelled`` stage before it, and a changed label redoes that sample."""
     batch_size: int = 1
     """Items handed to one ``process`` call; each batch is checkpointed to ``_partial/`` as it finishes.
     A class default; an instance may set its own from its params (e.g. a whole shard per vLLM batch)."""

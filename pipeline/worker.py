@@ -17,10 +17,12 @@ import posixpath
 import socket
 import time
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests.labels import current_labels
 from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
 from manifests.partial import ItemResult, PartialStore
 from manifests.shards import ShardReader, open_shard
@@ -81,25 +83,9 @@ class ShardWorker:
 
     # Inputs ---------------------------------------------------------------------------------------------
     def _inputs(self, task: ShardTask, readers: _LazyReaders) -> list[Sample]:
-        node, shard = self.node, task.shard
-        if node.cls.is_source:
-            return [Sample(row["source_id"], shard, dict(row)) for row in task.source_rows]
-        tables: dict[str, dict[str, dict[str, Any]]] = {}
-        for ancestor in node.ancestors:
-            found = read_manifest(self.storage, ancestor, shard)
-            if found is None:
-                raise InputError(f"{node.name}/shard {shard}: no manifest for upstream stage {ancestor}")
-            tables[ancestor] = {row["sample_id"]: row for row in found[1].to_pylist()}
-        lineage = _Lineage(tables)
-        samples = []
-        for sample_id in lineage.ok_ids(node.deps):
-            columns: dict[str, Any] = {}
-            keys = {ancestor: lineage.key_in(ancestor, sample_id) for ancestor in node.ancestors}
-            for ancestor in reversed(node.ancestors):  # nearest ancestor wins
-                row = tables[ancestor].get(keys[ancestor] or "") or {}
-                columns.update({k: row.get(k) for k in self.graph.nodes[ancestor].cls.columns})
-            samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners)))
-        return samples
+        if self.node.cls.is_source:
+            return [Sample(row["source_id"], task.shard, dict(row)) for row in task.source_rows]
+        return upstream_samples(self.storage, self.graph, self.node.name, task.shard, readers)
 
     # The shard ------------------------------------------------------------------------------------------
     def run_shard(self, task: ShardTask) -> ShardSummary:
@@ -151,26 +137,40 @@ class ShardWorker:
         if found is None:
             return
         info, table = found
+        relabelled = self._relabelled(table)
         if info.fingerprint == self.node.fingerprint:
             by_input: dict[str, list[dict[str, Any]]] = {}
             for row in table.to_pylist():
                 by_input.setdefault(row["input_id"], []).append(row)
             reader = open_shard(self.storage, info.tar_path) if info.tar_samples else None
             for input_id, rows in by_input.items():
-                redo = any(r["status"] in retry for r in rows)
-                keep = input_id in inputs and not redo
+                retried = any(r["status"] in retry for r in rows)
+                keep = input_id in inputs and not retried and input_id not in relabelled
                 if keep and partial.load(input_id) is None:
                     for row in rows:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
                     files = {r["sample_id"]: reader.sample(r["sample_id"]) for r in rows if reader and r["status"] == Status.OK}
                     partial.save(input_id, rows, files)
-                elif redo and input_id in inputs and not any(r["status"] == Status.QUARANTINED for r in rows):
+                elif retried and input_id in inputs and not any(r["status"] == Status.QUARANTINED for r in rows):
                     # failed samples carry their attempts forward, so repeated failures end in quarantine;
                     # quarantined ones retried on request start afresh
                     partial.set_attempts(input_id, max(int(r.get("attempts") or 1) for r in rows))
             if reader is not None:
                 reader.close()
         uncommit_shard(self.storage, self.node.name, shard)
+
+    def _relabelled(self, table: Any) -> set[str]:
+        """Inputs whose committed rows were made under another review label than the current one."""
+        label_stage = self.node.label_stage(self.graph)
+        if label_stage is None or "label" not in table.column_names:
+            return set()
+        labels = current_labels(self.storage)
+        changed = set()
+        for row in table.select(["sample_id", "input_id", "label"]).to_pylist():
+            label = labels.get((label_stage, row["sample_id"]))
+            if (label and str(label.decision)) != row["label"]:
+                changed.add(row["input_id"])
+        return changed
 
     # Processing -----------------------------------------------------------------------------------------
     def _process_batch(self, batch: list[Sample], partial: PartialStore) -> dict[str, ItemResult]:
@@ -256,6 +256,43 @@ class ShardWorker:
         rows = [self._row(result, sample, partial.attempts(sample.sample_id), 0.0)]
         partial.save(sample.sample_id, rows, {})
         return ItemResult(rows, {})
+
+
+def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int, readers: _LazyReaders) -> list[Sample]:
+    """The samples a (non-source) stage gets for a shard: those ok in every stage before it, with the columns of
+    their ancestors (nearest wins), their fields readable through ``readers``, and their review label when the
+    stage uses labels."""
+    node = graph.nodes[stage]
+    tables: dict[str, dict[str, dict[str, Any]]] = {}
+    for ancestor in node.ancestors:
+        found = read_manifest(storage, ancestor, shard)
+        if found is None:
+            raise InputError(f"{node.name}/shard {shard}: no manifest for upstream stage {ancestor}")
+        tables[ancestor] = {row["sample_id"]: row for row in found[1].to_pylist()}
+    lineage = _Lineage(tables)
+    label_stage = node.label_stage(graph)
+    labels = current_labels(storage) if label_stage else {}
+    samples = []
+    for sample_id in lineage.ok_ids(node.deps):
+        columns: dict[str, Any] = {}
+        keys = {ancestor: lineage.key_in(ancestor, sample_id) for ancestor in node.ancestors}
+        for ancestor in reversed(node.ancestors):  # nearest ancestor wins
+            row = tables[ancestor].get(keys[ancestor] or "") or {}
+            columns.update({k: row.get(k) for k in graph.nodes[ancestor].cls.columns})
+        if label_stage:
+            label = labels.get((label_stage, sample_id))
+            columns.update(label=label and str(label.decision), label_reviewer=label and label.reviewer,
+                           label_note=label and label.note)
+        samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners)))
+    return samples
+
+
+@contextmanager
+def open_upstream(storage: Storage, graph: StageGraph, stage: str, shard: int) -> Iterator[list[Sample]]:
+    """``upstream_samples`` of one shard, with their upstream tars open while the block runs (for tools that
+    look at a stage's inputs without running it, such as the report)."""
+    with _LazyReaders(storage, graph, shard) as readers:
+        yield upstream_samples(storage, graph, stage, shard, readers)
 
 
 class _LazyReaders:

@@ -4,6 +4,11 @@ Each pair is ``<key>.src.mp4``, ``<key>.edit.mp4``, ``<key>.edit0.png``, ``<key>
 mask, uint8 0/255, lossless) and ``<key>.json`` (task, instruction, captions, scores, provenance). Media
 bytes are passed through from the stages that made them: nothing is decoded or re-encoded here. Which
 upstream field becomes which pair member is config, so every track exports through this one stage.
+
+After a judge, what is written follows the decision: a reviewer's label (``manifests/labels.py``) when there
+is one, else the judge's verdict. ``select: accepted`` (the default) writes accepted pairs and leaves the others
+``filtered`` with the reasons; ``select: rejected`` writes only the rejected ones (a second export stage in
+its own folder, for analysis); ``all`` writes both. A changed label re-runs only the export shards it touches.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import io
 import json
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 import pyarrow as pa
 import pyarrow.dataset as pads
@@ -22,6 +27,7 @@ from manifests.manifest import Status
 from manifests.storage import Storage
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.arrays import json_bytes
+from stages.judge import ACCEPT, CHECKS, JUDGE_COLUMNS, REJECT
 
 PAIR_COLUMNS: dict[str, pa.DataType] = {
     "task": pa.string(),
@@ -46,6 +52,11 @@ PAIR_COLUMNS: dict[str, pa.DataType] = {
     "inpaint_seed": pa.int64(),
     "animate_seed": pa.int64(),
     "stylize_seed": pa.int64(),
+    **JUDGE_COLUMNS,
+    "rubric_rationale": pa.string(),
+    "label": pa.string(),
+    "label_reviewer": pa.string(),
+    "label_note": pa.string(),
     "src_bytes": pa.int64(),
     "edit_bytes": pa.int64(),
     "lineage": pa.string(),
@@ -57,6 +68,9 @@ class ExportParams(Params):
     edit: str = Field("clip.mp4", description="upstream field exported as edit.mp4 (the target)")
     edit0: str = Field("frame0.png", description="upstream field exported as edit0.png (edited first frame)")
     mask: str = Field("aug_mask.npz", description="upstream field exported as mask.npz (per-frame edit mask)")
+    select: Literal["accepted", "rejected", "all"] = Field(
+        "accepted", description="after a judge: the pairs written (a reviewer's label overrules the verdict)"
+    )
     dataset_name: str = "ffp-pairs"
     folder: str = Field(
         "export", pattern=r"^[a-z0-9_-]+(/[a-z0-9_-]+)*$",
@@ -69,6 +83,7 @@ class Export(Stage):
     Params = ExportParams
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
     columns = PAIR_COLUMNS
+    uses_labels = True
     params: ExportParams
 
     @classmethod
@@ -91,21 +106,27 @@ class Export(Stage):
 
     def _one(self, sample: Sample) -> Result:
         p = self.params
-        src, edit = sample.read(p.src), sample.read(p.edit)
         columns = {name: sample.columns.get(name) for name in PAIR_COLUMNS if name in sample.columns}
+        left_out = _left_out(sample.columns, p.select)
+        if left_out:
+            return Result.filtered(sample.sample_id, left_out, **columns)
+        src, edit = sample.read(p.src), sample.read(p.edit)
         columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True))
+        scores = {check: columns.pop(f"score_{check}", None) for check in CHECKS}
         card = {
             "sample_id": sample.sample_id,
             **{k: v for k, v in columns.items() if k not in ("lineage",)},
             "captions": {"src": columns.get("caption_src"), "edit": columns.get("caption_edit")},
-            "scores": {},
+            "scores": {check: value for check, value in scores.items() if value is not None},
             "provenance": {"fingerprints": self.context.lineage, "fields": p.model_dump()},
         }
+        columns.update({f"score_{check}": value for check, value in scores.items()})
         files = {
             "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), "mask.npz": sample.read(p.mask),
             "json": json_bytes(card),
         }
         return Result.ok(sample.sample_id, files, **columns)
+
 
     @classmethod
     def finalize(cls, name: str, run: Storage, params: Params) -> None:
@@ -116,20 +137,49 @@ class Export(Stage):
         for rel in files:
             with run.open(rel) as handle:
                 tables.append(pq.read_table(handle).replace_schema_metadata(None))
-        table = pa.concat_tables(tables) if tables else pa.table({})
-        if tables:
-            table = table.filter(pads.field("status") == Status.OK.value)
+        everything = pa.concat_tables(tables) if tables else pa.table({})
+        table = everything.filter(pads.field("status") == Status.OK.value) if tables else everything
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
         run.write_bytes(f"{params.folder}/dataset.parquet", buffer.getvalue())
-        run.write_bytes(f"{params.folder}/README.md", _card(params.dataset_name, params.folder, table, len(files)).encode())
+        card = _card(params.dataset_name, params.folder, everything, len(files), params.select)
+        run.write_bytes(f"{params.folder}/README.md", card.encode())
 
 
-def _card(dataset: str, folder: str, table: pa.Table, shards: int) -> str:
-    rows: list[dict[str, Any]] = table.to_pylist() if table.num_rows else []
-    by_task: dict[str, int] = {}
-    for row in rows:
-        by_task[row["task"] or "?"] = by_task.get(row["task"] or "?", 0) + 1
+def decision_of(columns: dict[str, Any]) -> tuple[str | None, str]:
+    """(accept | reject | None without a judge, who decided): a reviewer's label overrules the judge's verdict."""
+    label = columns.get("label")
+    if label in (ACCEPT, REJECT):
+        return label, f"reviewer {columns.get('label_reviewer') or '?'}"
+    verdict = columns.get("verdict")
+    return (verdict if verdict in (ACCEPT, REJECT) else None), "judge"
+
+
+def _left_out(columns: dict[str, Any], select: str) -> str | None:
+    """Why this pair is not written by an export that keeps ``select`` pairs, or None to write it."""
+    decision, by = decision_of(columns)
+    if decision is None or select == "all":
+        return None
+    if decision == REJECT and select == "accepted":
+        if by == "judge":
+            return "rejected by the judge: " + "; ".join(columns.get("reject_reasons") or ["no reason given"])
+        note = columns.get("label_note")
+        return f"rejected by {by}" + (f": {note}" if note else "")
+    if decision == ACCEPT and select == "rejected":
+        return f"accepted by {'the judge' if by == 'judge' else by} (this export keeps rejected pairs)"
+    return None
+
+
+def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: str) -> str:
+    every_row: list[dict[str, Any]] = everything.to_pylist() if everything.num_rows else []
+    rows = [row for row in every_row if row["status"] == Status.OK]
+    by_task: dict[str, list[int]] = {}  # task -> [written, left out by the judge, left out by a reviewer]
+    for row in every_row:
+        counts = by_task.setdefault(row.get("task") or "?", [0, 0, 0])
+        if row["status"] == Status.OK:
+            counts[0] += 1
+        elif row["status"] == Status.FILTERED:
+            counts[2 if row.get("label") else 1] += 1
     total = sum((row["src_bytes"] or 0) + (row["edit_bytes"] or 0) for row in rows)
     lineages = sorted({row["lineage"] for row in rows if row["lineage"]})
     lines = [
@@ -138,9 +188,11 @@ def _card(dataset: str, folder: str, table: pa.Table, shards: int) -> str:
         f"Made by ffp: {len(rows)} pairs in {shards} shards "
         f"({total / 1e6:.1f} MB of video).",
         "",
-        "| task | pairs |",
-        "|---|---|",
-        *[f"| {task} | {count} |" for task, count in sorted(by_task.items())],
+        f"Pairs written: {select} ones (a reviewer's label overrules the judge's verdict).",
+        "",
+        "| task | pairs | left out by the judge | left out by review |",
+        "|---|---|---|---|",
+        *[f"| {task} | {n[0]} | {n[1]} | {n[2]} |" for task, n in sorted(by_task.items())],
         "",
         "Each pair: `src.mp4` (model input), `edit.mp4` (target), `edit0.png` (edited first frame), `mask.npz`",
         "(per-frame edit mask, `np.load(..., allow_pickle=False)['masks']`), `json` (task, instruction, captions,",

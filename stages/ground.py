@@ -119,6 +119,39 @@ def prompt_of(target: str) -> str:
     return f"{phrase}."
 
 
+class GroundingDino:
+    """``GroundingDinoForObjectDetection`` with its processor: phrases -> post-processed boxes per image (used by
+    ``ground`` and by the judge's removal leak check)."""
+
+    def __init__(self, params: ModelParams) -> None:
+        from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
+
+        weights, kwargs = params.weights(), params.pretrained_kwargs()
+        self.device, self.dtype = params.torch_device(), params.torch_dtype()
+        self.processor = GroundingDinoProcessor.from_pretrained(weights, **kwargs)
+        self.model = GroundingDinoForObjectDetection.from_pretrained(weights, dtype=self.dtype, **kwargs)
+        self.model.to(self.device).eval()
+        self.max_text_len = int(self.model.config.max_text_len)
+
+    def detect(self, frames: Sequence[np.ndarray], prompts: Sequence[str], *, box_threshold: float,
+               text_threshold: float) -> list[dict[str, Any]]:
+        """Per frame (RGB uint8, all one size) the detections of its prompt (``prompt_of`` form): ``scores``,
+        ``boxes`` (x0, y0, x1, y1 in pixels), ``text_labels``; one forward pass for all frames."""
+        import torch
+
+        inputs = self.processor(images=list(frames), text=list(prompts), padding=True, return_tensors="pt")
+        inputs = {
+            k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()
+        }
+        with torch.inference_mode():
+            outputs = self.model(**inputs)
+        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
+        return self.processor.post_process_grounded_object_detection(
+            outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
+            target_sizes=[frame.shape[:2] for frame in frames], text_labels=[[p.rstrip(".")] for p in prompts],
+        )
+
+
 @dataclass
 class _Item:
     sample: Sample
@@ -149,14 +182,8 @@ class Ground(Stage):
         return {**params.model_identity(), "prompt_format": PROMPT_FORMAT}
 
     def setup(self) -> None:
-        from transformers import GroundingDinoForObjectDetection, GroundingDinoProcessor
-
-        weights, kwargs = self.params.weights(), self.params.pretrained_kwargs()
-        self.device, self.dtype = self.params.torch_device(), self.params.torch_dtype()
-        self.processor = GroundingDinoProcessor.from_pretrained(weights, **kwargs)
-        self.model = GroundingDinoForObjectDetection.from_pretrained(weights, dtype=self.dtype, **kwargs)
-        self.model.to(self.device).eval()
-        self.max_text_len = int(self.model.config.max_text_len)
+        self.detector = GroundingDino(self.params)
+        self.processor, self.max_text_len = self.detector.processor, self.detector.max_text_len
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         results: dict[str, Result] = {}
@@ -194,23 +221,10 @@ class Ground(Stage):
 
     def _detect(self, items: Sequence[_Item]) -> list[dict[str, Any]]:
         """One forward pass over frames of one size; the processor's post-processing per image."""
-        import torch
-
-        inputs = self.processor(
-            images=[item.frame for item in items], text=[item.prompt for item in items],
-            padding=True, return_tensors="pt",
-        )
-        inputs = {
-            k: v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device) for k, v in inputs.items()
-        }
-        with torch.inference_mode(), self.model_call():
-            outputs = self.model(**inputs)
-        outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-        return self.processor.post_process_grounded_object_detection(
-            outputs, inputs["input_ids"], threshold=self.params.box_threshold,
-            text_threshold=self.params.text_threshold, target_sizes=[item.frame.shape[:2] for item in items],
-            text_labels=[[item.prompt.rstrip(".")] for item in items],
-        )
+        with self.model_call():
+            return self.detector.detect([item.frame for item in items], [item.prompt for item in items],
+                                        box_threshold=self.params.box_threshold,
+                                        text_threshold=self.params.text_threshold)
 
     def _words(self, label: str) -> str:
         """The label without tokenizer markers (``[SEP]`` is matched when its logit passes text_threshold)."""

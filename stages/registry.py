@@ -20,6 +20,8 @@ STAGES: dict[str, str] = {
     "animate": "stages.animate:Animate",
     "depth": "stages.depth:Depth",
     "stylize": "stages.stylize:Stylize",
+    "rubric": "stages.rubric:Rubric",
+    "judge": "stages.judge:Judge",
     "export": "stages.export:Export",
 }
 

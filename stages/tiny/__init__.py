@@ -23,6 +23,8 @@ BUILDERS: dict[str, str] = {
     "wan_vace": "stages.tiny.wan_vace",
     "wan_i2v": "stages.tiny.wan_i2v",
     "depth_anything": "stages.tiny.depth_anything",
+    "clip": "stages.tiny.clip",
+    "dinov2": "stages.tiny.dinov2",
 }
 """arch -> module with ``VERSION: str`` and ``build(folder: Path) -> None``."""
 
