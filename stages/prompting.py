@@ -201,14 +201,12 @@ def answer_all(
 
 
 def chat_request(
-    template: PromptTemplate, content: list[dict[str, Any]], inputs: str, model: type[BaseModel],
-    values: dict[str, str] | None = None, **media: Any,
+    template: PromptTemplate, content: list[dict[str, Any]], inputs: str, model: type[BaseModel], **media: Any
 ) -> VLMRequest:
     """A one-turn chat: the template's ``system`` message, then ``content`` (image/video placeholders) followed
-    by the rendered ``user`` text asking for ``model``'s schema. ``values``: more placeholders of the ``user``
-    section; ``media``: ``images=``/``videos=`` tuples."""
+    by the rendered ``user`` text asking for ``model``'s schema. ``media``: ``images=``/``videos=`` tuples."""
     schema = json_schema_of(model)
-    text = template.render("user", inputs=inputs, schema=json.dumps(schema, separators=(",", ":")), **(values or {}))
+    text = template.render("user", inputs=inputs, schema=json.dumps(schema, separators=(",", ":")))
     messages: list[dict[str, Any]] = []
     if system := template.render("system"):
         messages.append({"role": "system", "content": system})

@@ -93,9 +93,9 @@ class Rubric(VLMStage):
             content += [{"type": "text", "text": f"Pair {n} (frame {index + 1} of {total}):"},
                         {"type": "image"}, {"type": "image"}]
             images += [_shrunk(src[index], p.max_side), _shrunk(edit[index], p.max_side)]
+        content.append({"type": "text", "text": f'Instruction: "{instruction}"'})
         inputs = f"{len(images) // 2} pairs of frames spread evenly over the video"
-        return chat_request(self.template, content, inputs, RubricV1, values={"instruction": instruction},
-                            images=tuple(images))
+        return chat_request(self.template, content, inputs, RubricV1, images=tuple(images))
 
     def results(self, sample: Sample, answer: Answer[RubricV1]) -> list[Result]:
         columns: dict[str, Any] = {"rubric_raw": answer.raw, "rubric_prompt_version": self.template.version}

@@ -218,8 +218,9 @@ def test_config_show_and_plan_with_a_preset(tmp_path, demo_vos):
                                  "--out", str(tmp_path / "run"), "--json"])
     assert code == 0, err
     plan = {row["stage"]: row for row in json.loads(out)}
-    assert list(plan) == ["ingest", "augment", "export", "ingest_local", "plan", "ground", "track", "inpaint", "export_local",
-                          "ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "export_style"]
+    assert list(plan) == ["ingest", "augment", "judge", "export", "ingest_local", "plan", "ground", "track", "inpaint",
+                          "rubric_local", "judge_local", "export_local", "ingest_images", "caption_content", "animate",
+                          "caption_style", "depth", "stylize", "rubric_style", "judge_style", "export_style"]
     assert plan["ingest"]["shards"] == 2 and plan["ingest"]["todo"] == 2  # 6 sequences, 4 per shard
     assert plan["augment"]["waiting"] == 2 and plan["inpaint"]["waiting"] == 2
     assert plan["ingest_images"]["shards"] == 2 and plan["stylize"]["waiting"] == 2  # 5 pairs, 4 per shard

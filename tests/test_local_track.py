@@ -1,5 +1,5 @@
 """The local-edit track end to end on real footage: ingest -> plan (Qwen2.5-VL) -> ground (Grounding DINO) ->
-track (SAM2) -> inpaint (Wan VACE) -> export, on real Ray, every stage through its real model class (the
+track (SAM2) -> inpaint (Wan VACE) -> rubric (Qwen2.5-VL) -> judge -> export, on real Ray, every stage through its real model class (the
 ``local-tiny`` preset: random-weight tiny models built on this machine)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pipeline.run import execute
 from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
 
 pytestmark = pytest.mark.slow
-STAGES = ("ingest", "plan", "ground", "track", "inpaint", "export")
+STAGES = ("ingest", "plan", "ground", "track", "inpaint", "rubric", "judge", "export")
 VIDEOS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("e2fgvi_schoolgirls", "schoolgirls.mp4"))
 
 
@@ -42,11 +42,25 @@ def test_each_clip_becomes_a_swap_and_a_removal_sample_that_reach_the_export(loc
         clip, _, task = sid.rpartition("-")
         assert clip in clips and row["input_id"] == clip and row["task"] == task in ("swap", "removal")
         assert row["target"] and row["instruction"] and row["inpaint_prompt"]
-    exported = [r for r in manifest_rows(local_run["run"], "export") if r["status"] == "ok"]
-    assert exported, "no pair reached the export"
-    for stage in ("ground", "track", "inpaint"):  # each later stage saw exactly what the one before passed on
+    for stage in ("ground", "track", "inpaint", "rubric", "judge", "export"):  # each later stage saw exactly what the one before passed on
         before = {r["sample_id"] for r in manifest_rows(local_run["run"], STAGES[STAGES.index(stage) - 1]) if r["status"] == "ok"}
         assert {r["sample_id"] for r in manifest_rows(local_run["run"], stage)} == before
+
+
+def test_the_judge_decides_what_is_exported_and_says_why_for_the_rest(local_run):
+    judged = by_id(r for r in manifest_rows(local_run["run"], "judge") if r["status"] == "ok")
+    exported = by_id(manifest_rows(local_run["run"], "export"))
+    assert set(exported) == set(judged)
+    for sid, row in judged.items():
+        assert row["verdict"] in ("accept", "reject") and row["score_first_frame_psnr"] is not None
+        assert row["score_rubric_prompt_following"] is not None or row["verdict"] == "reject"
+        if row["verdict"] == "accept":
+            assert exported[sid]["status"] == "ok" and not row["reject_reasons"]
+        else:  # every reason, in the export's reason too
+            assert exported[sid]["status"] == "filtered" and row["reject_reasons"]
+            assert all(reason in exported[sid]["reason"] for reason in row["reject_reasons"])
+    removals = [row for row in judged.values() if row["task"] == "removal"]
+    assert all(row["score_leak"] is not None for row in removals)  # Grounding DINO searched the edited clips
 
 
 def test_exported_pairs_have_the_configured_frames_size_and_every_field(local_run):

@@ -568,8 +568,8 @@ def test_resuming_by_run_folder_is_a_no_op(e2e):
 def test_ffp_demo(tmp_path, ray_session):
     code, out, err = cli_invoke(["demo", "--out", str(tmp_path / "demo"), "--sequences", "3"])
     assert code == 0, out + err
-    # 3 sequences and 3 still scenes x 1 style: one shard in each of the 9 + 7 stages
-    assert "verify: 16 shards" in out and "clean" in out
+    # 3 sequences and 3 still scenes x 1 style: one shard in each of the 4 + 8 + 9 stages
+    assert "verify: 21 shards" in out and "clean" in out
     for stage, folder in (("export", "export"), ("export_local", "export-local"), ("export_style", "export-style")):
         rows = manifest_rows(tmp_path / "demo/run", stage)
         assert any(r["status"] == "ok" for r in rows), stage

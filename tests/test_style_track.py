@@ -25,8 +25,9 @@ from stages.video_io import decode_frames
 from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
 
 pytestmark = pytest.mark.slow
-IMAGE_STAGES = ("ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "export")
-VIDEO_STAGES = ("ingest", "depth", "style_pairs", "caption_style", "stylize", "export")
+IMAGE_STAGES = ("ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "rubric", "judge",
+                "export")
+VIDEO_STAGES = ("ingest", "depth", "style_pairs", "caption_style", "stylize", "rubric", "judge", "export")
 CLIPS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("e2fgvi_schoolgirls", "schoolgirls.mp4"))
 
 
@@ -70,6 +71,9 @@ def check_exported_pairs(run: dict, stages: tuple[str, ...]) -> list[dict]:
         assert card["captions"]["src"] and card["captions"]["edit"] and card["style_name"]
         assert card["stylize_seed"] is not None
         assert set(card["provenance"]["fingerprints"]) == set(stages)
+        assert row["verdict"] == "accept" or row["label"] == "accept"
+        assert {"first_frame_psnr", "rubric_prompt_following"} <= set(card["scores"])
+        assert "psnr_outside" not in card["scores"]  # a global edit has nothing outside its mask
         rows.append(row)
     return rows
 
