@@ -10,6 +10,8 @@
 #   3. torchvision 0.28.0 (the one build matching torch 2.13; CUDA-linked) and a guard that lets it import
 #      on CPU torch (scripts/patch_torchvision.py; a no-op where its ops load).
 #   4. Meta's sam2 package, pure Python (no CUDA extension on CPU machines).
+#   5. Chromium for the report's browser tests: Debian's `chromium` package where apt-get can install it (root
+#      or passwordless sudo); elsewhere those tests are skipped, saying why. FFP_NO_BROWSER=1 leaves it out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv="${FFP_VENV:-.venv}"
@@ -38,6 +40,14 @@ quiet "${pip[@]}" install --quiet --no-deps torchvision==0.28.0
 "$venv/bin/python" scripts/patch_torchvision.py
 SAM2_BUILD_CUDA=0 quiet "${pip[@]}" install --quiet --no-deps --no-build-isolation sam2==1.1.0
 quiet "${pip[@]}" install --quiet --no-deps -e .
+if [ -z "${FFP_NO_BROWSER:-}" ] && ! command -v chromium >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+  sudo=""
+  if [ "$(id -u)" != 0 ]; then sudo="sudo -n"; fi
+  echo "installing Chromium (Debian package) for the report tests"
+  apt_install() { $sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium fonts-dejavu-core >/dev/null; }
+  apt_install || { $sudo apt-get update -q >/dev/null && apt_install; } \
+    || echo "could not install chromium: the browser tests will be skipped"
+fi
 "$venv/bin/ffp" --help >/dev/null
 "$venv/bin/python" -c "import torchvision.transforms.v2, transformers, diffusers, sam2" \
   || { echo "the model libraries do not import: see ../shared/ENVIRONMENT.md"; exit 1; }
