@@ -41,6 +41,17 @@ class StageNode:
             return None
         return next((a for a in self.ancestors if graph.nodes[a].cls.labelled), None)
 
+    def models(self, graph: StageGraph) -> dict[str, dict[str, Any]]:
+        """What made this stage's and its ancestors' outputs besides params (model ids, revisions, prompt versions),
+        per stage that has any: the provenance an export records."""
+        found = {}
+        for name in [self.name, *self.ancestors]:
+            node = graph.nodes[name]
+            extra = node.cls.fingerprint_extra(node.params)
+            if extra:
+                found[name] = {"type": node.type, **extra}
+        return found
+
     def lineage(self, graph: StageGraph) -> dict[str, str]:
         return {name: graph.nodes[name].fingerprint for name in [self.name, *self.ancestors]}
 

@@ -84,6 +84,8 @@ class StageContext:
     run: Storage
     lineage: dict[str, str] = field(default_factory=dict)
     """Fingerprint of this stage and of every stage before it, for provenance."""
+    models: dict[str, Any] = field(default_factory=dict)
+    """Model ids, revisions and prompt versions of this stage and every stage before it (``StageNode.models``)."""
     tensor_parallel: int = 1
     """GPUs one model instance spans (``resources.tensor_parallel``); the actor holds a placement group."""
 

@@ -75,7 +75,8 @@ class ShardWorker:
         self.storage, self.graph = storage, graph
         self.node: StageNode = graph.nodes[stage_name]
         context = StageContext(
-            name=stage_name, run=storage, lineage=self.node.lineage(graph), tensor_parallel=self.node.resources.tensor_parallel
+            name=stage_name, run=storage, lineage=self.node.lineage(graph), models=self.node.models(graph),
+            tensor_parallel=self.node.resources.tensor_parallel,
         )
         self.stage: Stage = self.node.cls(self.node.params, context)
         self.stage.setup()

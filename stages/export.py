@@ -60,6 +60,7 @@ PAIR_COLUMNS: dict[str, pa.DataType] = {
     "src_bytes": pa.int64(),
     "edit_bytes": pa.int64(),
     "lineage": pa.string(),
+    "models": pa.string(),
 }
 
 
@@ -111,14 +112,15 @@ class Export(Stage):
         if left_out:
             return Result.filtered(sample.sample_id, left_out, **columns)
         src, edit = sample.read(p.src), sample.read(p.edit)
-        columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True))
+        columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True),
+                       models=json.dumps(self.context.models, sort_keys=True, default=str))
         scores = {check: columns.pop(f"score_{check}", None) for check in CHECKS}
         card = {
             "sample_id": sample.sample_id,
-            **{k: v for k, v in columns.items() if k not in ("lineage",)},
+            **{k: v for k, v in columns.items() if k not in ("lineage", "models")},
             "captions": {"src": columns.get("caption_src"), "edit": columns.get("caption_edit")},
             "scores": {check: value for check, value in scores.items() if value is not None},
-            "provenance": {"fingerprints": self.context.lineage, "fields": p.model_dump()},
+            "provenance": {"fingerprints": self.context.lineage, "models": self.context.models, "fields": p.model_dump()},
         }
         columns.update({f"score_{check}": value for check, value in scores.items()})
         files = {

@@ -72,6 +72,9 @@ def test_exported_pairs_have_the_configured_frames_size_and_every_field(local_ru
         assert card["task"] == row["sample_id"].rpartition("-")[2] and card["instruction"]
         assert card["captions"]["src"] and card["captions"]["edit"]
         assert set(card["provenance"]["fingerprints"]) == set(STAGES)
+        models = card["provenance"]["models"]  # which checkpoint and prompt made each step
+        assert models["inpaint"]["model"] == "tiny:wan_vace" and models["plan"]["prompt_version"] == "plan-v1"
+        assert models["judge"]["clip"]["model"] == "tiny:clip" and models["rubric"]["model"] == "tiny:qwen2_5_vl"
     assert Path(local_run["run"], "export", "dataset.parquet").exists()
 
 
