@@ -168,10 +168,23 @@ def demo(
                   + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
     for problem in checked.problems:
         err.print(f"  {problem}")
+    _demo_report(cfg.run_dir)
     folders = [spec.params.get("folder", "export") for spec in cfg.stages.values() if spec.type == "export"]
     console.print("pairs: " + ", ".join(f"[cyan]{out / 'run' / folder}[/cyan]" for folder in folders)
                   + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
     raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
+
+
+def _demo_report(run_dir: str) -> None:
+    from pipeline.report import ReportError, build_report
+
+    try:
+        with _report_bars() as progress:
+            built = build_report(run_dir, progress=_report_progress(progress))
+    except ReportError as exc:
+        err.print(f"[yellow]no report:[/yellow] {exc}")
+        return
+    console.print(f"report: [cyan]{built.index}[/cyan] (open it in a browser; label pairs with `ffp review {run_dir}`)")
 
 
 # Looking at a run --------------------------------------------------------------------------------------
@@ -331,6 +344,73 @@ def query_cmd(
         for row in result.slice(0, limit).to_pylist():
             table.add_row(*("" if v is None else str(v) for v in row.values()))
         console.print(table)
+
+
+ReportOutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="report folder (default RUN/report)")]
+MaxMediaOpt = Annotated[int, typer.Option("--max-media", help="pairs per judge stage whose clips are copied")]
+
+
+def _report_progress(progress: Progress) -> Any:
+    def start(description: str, total: int) -> Any:
+        task = progress.add_task(description, total=total)
+        return lambda n: progress.advance(task, n)
+
+    return start
+
+
+def _report_bars() -> Progress:
+    return Progress(TextColumn("{task.description:>16}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    console=console, transient=True)
+
+
+@app.command()
+def report(run_dir: RunArg, out: ReportOutOpt = None, max_media: MaxMediaOpt = 200) -> None:
+    """Write an HTML report of the judged pairs (run summary, scores, reasons, pairs with their clips); open its
+    index.html in a browser, no server needed."""
+    from pipeline.report import ReportError, build_report
+
+    try:
+        with _report_bars() as progress:
+            result = build_report(run_dir, out, max_media=max_media, progress=_report_progress(progress))
+    except ReportError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    for warning in result.warnings:
+        err.print(f"[yellow]warning[/yellow] {warning}")
+    console.print(f"report: {result.pairs} pairs ({result.media} with media) in {result.seconds:.1f} s: "
+                  f"[cyan]{result.index}[/cyan]")
+
+
+@app.command()
+def review(
+    run_dir: RunArg,
+    port: Annotated[int, typer.Option(help="port (0: any free one)")] = 0,
+    host: Annotated[str, typer.Option(help="address to listen on (loopback unless --allow-remote)")] = "127.0.0.1",
+    reviewer: Annotated[Optional[str], typer.Option(help="name saved with each decision (default: your login)")] = None,
+    allow_remote: Annotated[bool, typer.Option("--allow-remote", help="listen on a non-loopback address")] = False,
+    out: ReportOutOpt = None,
+    max_media: MaxMediaOpt = 200,
+) -> None:
+    """Serve the report with accept / reject buttons; decisions become labels that export honours on the next
+    `ffp run`. Ctrl-C stops it."""
+    from pipeline.report import ReportError
+    from pipeline.review import ReviewError, ReviewServer
+
+    try:
+        with _report_bars() as progress:
+            server = ReviewServer(run_dir, out=out, host=host, port=port, reviewer=reviewer, allow_remote=allow_remote,
+                                  max_media=max_media, progress=_report_progress(progress))
+    except (ReportError, ReviewError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+    console.print(f"reviewing {server.report.pairs} pairs of {run_dir}: open [cyan]{server.url}[/cyan] "
+                  "(Ctrl-C stops; then `ffp run` the run again to export with the labels)")
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        server.close()
 
 
 # Config ------------------------------------------------------------------------------------------------

@@ -30,10 +30,15 @@ class StaleError(RuntimeError):
 
 
 def load_run_config(run_dir: str) -> PipelineConfig:
+    """The config of a run folder, pointing at that folder: a run copied or moved elsewhere (another disk, a
+    bucket) is read where it is now, not at the ``run_dir`` its run.yaml was written with."""
     storage = Storage(run_dir)
     if not storage.exists(RUN_YAML):
         raise ConfigError(f"{run_dir}: no {RUN_YAML}; is this a run folder?")
-    return validate_config(yaml.safe_load(storage.read_bytes(RUN_YAML)), source=f"{run_dir}/{RUN_YAML}")
+    data = yaml.safe_load(storage.read_bytes(RUN_YAML))
+    if isinstance(data, dict):
+        data["run_dir"] = run_dir
+    return validate_config(data, source=f"{run_dir}/{RUN_YAML}")
 
 
 def open_run(config: PipelineConfig) -> tuple[Storage, StageGraph, RunPlan]:

@@ -30,6 +30,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -358,6 +359,7 @@ class _Embedder:
     def images(self, frames: Sequence[np.ndarray], batch: int = 32) -> np.ndarray:
         import torch
 
+        frames = [self._shrunk(frame) for frame in frames]
         out = []
         for start in range(0, len(frames), batch):
             inputs = self.processor(images=list(frames[start:start + batch]), return_tensors="pt")
@@ -369,6 +371,18 @@ class _Embedder:
                     embeddings = self.model(pixel_values=pixels).pooler_output  # the CLS token, layer-normed
             out.append(embeddings.float().cpu().numpy())
         return np.concatenate(out)
+
+    def _shrunk(self, frame: np.ndarray) -> np.ndarray:
+        """The frame with its short side at most twice the model's input size (area filter): the processor's own
+        resize from 720p costs more than the model, and averaging first also avoids its aliasing."""
+        image_processor = getattr(self.processor, "image_processor", self.processor)
+        size = getattr(image_processor, "size", None) or {}
+        target = size.get("shortest_edge") or min(size.get("height", 0), size.get("width", 0)) or 224
+        scale = 2 * target / min(frame.shape[:2])
+        if scale >= 1:
+            return frame
+        height, width = (max(1, round(side * scale)) for side in frame.shape[:2])
+        return cv2.resize(frame, (width, height), interpolation=cv2.INTER_AREA)
 
     def text(self, caption: str) -> np.ndarray:
         import torch

@@ -622,6 +622,25 @@ class ClipDecoder:
         return self._frames
 
 
+def first_frame(source: Source | bytes, *, max_pixels: int | None = 4096 * 4096) -> tuple[np.ndarray, float | None, int | None]:
+    """RGB of a clip's first frame (decoding one frame, not the clip), with the frame rate and frame count the
+    container states (``None`` where it does not). Raises ``VideoError`` for no video stream, no frame, or a
+    picture larger than ``max_pixels``."""
+    with _open(source) as container:
+        if not container.streams.video:
+            raise VideoError("not a video: no video stream")
+        stream = container.streams.video[0]
+        _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+        rate = stream.average_rate or stream.guessed_rate
+        try:
+            frame = next(container.decode(stream), None)
+        except av.FFmpegError as e:
+            raise VideoError(f"cannot decode: {e}") from e
+        if frame is None:
+            raise VideoError("no frames")
+        return frame.to_ndarray(format="rgb24"), (float(rate) if rate else None), (int(stream.frames) or None)
+
+
 def decode_frames(source: Source | bytes) -> np.ndarray:
     """All frames of a (short) clip as (T,H,W,3) uint8 RGB, rotation applied."""
     frames: list[np.ndarray] = []

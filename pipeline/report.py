@@ -1,0 +1,598 @@
+"""``ffp report RUN``: a static HTML report of a run's judged pairs, opened from disk (file://) or served by
+``ffp review`` (``pipeline.review``).
+
+What it reads (nothing is written to the run except the report folder):
+
+* the run summary and per-stage throughput (``pipeline.status.stage_statuses``);
+* every row of every judge stage (graph nodes of type ``judge``): status, verdict, ``reject_checks``,
+  ``reject_reasons``, ``judge_thresholds`` (JSON bounds per check) and every ``score_*`` column, found generically;
+* the rows of the export stages after each judge (exported, or left out and why), and the current review labels;
+* per judge shard, the judge's input samples (``pipeline.worker.open_upstream``): instruction and captions of every
+  pair, and the media of the pairs chosen for media (``max_media`` per judge stage, chosen deterministically: one
+  pair of each (outcome, task) group in turn, rejected groups first; see ``choose_media``).
+
+What it writes, through ``Storage`` (any fsspec URL), into ``RUN/report/`` by default:
+
+* ``index.html``, ``app.js``, ``style.css`` (``pipeline/report_assets``: plain files, no build step, no network);
+* ``data.js``: ``window.FFP_REPORT``, one compact column-wise record of every pair plus the summary, histograms
+  (binned here, over every pair) and the reject-reasons table; a file rather than JSON to fetch, so the page works
+  from file://;
+* ``pairs/chunk-NNNNNN.js``: the details of ``CHUNK`` pairs each (scores, reasons, text), loaded when a pair opens;
+* ``media/<stage>/<pair>.{src.mp4,edit.mp4,thumb.jpg,mask.png}``: the clips as they are (no re-encode), a
+  src|edit first-frame thumbnail and the mask as a strip of small RGBA frames for the overlay.
+
+Text from the run (captions, reasons, notes) is data: the page only ever sets it with ``textContent``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import time
+from collections import Counter
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from manifests.labels import Label, current_labels
+from manifests.query import connect, stage_names
+from manifests.storage import Storage
+from pipeline.config import ConfigError
+from pipeline.graph import GraphError, StageGraph, StageNode, build_graph
+from pipeline.run import RUN_YAML, load_run_config, open_run
+from pipeline.status import stage_statuses
+from stages.arrays import read_npz
+from stages.sources import InputListError
+from stages.video_io import first_frame
+
+ASSETS_DIR = Path(__file__).with_name("report_assets")
+ASSETS = ("index.html", "app.js", "style.css")
+DEFAULT_MAX_MEDIA = 200
+"""Pairs per judge stage whose media is copied: enough to look at, never a copy of a 300K-pair dataset."""
+CHUNK = 200
+"""Pairs per details file: the page loads one small file when a pair opens."""
+HIST_BINS = 24
+THUMB_HEIGHT = 96
+MASK_WIDTH = 160
+MASK_MAX_FRAMES = 256
+MASK_INSIDE = (0, 255, 120, 70)
+"""Overlay colours (RGBA): the edit region lightly tinted, the rest dimmed, visible on any footage."""
+MASK_OUTSIDE = (0, 0, 0, 150)
+TEXT_LIMIT = 4000
+"""Characters kept of any text from the run (captions, reasons, notes), so one odd row cannot bloat the page."""
+TEXT_COLUMNS = ("instruction", "caption_src", "caption_edit", "target")
+STATE_ACCEPTED, STATE_REJECTED, STATE_FAILED = 0, 1, 2
+EXPORT_NONE, EXPORT_OK, EXPORT_LEFT_OUT = 0, 1, 2
+SAFE_NAME = re.compile(r"[a-z0-9_-]{1,100}")
+
+Advance = Callable[[int], None]
+ProgressFn = Callable[[str, int], Advance]
+"""``progress(description, total)`` returns ``advance(n)``; the CLI passes rich progress bars."""
+
+
+class ReportError(Exception):
+    """The report cannot be made (not a run folder, no judge stage, ...); the message says what to do."""
+
+
+@dataclass
+class ReportResult:
+    out: str
+    """URL of the report folder."""
+    index: str
+    """``index.html`` as a path (local folders) or URL."""
+    pairs: int
+    media: int
+    files: list[str]
+    """Every file written, relative to the report folder (what ``ffp review`` may serve)."""
+    pair_shards: dict[tuple[str, str], int]
+    """(judge stage, sample_id) -> shard of every pair in the report."""
+    pair_index: dict[tuple[str, str], int]
+    """(judge stage, sample_id) -> the pair's index in the page's data."""
+    seconds: float
+    warnings: list[str] = field(default_factory=list)
+
+
+def _no_progress(description: str, total: int) -> Advance:
+    return lambda n: None
+
+
+def default_out(run_dir: str) -> str:
+    return run_dir.rstrip("/") + "/report"
+
+
+def build_report(
+    run_dir: str, out: str | None = None, *, max_media: int = DEFAULT_MAX_MEDIA, progress: ProgressFn | None = None,
+) -> ReportResult:
+    """Write the report of ``run_dir`` into ``out`` (default ``RUN/report``) and say what was written."""
+    started = time.perf_counter()
+    if max_media < 0:
+        raise ReportError(f"--max-media must be >= 0, got {max_media}")
+    run = Storage(run_dir)
+    if not run.exists(RUN_YAML):
+        raise ReportError(f"{run_dir} is not a run folder (no {RUN_YAML}); start one with `ffp run CONFIG`")
+    try:
+        # the folder as given, even when run.yaml names where it was made (a copied or moved run)
+        cfg = load_run_config(run_dir)
+        graph = build_graph(cfg)
+        judges = [node for node in graph.nodes.values() if node.type == "judge"]
+        if not judges:
+            stages = ", ".join(f"{n.name} ({n.type})" for n in graph.nodes.values())
+            raise ReportError(f"{run_dir} has no judge stage (stages: {stages}); the report shows judged pairs: "
+                              "add a judge stage to the tracks (see the presets)")
+        _, graph, plan = open_run(cfg)
+    except (ConfigError, GraphError, InputListError) as exc:
+        raise ReportError(f"{run_dir}: {exc}") from None
+    target = Storage(out or default_out(run_dir))
+    collector = _Collector(run, graph, target, max_media, progress or _no_progress)
+    data = collector.collect(judges)
+    data["run"] = {
+        "url": run_dir, "name": cfg.name, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "stages": [{**s.as_dict(), "type": graph.nodes[s.stage].type} for s in stage_statuses(plan)],
+        "max_media": max_media,
+    }
+    collector.finish(data)
+    index = target.path("index.html") if target.is_local else target.url.rstrip("/") + "/index.html"
+    return ReportResult(
+        out=target.url, index=index, pairs=len(collector.pairs), media=len(collector.media),
+        files=sorted(collector.files),
+        pair_shards={(p.stage, p.sample_id): p.shard for p in collector.pairs},
+        pair_index={(p.stage, p.sample_id): i for i, p in enumerate(collector.pairs)},
+        seconds=time.perf_counter() - started, warnings=collector.warnings,
+    )
+
+
+# Collecting ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Pair:
+    """What the report keeps of one judge row (scores stay in the judge's arrays, at ``row``)."""
+
+    stage: str
+    row: int
+    sample_id: str
+    shard: int
+    task: str
+    state: int
+    status: str
+    reason: str | None
+    checks: list[str]
+    reasons: list[str]
+    thresholds: int
+    seconds: float | None
+    text: dict[str, str] = field(default_factory=dict)
+    label: Label | None = None
+    export: int = EXPORT_NONE
+    """In the dataset export (the first after the judge that keeps accepted pairs): written, left out, or no row."""
+    exports: list[dict[str, Any]] = field(default_factory=list)
+    """Every export's row: {stage, written, reason}."""
+    media: int = -1
+    media_note: str | None = None
+
+
+class _Collector:
+    """Reads a run judge by judge and writes the report's files as it goes (media and pair details are never all
+    held in memory at once)."""
+
+    def __init__(self, run: Storage, graph: StageGraph, target: Storage, max_media: int, progress: ProgressFn) -> None:
+        self.run, self.graph, self.target, self.max_media, self.progress = run, graph, target, max_media, progress
+        self.pairs: list[_Pair] = []
+        self.media: list[dict[str, Any]] = []
+        self.files: list[str] = []
+        self.warnings: list[str] = []
+        self.threshold_sets: list[dict[str, Any]] = []
+        self._threshold_index: dict[str, int] = {}
+        self._scores: dict[str, dict[str, np.ndarray]] = {}
+        self._pending: list[dict[str, Any]] = []
+
+    def _write(self, rel: str, data: bytes) -> None:
+        self.target.write_bytes(rel, data)
+        self.files.append(rel)
+
+    def collect(self, judges: list[StageNode]) -> dict[str, Any]:
+        if self.target.exists("data.js"):  # an earlier report of ours: drop what this one may no longer have
+            for folder in ("media", "pairs"):
+                self.target.remove(folder, recursive=True)
+        con = connect(self.run)
+        present = set(stage_names(self.run))
+        labels = current_labels(self.run)
+        summaries = []
+        for node in judges:
+            table = con.sql(f'select * from "{node.name}" order by shard, sample_id').to_arrow_table() \
+                if node.name in present else None
+            start = len(self.pairs)
+            pairs = self._pairs(node.name, table) if table is not None else []
+            for pair in pairs:
+                pair.label = labels.get((node.name, pair.sample_id))
+            exports = self._exports(con, node, present, {p.sample_id: p for p in pairs})
+            chosen = choose_media(pairs, self.max_media)
+            self.pairs += pairs
+            self._upstream(node, pairs, chosen, start)
+            summaries.append(self._summary(node, pairs, table, exports, len(chosen), start))
+            self._flush_details(pairs)
+        self._flush_details([], final=True)
+        return {
+            "version": 1,
+            "judges": summaries,
+            "stage_names": [n.name for n in judges],
+            "tasks": sorted({p.task for p in self.pairs}),
+            "checks": sorted({c for p in self.pairs for c in p.checks}),
+            "thresholds": self.threshold_sets,
+            "pairs": self._columns([n.name for n in judges]),
+            "labels": {str(i): label_json(p.label) for i, p in enumerate(self.pairs) if p.label is not None},
+            "media": self.media,
+            "chunk": CHUNK,
+            "warnings": self.warnings[:50],
+        }
+
+    def finish(self, data: dict[str, Any]) -> None:
+        for name in ASSETS:
+            self._write(name, (ASSETS_DIR / name).read_bytes())
+        self._write("data.js", _js_assign("window.FFP_REPORT", data))
+
+    def _pairs(self, stage: str, table: Any) -> list[_Pair]:
+        self._scores[stage] = {
+            name: _floats(table[name]) for name in table.column_names if name.startswith("score_")
+        }
+        wanted = [c for c in ("sample_id", "shard", "status", "reason", "verdict", "task", "reject_checks",
+                              "reject_reasons", "judge_thresholds", "seconds") if c in table.column_names]
+        pairs = []
+        for i, row in enumerate(table.select(wanted).to_pylist()):
+            status, verdict = row.get("status"), row.get("verdict")
+            ok = status == "ok"
+            state = STATE_ACCEPTED if ok and verdict == "accept" else STATE_REJECTED if ok and verdict == "reject" \
+                else STATE_FAILED
+            pairs.append(_Pair(
+                stage=stage, row=i, sample_id=str(row["sample_id"]), shard=int(row.get("shard") or 0),
+                task=_text(row.get("task") or "?", 200), state=state, status=str(status),
+                reason=_optional(row.get("reason")),
+                checks=[_text(c, 200) for c in row.get("reject_checks") or [] if c],
+                reasons=[_text(r) for r in (row.get("reject_reasons") or [])[:50]],
+                thresholds=self._thresholds_of(row.get("judge_thresholds")), seconds=_number(row.get("seconds")),
+            ))
+        return pairs
+
+    def _exports(self, con: Any, judge: StageNode, present: set[str], by_id: dict[str, _Pair]) -> list[dict[str, Any]]:
+        """The export stages that follow ``judge``, with how many pairs each wrote and left out; each pair gets every
+        export's row, and its ``export`` state from the first export that keeps accepted pairs (the dataset)."""
+        out: list[dict[str, Any]] = []
+        for node in self.graph.nodes.values():
+            if node.type != "export" or judge.name not in node.ancestors:
+                continue
+            if next((a for a in node.ancestors if self.graph.nodes[a].type == "judge"), None) != judge.name:
+                continue  # a later judge is nearer: that one's pairs are what this export writes
+            select = str(getattr(node.params, "select", "accepted"))
+            primary = select != "rejected" and not any(e["primary"] for e in out)
+            entry = {"stage": node.name, "select": select, "folder": node.output_dir, "primary": primary,
+                     "written": 0, "left_out": 0}
+            out.append(entry)
+            if node.name not in present:
+                continue
+            for row in con.sql(f'select sample_id, status, reason from "{node.name}"').to_arrow_table().to_pylist():
+                pair = by_id.get(row["sample_id"])
+                if pair is None:
+                    continue
+                written = row["status"] == "ok"
+                entry["written" if written else "left_out"] += 1
+                pair.exports.append({"stage": node.name, "written": written,
+                                     "reason": None if written else _text(row["reason"])})
+                if primary:
+                    pair.export = EXPORT_OK if written else EXPORT_LEFT_OUT
+        return out
+
+    def _upstream(self, node: StageNode, pairs: list[_Pair], chosen: set[str], start: int) -> None:
+        """Text of every pair and media of the chosen ones, shard by shard from the judge's inputs."""
+        from pipeline.worker import open_upstream
+
+        by_shard: dict[int, dict[str, int]] = {}
+        for i, pair in enumerate(pairs):
+            by_shard.setdefault(pair.shard, {})[pair.sample_id] = i
+        fields = {name: getattr(node.params, name, None) for name in ("src", "edit", "edit0", "mask")}
+        advance = self.progress(f"{node.name}: pairs", len(pairs))
+        for shard, wanted in by_shard.items():
+            try:
+                with open_upstream(self.run, self.graph, node.name, shard) as samples:
+                    for sample in samples:
+                        i = wanted.get(sample.sample_id)
+                        if i is None:
+                            continue
+                        pairs[i].text = {k: _text(sample.columns[k]) for k in TEXT_COLUMNS if sample.columns.get(k)}
+                        if pairs[i].sample_id in chosen:
+                            self._add_media(pairs[i], start + i, sample, fields)
+            except Exception as exc:  # a shard whose inputs are gone still has its scores in the report
+                self.warnings.append(f"{node.name}/shard {shard}: cannot read its inputs ({type(exc).__name__}: {exc})")
+            for i in wanted.values():
+                if pairs[i].sample_id in chosen and pairs[i].media < 0 and pairs[i].media_note is None:
+                    pairs[i].media_note = "the judge's inputs are not readable"
+            advance(len(wanted))
+
+    def _add_media(self, pair: _Pair, index: int, sample: Any, fields: Mapping[str, str | None]) -> None:
+        """Copy a pair's clips (as they are), its thumbnail and its mask strip into ``media/``."""
+        if not (fields["src"] and fields["edit"]):
+            return
+        base = f"media/{_safe(pair.stage)}/{_safe(pair.sample_id)}"
+        try:
+            src, edit = sample.read(fields["src"]), sample.read(fields["edit"])
+            first, fps, frames = first_frame(src)
+            edit0 = _read_image(sample.read(fields["edit0"])) if fields["edit0"] else first_frame(edit)[0]
+            files = {f"{base}.src.mp4": src, f"{base}.edit.mp4": edit, f"{base}.thumb.jpg": thumbnail(first, edit0)}
+            entry: dict[str, Any] = {
+                "pair": index, "src": f"{base}.src.mp4", "edit": f"{base}.edit.mp4", "thumb": f"{base}.thumb.jpg",
+                "fps": _number(sample.columns.get("fps")) or fps, "frames": frames,
+                "width": int(first.shape[1]), "height": int(first.shape[0]),
+            }
+            masks = read_npz(sample.read(fields["mask"])).get("masks") if fields["mask"] else None
+            if masks is not None and masks.ndim == 3 and masks.size:
+                files[f"{base}.mask.png"], count = mask_strip(masks)
+                entry.update(mask=f"{base}.mask.png", mask_frames=count, mask_total=int(masks.shape[0]))
+        except Exception as exc:  # one unreadable pair must not stop the report
+            pair.media_note = f"media unreadable ({type(exc).__name__}: {_text(str(exc), 200)})"
+            return
+        for rel, data in files.items():
+            self._write(rel, data)
+        pair.media = len(self.media)
+        self.media.append(entry)
+
+    def _summary(self, node: StageNode, pairs: list[_Pair], table: Any, exports: list[dict[str, Any]], chosen: int,
+                 start: int) -> dict[str, Any]:
+        values = self._scores.get(node.name, {})
+        scores = [c for c in sorted(values) if not np.isnan(values[c]).all()]
+        by_task: dict[str, Counter[int]] = {}
+        for pair in pairs:
+            if pair.thresholds >= 0:
+                by_task.setdefault(pair.task, Counter())[pair.thresholds] += 1
+        task_thresholds = {task: counts.most_common(1)[0][0] for task, counts in by_task.items()}
+        counts = {"pairs": len(pairs), "accepted": 0, "rejected": 0, "failed": 0, "labelled": 0,
+                  "media": sum(p.media >= 0 for p in pairs), "media_chosen": chosen}
+        for pair in pairs:
+            counts[("accepted", "rejected", "failed")[pair.state]] += 1
+            counts["labelled"] += pair.label is not None
+        return {
+            "stage": node.name,
+            "exports": exports,
+            "counts": counts,
+            "scores": scores,
+            "not_computed": [c for c in sorted(values) if c not in scores],
+            "task_thresholds": task_thresholds,
+            "histograms": histograms({c: values[c] for c in scores}, [p.task for p in pairs],
+                                     np.array([p.state for p in pairs], np.int8), self.threshold_sets, task_thresholds),
+            "reasons": reasons_table(pairs, start),
+        }
+
+    def _thresholds_of(self, raw: Any) -> int:
+        """Index of a ``judge_thresholds`` JSON value in the report's threshold sets (-1 when absent or bad)."""
+        if not raw:
+            return -1
+        key = str(raw)
+        if key not in self._threshold_index:
+            try:
+                parsed = json.loads(key)
+                bounds = {str(check): {k: float(v) for k, v in b.items() if k in ("min", "max") and _finite(v)}
+                          for check, b in parsed.items() if isinstance(b, dict)}
+            except (ValueError, TypeError, AttributeError):
+                self.warnings.append(f"judge_thresholds is not a JSON object of bounds: {_text(key, 120)!r}")
+                bounds = None
+            self._threshold_index[key] = len(self.threshold_sets) if bounds is not None else -1
+            if bounds is not None:
+                self.threshold_sets.append(bounds)
+        return self._threshold_index[key]
+
+    def _columns(self, stages: list[str]) -> dict[str, list[Any]]:
+        """Every pair, column by column (what the grid, the filters and the counts need), small even for 300K pairs."""
+        tasks = {t: i for i, t in enumerate(sorted({p.task for p in self.pairs}))}
+        checks = {c: i for i, c in enumerate(sorted({c for p in self.pairs for c in p.checks}))}
+        stage_index = {name: i for i, name in enumerate(stages)}
+        return {
+            "id": [p.sample_id for p in self.pairs],
+            "stage": [stage_index[p.stage] for p in self.pairs],
+            "shard": [p.shard for p in self.pairs],
+            "task": [tasks[p.task] for p in self.pairs],
+            "state": [p.state for p in self.pairs],
+            "checks": [[checks[c] for c in p.checks] for p in self.pairs],
+            "media": [p.media for p in self.pairs],
+            "export": [p.export for p in self.pairs],
+        }
+
+    def _details(self, pair: _Pair) -> dict[str, Any]:
+        scores: dict[str, float | str] = {}
+        for column, values in self._scores[pair.stage].items():
+            value = float(values[pair.row])
+            if math.isnan(value):
+                continue
+            scores[column[len("score_"):]] = _number(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
+        return {
+            "status": pair.status, "reason": pair.reason, "reasons": pair.reasons, "scores": scores,
+            "thresholds": pair.thresholds, "text": pair.text, "exports": pair.exports, "media_note": pair.media_note,
+            "seconds": pair.seconds,
+        }
+
+    def _flush_details(self, pairs: list[_Pair], *, final: bool = False) -> None:
+        """Append the pairs' details and write every full chunk (the last, partial one when ``final``)."""
+        for pair in pairs:
+            self._pending.append(self._details(pair))
+            pair.text, pair.reasons = {}, []  # written; the report does not need them again
+        done = len(self.pairs) - len(self._pending)  # pairs already in chunk files
+        while len(self._pending) >= CHUNK or (final and self._pending):
+            index = done // CHUNK
+            part, self._pending = self._pending[:CHUNK], self._pending[CHUNK:]
+            self._write(f"pairs/chunk-{index:06d}.js",
+                        f"window.FFP_CHUNK({index}, JSON.parse({json.dumps(_json(part))}));\n".encode())
+            done += len(part)
+
+
+def label_json(label: Label) -> dict[str, Any]:
+    """A label as the page shows it (the text bounded)."""
+    return {"decision": str(label.decision), "reviewer": _text(label.reviewer, 200), "note": _text(label.note),
+            "at": label.at.isoformat(timespec="seconds") if isinstance(label.at, datetime) else str(label.at)}
+
+
+# Choosing media, histograms, reasons ------------------------------------------------------------------------
+
+
+def choose_media(pairs: list[_Pair], limit: int) -> set[str]:
+    """Up to ``limit`` pairs for media, the same for the same rows: each (outcome, task) group in an order fixed by
+    a hash of the sample id, one pair of each group in turn, rejected groups first, then failed, then accepted; so
+    with a small limit the rejected pairs of every task are there, and with a large one every group has its share."""
+    groups: dict[tuple[int, str], list[str]] = {}
+    priority = {STATE_REJECTED: 0, STATE_FAILED: 1, STATE_ACCEPTED: 2}
+    for pair in pairs:
+        groups.setdefault((priority[pair.state], pair.task), []).append(pair.sample_id)
+    queues = [sorted(ids, key=lambda s: hashlib.sha256(s.encode()).hexdigest()) for _, ids in sorted(groups.items())]
+    chosen: list[str] = []
+    depth = 0
+    while len(chosen) < limit and any(depth < len(q) for q in queues):
+        chosen += [q[depth] for q in queues if depth < len(q)][: limit - len(chosen)]
+        depth += 1
+    return set(chosen)
+
+
+def histograms(values: Mapping[str, np.ndarray], tasks_of: list[str], state: np.ndarray,
+               threshold_sets: list[dict[str, Any]], task_thresholds: Mapping[str, int]) -> list[dict[str, Any]]:
+    """Per score column: common bins over every pair (widened to show the thresholds), counts per task split by
+    outcome (``a`` accepted, ``r`` rejected, ``o`` other), and per task the count of infinite values."""
+    tasks = sorted(set(tasks_of))
+    task_of = np.array([tasks.index(t) for t in tasks_of], dtype=np.int32) if tasks_of else np.zeros(0, np.int32)
+    out = []
+    for column, scores in values.items():
+        finite = np.isfinite(scores)
+        check = column[len("score_"):]
+        bounds = [v for t in task_thresholds.values() for v in threshold_sets[t].get(check, {}).values()]
+        known = np.concatenate([scores[finite], np.array(bounds, dtype=np.float64)])
+        lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
+        if hi - lo < 1e-9:
+            lo, hi = lo - 0.5, hi + 0.5
+        pad = (hi - lo) * 0.02
+        lo, hi = lo - pad, hi + pad
+        bin_of = np.zeros(len(scores), np.int64)
+        bin_of[finite] = np.clip(((scores[finite] - lo) / (hi - lo) * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+        counts: dict[str, dict[str, list[int]]] = {}
+        infinite: dict[str, int] = {}
+        for t, task in enumerate(tasks):
+            in_task = finite & (task_of == t)
+            counts[task] = {key: np.bincount(bin_of[in_task & (state == code)], minlength=HIST_BINS).tolist()
+                            for key, code in (("a", STATE_ACCEPTED), ("r", STATE_REJECTED), ("o", STATE_FAILED))}
+            if n := int((np.isinf(scores) & (task_of == t)).sum()):
+                infinite[task] = n
+        out.append({"column": column, "check": check, "lo": lo, "hi": hi, "bins": HIST_BINS, "counts": counts,
+                    "infinite": infinite, "missing": int(np.isnan(scores).sum())})
+    return out
+
+
+def reasons_table(pairs: list[_Pair], offset: int, examples: int = 5) -> list[dict[str, Any]]:
+    """Per failing check: how many pairs, per task, and a few example pairs (those with media first)."""
+    table: dict[str, dict[str, Any]] = {}
+    for i, pair in enumerate(pairs):
+        for check in dict.fromkeys(pair.checks):
+            entry = table.setdefault(check, {"check": check, "count": 0, "by_task": {}, "candidates": []})
+            entry["count"] += 1
+            entry["by_task"][pair.task] = entry["by_task"].get(pair.task, 0) + 1
+            entry["candidates"].append((pair.media < 0, i + offset))
+    out = []
+    for entry in sorted(table.values(), key=lambda e: (-e["count"], e["check"])):
+        picked = sorted(entry.pop("candidates"))[:examples]
+        out.append({**entry, "examples": [index for _, index in picked]})
+    return out
+
+
+# Media helpers ---------------------------------------------------------------------------------------------
+
+
+def _read_image(data: bytes) -> np.ndarray:
+    from stages.images import read_rgb
+
+    return read_rgb(data, "edit0")
+
+
+def _fit_height(image: np.ndarray, height: int) -> np.ndarray:
+    h, w = image.shape[:2]
+    width = max(1, round(w * height / h))
+    return cv2.resize(image, (width, height), interpolation=cv2.INTER_AREA)
+
+
+def thumbnail(src: np.ndarray, edit: np.ndarray, height: int = THUMB_HEIGHT) -> bytes:
+    """src | edit first frames side by side, ``height`` pixels tall, as JPEG."""
+    gap = np.full((height, 2, 3), 255, np.uint8)
+    image = np.concatenate([_fit_height(src, height), gap, _fit_height(edit, height)], axis=1)
+    ok, buf = cv2.imencode(".jpg", cv2.cvtColor(image, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 80])
+    if not ok:
+        raise ValueError("JPEG encoding failed")
+    return buf.tobytes()
+
+
+def mask_strip(masks: np.ndarray, width: int = MASK_WIDTH, max_frames: int = MASK_MAX_FRAMES) -> tuple[bytes, int]:
+    """The (T,H,W) mask as one RGBA PNG for the page's overlay: frames stacked top to bottom, ``width`` pixels wide,
+    the edit region tinted and the rest dimmed; at most ``max_frames`` frames (evenly picked). Returns (png, frames)."""
+    from stages.video_io import png_bytes
+
+    total, h, w = masks.shape
+    picks = np.unique(np.linspace(0, total - 1, min(total, max_frames)).round().astype(int))
+    height = max(1, round(h * width / w))
+    strip = np.empty((len(picks) * height, width, 4), np.uint8)
+    for row, t in enumerate(picks):
+        small = cv2.resize((masks[t] > 0).astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST)
+        strip[row * height : (row + 1) * height] = np.where(small[..., None] > 0, MASK_INSIDE, MASK_OUTSIDE)
+    return png_bytes(strip), len(picks)
+
+
+# Small value helpers -------------------------------------------------------------------------------------
+
+
+def _safe(name: str) -> str:
+    """A file name for a stage or sample id: itself when it is already plain, else a readable part and a hash."""
+    if SAFE_NAME.fullmatch(name):
+        return name
+    return re.sub(r"[^a-z0-9_-]", "_", name.lower())[:60] + "-" + hashlib.sha256(name.encode()).hexdigest()[:12]
+
+
+def _text(value: Any, limit: int = TEXT_LIMIT) -> str:
+    text = "" if value is None else str(value)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _float(value: Any) -> float:
+    try:
+        return float(value) if value is not None else math.nan
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _number(value: Any) -> float | None:
+    """A finite number rounded for the page (6 significant digits), else ``None``."""
+    number = _float(value)
+    return float(f"{number:.6g}") if math.isfinite(number) else None
+
+
+def _optional(value: Any) -> str | None:
+    return None if value is None or value == "" else _text(value)
+
+
+def _floats(column: Any) -> np.ndarray:
+    """A score column as float64, null -> NaN; a column that is not numeric counts as empty."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    try:
+        return np.asarray(pc.fill_null(column.cast(pa.float64()), math.nan).to_numpy(), dtype=np.float64)
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return np.full(len(column), math.nan)
+
+
+def _json(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), allow_nan=False, default=str)
+
+
+def _js_assign(name: str, data: Any) -> bytes:
+    """``name = JSON.parse("...")``: the data as a JS string literal (json.dumps escapes every quote and non-ASCII
+    character), which no text in the data can break out of; JSON.parse is also faster than a literal this big."""
+    return f"{name} = JSON.parse({json.dumps(_json(data))});\n".encode()
