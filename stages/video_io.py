@@ -128,13 +128,27 @@ def _open(source: Source | bytes) -> av.container.InputContainer:
         raise VideoError(f"cannot open: not a video or damaged container ({e})") from e
 
 
+def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
+    if not container.streams.video:
+        raise VideoError("not a video: no video stream")
+    return container.streams.video[0]
+
+
+def _first_frame_of(container: av.container.InputContainer, stream: av.VideoStream) -> av.VideoFrame:
+    try:
+        first = next(container.decode(stream), None)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot decode: {e}") from e
+    if first is None:
+        raise VideoError("cannot decode: no frames")
+    return first
+
+
 def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
     """Read the stream header and decode the first frame (proves the file is decodable and gives
     the rotation). With ``max_pixels``, an oversized frame is refused before anything is decoded."""
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoError("not a video: no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         ctx = stream.codec_context
         width, height = ctx.width, ctx.height
         if width <= 0 or height <= 0:
@@ -151,13 +165,7 @@ def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
         else:
             duration = 0.0
         num_frames = stream.frames or int(round(duration * fps))
-        try:
-            first = next(container.decode(stream), None)
-        except av.FFmpegError as e:
-            raise VideoError(f"cannot decode: {e}") from e
-        if first is None:
-            raise VideoError("cannot decode: no frames")
-        rotation = _rotation(first)
+        rotation = _rotation(_first_frame_of(container, stream))
         if rotation in (90, 270):
             width, height = height, width
         if num_frames <= 0:
@@ -627,17 +635,10 @@ def first_frame(source: Source | bytes, *, max_pixels: int | None = 4096 * 4096)
     container states (``None`` where it does not). Raises ``VideoError`` for no video stream, no frame, or a
     picture larger than ``max_pixels``."""
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoError("not a video: no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
         rate = stream.average_rate or stream.guessed_rate
-        try:
-            frame = next(container.decode(stream), None)
-        except av.FFmpegError as e:
-            raise VideoError(f"cannot decode: {e}") from e
-        if frame is None:
-            raise VideoError("no frames")
+        frame = _first_frame_of(container, stream)
         return frame.to_ndarray(format="rgb24"), (float(rate) if rate else None), (int(stream.frames) or None)
 
 

@@ -278,6 +278,21 @@ def stage_of(type_name: str, params: Mapping[str, Any], tmp_path: Path, name: st
     return stage
 
 
+@pytest.fixture(scope="session")
+def dog_frames() -> Any:
+    """The first 9 frames of the shared dog clip at 1/8 size (160x90, RGB uint8): small real footage."""
+    import av
+    import numpy as np
+
+    frames = []
+    with av.open(str(media("sam2_gallery", "01_dog.mp4"))) as container:
+        for frame in container.decode(video=0):
+            frames.append(frame.to_ndarray(format="rgb24")[::8, ::8])
+            if len(frames) == 9:
+                break
+    return np.stack(frames)
+
+
 # Demo media ---------------------------------------------------------------------------------------------------
 
 

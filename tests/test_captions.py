@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 
@@ -41,17 +40,6 @@ def style_answer(**overrides: Any) -> str:
     }
     answer.update(overrides)
     return json.dumps(answer)
-
-
-@pytest.fixture(scope="module")
-def dog_frames() -> np.ndarray:
-    frames = []
-    with av.open(str(media("sam2_gallery", "01_dog.mp4"))) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24")[::8, ::8])  # 160x90
-            if len(frames) == 9:
-                break
-    return np.stack(frames)
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,6 @@ import json
 from pathlib import Path
 from typing import Any
 
-import av
 import numpy as np
 import pytest
 
@@ -16,21 +15,14 @@ from manifests.storage import Storage
 from pipeline.stage import StageContext
 from stages.rubric import Rubric, RubricV1
 from stages.video_io import encode_frames
-from tests.conftest import ScriptedBackend, media, sample_of, stage_of
+from tests.conftest import ScriptedBackend, sample_of, stage_of
 
 TINY_VLM = {"model": "tiny:qwen2_5_vl", "backend": "transformers", "max_new_tokens": 512}
 
 
 @pytest.fixture(scope="module")
-def clips() -> tuple[bytes, bytes]:
-    frames = []
-    with av.open(str(media("sam2_gallery", "01_dog.mp4"))) as container:
-        for frame in container.decode(video=0):
-            frames.append(frame.to_ndarray(format="rgb24")[::8, ::8])  # 160x90
-            if len(frames) == 9:
-                break
-    src = np.stack(frames)
-    src = src[:, :, :160]
+def clips(dog_frames: np.ndarray) -> tuple[bytes, bytes]:
+    src = dog_frames[:, :, :160]
     return encode_frames(src, 16), encode_frames(255 - src, 16)
 
 
