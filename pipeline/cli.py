@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from manifests.manifest import Status, manifest_path
+from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage
 from manifests.verify import verify_run

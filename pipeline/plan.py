@@ -19,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.labels import Label, current_labels, labels_digest
-from manifests.manifest import CommitInfo, Status, committed_shards
+from manifests.manifest import CommitInfo, committed_shards
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph, digest
