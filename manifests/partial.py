@@ -18,6 +18,9 @@ from manifests.shards import ShardReader, write_shard
 from manifests.storage import Storage
 
 
+SHARD_TIMEOUT = "shard-timeout.json"
+
+
 @dataclass
 class ItemResult:
     rows: list[dict[str, Any]]
@@ -55,6 +58,21 @@ class PartialStore:
     def set_attempts(self, key: str, attempts: int) -> None:
         self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps({"attempts": attempts}).encode())
 
+    def note_timeout(self, key: str, seconds: float) -> None:
+        """Record that an attempt at ``key`` ran past its time limit (written just before the actor exits)."""
+        self.storage.write_bytes(self._rel(key, "timeout.json"), json.dumps({"seconds": seconds}).encode())
+
+    def timed_out(self, key: str) -> str | None:
+        """Which time limit an attempt at ``key`` (or the shard try it was in) ran past, if one did."""
+        rel = self._rel(key, "timeout.json")
+        if self.storage.exists(rel):
+            return f"timeouts.sample_s ({json.loads(self.storage.read_bytes(rel))['seconds']:g} s)"
+        shard = f"{self.dir}/{SHARD_TIMEOUT}"
+        if self.storage.exists(shard):
+            return f"timeouts.shard_s ({json.loads(self.storage.read_bytes(shard))['seconds']:g} s)"
+        return None
+
+
     def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
         if files:
             write_shard(self.storage, self._rel(key, "files.tar"), files)
@@ -78,3 +96,8 @@ class PartialStore:
         parent = self.dir.rsplit("/", 1)[0]
         if self.storage.exists(parent) and not self.storage.walk_files(parent):
             self.storage.remove(parent, recursive=True)
+
+
+def note_shard_timeout(storage: Storage, stage: str, shard: int, seconds: float) -> None:
+    """Record, for the next try, that the driver ended a try at this shard for running past its time limit."""
+    storage.write_bytes(f"{partial_dir(stage, shard)}/{SHARD_TIMEOUT}", json.dumps({"seconds": seconds}).encode())

@@ -127,7 +127,8 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
                 progress.console.print(f"[yellow]{stage}/shard {shard}: {error}; retrying[/yellow]")
 
         _, report = execute(cfg, listener=listener, **kwargs)
-    console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered)")
+    console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
+                  + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")")
     return report
 
 

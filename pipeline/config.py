@@ -59,10 +59,25 @@ class Resources(Strict):
         return self
 
 
+class Timeouts(Strict):
+    """How long a stage may take before its actor is replaced: a hung model call (a deadlocked kernel, a stuck
+    read) must end, and be recorded, rather than hold a GPU for ever."""
+
+    sample_s: float | None = Field(
+        None, gt=0, description="most seconds one sample may spend in process(); past it the actor exits, the "
+        "sample is retried and, after max_attempts, quarantined with the reason (none: no limit)",
+    )
+    shard_s: float | None = Field(
+        None, gt=0, description="most seconds one try at a shard may take; past it the driver kills the actor and "
+        "retries the shard, reusing its finished samples (none: no limit)",
+    )
+
+
 class StageSpec(Strict):
     type: str = Field(description="stage type, a key of stages/registry.py")
     params: dict[str, Any] = Field(default_factory=dict)
     resources: Resources = Field(default_factory=Resources)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
 
 
 class RayOptions(Strict):

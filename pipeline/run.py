@@ -82,7 +82,7 @@ def execute(
         f"logs/run-{_stamp()}.json",
         json.dumps(
             {
-                "seconds": report.seconds, "actor_deaths": report.actor_deaths,
+                "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
                 "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
                 "blocked": [f"{s}/{n}" for s, n in report.blocked],
                 "shards": [asdict(s) for s in report.summaries],

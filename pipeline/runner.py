@@ -24,7 +24,8 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from manifests.manifest import read_commit, manifest_path
+from manifests.manifest import manifest_path, read_commit
+from manifests.partial import note_shard_timeout
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.graph import StageGraph
@@ -56,7 +57,7 @@ class StageActor:
         from pipeline.graph import build_graph
 
         graph = build_graph(PipelineConfig.model_validate(config))
-        self.worker = ShardWorker(Storage(run_url), graph, stage_name)
+        self.worker = ShardWorker(Storage(run_url), graph, stage_name, exit_on_timeout=True)
 
     def pid(self) -> int:
         return os.getpid()
@@ -98,6 +99,8 @@ class RunReport:
     errors: dict[tuple[str, int], str] = field(default_factory=dict)
     blocked: list[tuple[str, int]] = field(default_factory=list)
     actor_deaths: int = 0
+    timeouts: int = 0
+    """Shard tries the driver ended for running past ``timeouts.shard_s``."""
     seconds: float = 0.0
 
     @property
@@ -131,6 +134,7 @@ class Driver:
         self.pending: dict[str, deque[int]] = {name: deque() for name in graph.order}
         self.resolved: set[tuple[str, int]] = set()
         self.inflight: dict[ray.ObjectRef, tuple[str, int, Any]] = {}
+        self.started: dict[ray.ObjectRef, float] = {}
         self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
         self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
         self.groups: dict[Any, PlacementGroup] = {}
@@ -207,9 +211,10 @@ class Driver:
             self._retire_finished_pools()
             if not self.inflight:
                 break
-            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=5.0)
+            done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self._wait_s())
             for ref in done:
                 self._collect(ref)
+            self._end_overdue()
         self.report.blocked = [
             (stage, shard)
             for stage in self.graph.order
@@ -228,11 +233,40 @@ class Driver:
                 shard = self.pending[stage].popleft()
                 task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage))
                 self.tries[(stage, shard)] += 1
-                self.inflight[actor.run_shard.remote(task)] = (stage, shard, actor)
+                ref = actor.run_shard.remote(task)
+                self.inflight[ref], self.started[ref] = (stage, shard, actor), time.time()
                 self.listener("started", (stage, shard))
+
+    def _shard_limit(self, stage: str) -> float | None:
+        return self.graph.config.stages[stage].timeouts.shard_s
+
+    def _wait_s(self) -> float:
+        """How long to wait for a result: until the next shard time limit, at most 5 s."""
+        now, waits = time.time(), [5.0]
+        for ref, (stage, _, _) in self.inflight.items():
+            limit = self._shard_limit(stage)
+            if limit is not None:
+                waits.append(self.started[ref] + limit - now)
+        return max(0.05, min(waits))
+
+    def _end_overdue(self) -> None:
+        """Kill the actors of shard tries past ``timeouts.shard_s`` and retry those shards (their finished samples
+        are in _partial/ and are reused)."""
+        now = time.time()
+        for ref, (stage, shard, actor) in list(self.inflight.items()):
+            limit = self._shard_limit(stage)
+            if limit is None or now - self.started[ref] <= limit:
+                continue
+            del self.inflight[ref], self.started[ref]
+            self.report.timeouts += 1
+            note_shard_timeout(self.storage, stage, shard, limit)
+            self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+            self._drop_actor(actor)
+            self._retry_or_give_up(stage, shard, f"ran past timeouts.shard_s ({limit:g} s)")
 
     def _collect(self, ref: ray.ObjectRef) -> None:
         stage, shard, actor = self.inflight.pop(ref)
+        self.started.pop(ref, None)
         try:
             summary: ShardSummary = ray.get(ref)
         except RayActorError as exc:

@@ -12,9 +12,11 @@ without Ray. Order of work for a shard:
 
 from __future__ import annotations
 
+import logging
 import os
 import posixpath
 import socket
+import threading
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -27,11 +29,14 @@ from manifests.manifest import Status, commit_shard, manifest_path, read_manifes
 from manifests.partial import ItemResult, PartialStore
 from manifests.shards import ShardReader, open_shard
 from manifests.storage import Storage
+from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
 from pipeline.plan import RunPlan
 from pipeline.stage import Result, Sample, Stage, StageContext
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
+TIMEOUT_EXIT_CODE = 75
+log = logging.getLogger("ffp.worker")
 
 
 @dataclass(frozen=True)
@@ -71,14 +76,19 @@ class InputError(RuntimeError):
 class ShardWorker:
     """Holds one stage instance (models loaded once) and runs shards of that stage."""
 
-    def __init__(self, storage: Storage, graph: StageGraph, stage_name: str) -> None:
+    def __init__(self, storage: Storage, graph: StageGraph, stage_name: str, *, exit_on_timeout: bool = False) -> None:
+        """``exit_on_timeout``: end this process when a sample runs past ``timeouts.sample_s`` (a stage actor does:
+        the driver then retries the shard in a new actor). Without it the limit is not enforced, since a thread
+        cannot be stopped from outside."""
         self.storage, self.graph = storage, graph
         self.node: StageNode = graph.nodes[stage_name]
+        self.sample_timeout = graph.config.stages[stage_name].timeouts.sample_s if exit_on_timeout else None
         context = StageContext(
             name=stage_name, run=storage, lineage=self.node.lineage(graph), models=self.node.models(graph),
             tensor_parallel=self.node.resources.tensor_parallel,
         )
         self.stage: Stage = self.node.cls(self.node.params, context)
+        inject("setup", stage_name)
         self.stage.setup()
         self.max_attempts = graph.config.max_attempts
 
@@ -111,8 +121,10 @@ class ShardWorker:
                 results[sample.sample_id] = saved
                 summary.reused += 1
             elif partial.attempts(sample.sample_id) >= self.max_attempts:
+                limit = partial.timed_out(sample.sample_id)
+                why = f"ran past {limit}" if limit else "the worker died"
                 results[sample.sample_id] = self._quarantine(
-                    sample, partial, f"the worker died on each of {self.max_attempts} attempts at this sample"
+                    sample, partial, f"{why} on each of {self.max_attempts} attempts at this sample"
                 )
             else:
                 pending.append(sample)
@@ -184,7 +196,10 @@ class ShardWorker:
         started = time.time()
         self.stage.model_seconds = 0.0
         try:
-            produced = self.stage.process(batch)
+            with self._watchdog(batch, partial):
+                for sample in batch:
+                    inject("process", self.node.name, sample.sample_id)
+                produced = self.stage.process(batch)
         except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
             if len(batch) > 1:
                 return {k: v for s in batch for k, v in self._process_batch([s], partial).items()}
@@ -209,6 +224,30 @@ class ShardWorker:
             partial.save(sample.sample_id, rows, files)
             out[sample.sample_id] = ItemResult(rows, files)
         return out
+
+    @contextmanager
+    def _watchdog(self, batch: list[Sample], partial: PartialStore) -> Iterator[None]:
+        """Ends the process if the batch runs past ``timeouts.sample_s`` per sample, after noting the limit on each
+        sample so that the one that keeps hanging is quarantined with that reason."""
+        if self.sample_timeout is None:
+            yield
+            return
+        limit = self.sample_timeout * len(batch)
+
+        def expire() -> None:
+            for sample in batch:
+                partial.note_timeout(sample.sample_id, self.sample_timeout or limit)
+            log.error("%s/shard %s: %s ran past %.0f s; exiting so the driver retries it in a new actor",
+                      self.node.name, batch[0].shard, [s.sample_id for s in batch], limit)
+            os._exit(TIMEOUT_EXIT_CODE)
+
+        timer = threading.Timer(limit, expire)
+        timer.daemon = True
+        timer.start()
+        try:
+            yield
+        finally:
+            timer.cancel()
 
     def _group(self, batch: Sequence[Sample], produced: Sequence[Result]) -> dict[str, list[Result]]:
         """Results by the input they came from: an input's own id, or ids derived from it (``<id>-swap``)."""

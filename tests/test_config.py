@@ -82,9 +82,14 @@ def test_a_good_config_loads(tmp_path):
         ("  - kind: videos", "  - kind: webcam", "inputs.0.kind", "'videos', 'list', 'vos', 'images' or 'image_pairs'", "kind:"),
         ("    type: ingest", "    type: ingest\n    typo: 1", "stages.ingest.typo", "unknown key", "typo:"),
         ("shard_size: 4", "shard_size: 4\nray:\n  num_cpu: 2", "ray.num_cpu", "unknown key", "num_cpu:"),
+        ("    type: ingest", "    type: ingest\n    timeouts:\n      sample_sec: 5", "stages.ingest.timeouts.sample_sec",
+         "unknown key", "sample_sec:"),
+        ("    type: ingest", "    type: ingest\n    timeouts:\n      shard_s: 0", "stages.ingest.timeouts.shard_s",
+         "greater than 0", "shard_s:"),
     ],
     ids=["top-unknown", "top-type", "top-range", "param-unknown", "param-type", "param-range", "flow-param-unknown",
-         "resources-unknown", "resources-type", "resources-range", "input-unknown", "input-literal", "stage-unknown", "ray-unknown"],
+         "resources-unknown", "resources-type", "resources-range", "input-unknown", "input-literal", "stage-unknown", "ray-unknown",
+         "timeouts-unknown", "timeouts-range"],
 )
 def test_errors_name_the_key_and_the_file_line(tmp_path, old, new, key, message, needle):
     text = GOOD.replace(old, new, 1)

@@ -245,8 +245,9 @@ class Launcher:
         self.env.pop("RAY_ADDRESS", None)  # always a local Ray of our own, never someone's cluster
         self.started: list[FfpProcess] = []
 
-    def start(self, args: list[str], log: Path, command: list[str] = FFP_CMD) -> FfpProcess:
-        process = FfpProcess(args, self.env, log, command)
+    def start(self, args: list[str], log: Path, command: list[str] = FFP_CMD, *, env: dict[str, str] | None = None) -> FfpProcess:
+        """``env``: variables added for this process (and the Ray it starts), e.g. ``FFP_FAULTS``."""
+        process = FfpProcess(args, {**self.env, **(env or {})}, log, command)
         self.started.append(process)
         return process
 

@@ -1,0 +1,49 @@
+"""Fault injection for the fault tests (``tests/faults``): make a stage fail on purpose, inside a real actor.
+
+Off unless the environment variable ``FFP_FAULTS`` holds a JSON list of faults; Ray actors inherit the
+driver's environment, so a test sets it on the ``ffp run`` it starts. Each fault is
+``{"at": "setup" | "process", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit"}``:
+``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once.
+Production runs never set the variable; the check costs one dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from functools import cache
+from typing import Any
+
+ENV = "FFP_FAULTS"
+
+
+class InjectedFault(RuntimeError):
+    """Raised where a test asked for an exception."""
+
+
+@cache
+def _faults() -> tuple[dict[str, Any], ...]:
+    raw = os.environ.get(ENV)
+    if not raw:
+        return ()
+    faults = json.loads(raw)
+    if not isinstance(faults, list) or not all(isinstance(f, dict) for f in faults):
+        raise ValueError(f"{ENV} must be a JSON list of objects, got {raw[:200]!r}")
+    return tuple(faults)
+
+
+def inject(at: str, stage: str, sample_id: str | None = None) -> None:
+    """Fail here if a fault names this point, this stage and this sample (or ``*``)."""
+    for fault in _faults():
+        if fault.get("at") != at or fault.get("stage") != stage:
+            continue
+        if sample_id is not None and fault.get("sample", "*") not in ("*", sample_id):
+            continue
+        action = fault.get("do", "raise")
+        if action == "hang":
+            while True:
+                time.sleep(3600)
+        if action == "exit":
+            os._exit(13)
+        raise InjectedFault(f"injected fault at {at} of {stage}" + (f" for {sample_id}" if sample_id else ""))
