@@ -132,7 +132,7 @@ def test_one_sample_that_raises_is_quarantined_and_the_rest_go_on(
     run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path)
     row = rows_of(run_dir, "augment")[victim]
     assert row["attempts"] == 2 and f"InjectedFault: injected fault at process of augment for {victim}" in row["reason"]
-    assert "quarantined" in output  # `ffp status` after the run lists them and says how to query them
+    assert "1 quarantined samples: ffp query" in output  # the status after the run says how to list them
     ffp_verify(run_dir, launcher)
 
 
