@@ -4,7 +4,8 @@ Every model stage's params derive from :class:`ModelParams`: ``model`` is a Hugg
 from the local Hugging Face cache; ``HF_HUB_OFFLINE=1`` is respected by ``from_pretrained`` itself), a local
 folder, or ``tiny:<arch>``, a random-weight tiny model of the same architecture built on this machine (see
 ``stages.tiny``) and loaded through the same ``from_pretrained`` path. ``model``, ``revision`` and, for tiny
-models, the builder version enter the stage fingerprint.
+models, the builder version enter the stage fingerprint. Code from a model repository never runs unless that
+stage's params set ``trust_remote_code: true`` for its model.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from pipeline.stage import Params
+from pipeline.stage import RUNTIME_ONLY, Params
 
 TINY_PREFIX = "tiny:"
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
@@ -25,6 +26,10 @@ class ModelParams(Params):
     revision: str | None = Field(None, description="git revision of the repo (branch, tag or commit)")
     device: str = Field("auto", description="auto (cuda when available, else cpu), cpu, cuda, cuda:1, ...")
     dtype: Dtype = Field("auto", description="auto: bfloat16 on GPU, float32 on CPU")
+    trust_remote_code: bool = Field(
+        False, description="run Python code shipped in this model's repository (transformers/vLLM "
+        "trust_remote_code); only for a model that needs it and whose authors you trust", json_schema_extra=RUNTIME_ONLY,
+    )
 
     def weights(self) -> str:
         """A path or repo id that ``from_pretrained`` accepts (tiny models are built on first use)."""
@@ -35,8 +40,9 @@ class ModelParams(Params):
         return self.model
 
     def pretrained_kwargs(self) -> dict[str, Any]:
-        """Keyword arguments for ``from_pretrained``: revision (hub ids only); never remote code."""
-        kwargs: dict[str, Any] = {"trust_remote_code": False}
+        """Keyword arguments for ``from_pretrained``: revision (hub ids only); remote code only when this model's
+        params say so."""
+        kwargs: dict[str, Any] = {"trust_remote_code": self.trust_remote_code}
         if self.revision and not self.model.startswith(TINY_PREFIX) and not os.path.isdir(self.model):
             kwargs["revision"] = self.revision
         return kwargs

@@ -318,7 +318,7 @@ class VllmBackend:
         self.processor = AutoProcessor.from_pretrained(weights, **params.pretrained_kwargs())
         kwargs: dict[str, Any] = {
             "model": weights, "dtype": str(params.torch_dtype()).removeprefix("torch."), "seed": params.seed,
-            "trust_remote_code": False, "enforce_eager": params.enforce_eager,
+            "trust_remote_code": params.trust_remote_code, "enforce_eager": params.enforce_eager,
             "gpu_memory_utilization": params.gpu_memory_utilization, "limit_mm_per_prompt": limit_mm_per_prompt,
             "tensor_parallel_size": tensor_parallel,
             # compact JSON: a model cannot pad the output with whitespace until max_new_tokens
