@@ -111,7 +111,7 @@ class ShardWorker:
             self.storage.remove_temporaries(posixpath.dirname(target), prefix=posixpath.basename(target))
         partial = PartialStore(self.storage, node.name, shard, node.fingerprint)
         self.storage.remove_temporaries(partial.dir)
-        self._move_commit_to_partial(partial, shard, {s.sample_id for s in samples}, task.retry)
+        self._move_commit_to_partial(partial, shard, {s.sample_id: s for s in samples}, task.retry)
         summary = ShardSummary(node.name, shard)
         results: dict[str, ItemResult] = {}
         pending: list[Sample] = []
@@ -145,12 +145,13 @@ class ShardWorker:
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
         return summary
 
-    def _move_commit_to_partial(self, partial: PartialStore, shard: int, inputs: set[str], retry: frozenset[str]) -> None:
+    def _move_commit_to_partial(
+        self, partial: PartialStore, shard: int, inputs: dict[str, Sample], retry: frozenset[str]
+    ) -> None:
         found = read_manifest(self.storage, self.node.name, shard)
         if found is None:
             return
         info, table = found
-        relabelled = self._relabelled(table)
         if info.fingerprint == self.node.fingerprint:
             by_input: dict[str, list[dict[str, Any]]] = {}
             for row in table.to_pylist():
@@ -158,7 +159,7 @@ class ShardWorker:
             reader = open_shard(self.storage, info.tar_path) if info.tar_samples else None
             for input_id, rows in by_input.items():
                 retried = any(r["status"] in retry for r in rows)
-                keep = input_id in inputs and not retried and input_id not in relabelled
+                keep = input_id in inputs and not retried and not self._relabelled(rows, inputs[input_id])
                 if keep and partial.load(input_id) is None:
                     for row in rows:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
@@ -172,18 +173,10 @@ class ShardWorker:
                 reader.close()
         uncommit_shard(self.storage, self.node.name, shard)
 
-    def _relabelled(self, table: Any) -> set[str]:
-        """Inputs whose committed rows were made under another review label than the current one."""
-        label_stage = self.node.label_stage(self.graph)
-        if label_stage is None or "label" not in table.column_names:
-            return set()
-        labels = current_labels(self.storage)
-        changed = set()
-        for row in table.select(["sample_id", "input_id", "label"]).to_pylist():
-            label = labels.get((label_stage, row["sample_id"]))
-            if (label and str(label.decision)) != row["label"]:
-                changed.add(row["input_id"])
-        return changed
+    def _relabelled(self, rows: list[dict[str, Any]], sample: Sample) -> bool:
+        """Rows committed under another review label than the one the input carries now (``upstream_samples``
+        gives a stage that uses labels the current one)."""
+        return self.node.cls.uses_labels and any(row.get("label") != sample.columns.get("label") for row in rows)
 
     # Processing -----------------------------------------------------------------------------------------
     def _process_batch(self, batch: list[Sample], partial: PartialStore) -> dict[str, ItemResult]:
