@@ -49,14 +49,16 @@ class PartialStore:
         rel = self._rel(key, "attempts.json")
         return int(json.loads(self.storage.read_bytes(rel))["attempts"]) if self.storage.exists(rel) else 0
 
-    def begin(self, key: str) -> int:
-        """Record one more attempt at ``key`` before running it; returns the attempt number (1-based)."""
+    def begin(self, key: str, worker: str | None = None) -> int:
+        """Record one more attempt at ``key`` (by ``worker``, "host:pid") before running it; returns the
+        attempt number (1-based)."""
         attempt = self.attempts(key) + 1
-        self.set_attempts(key, attempt)
+        self.set_attempts(key, attempt, worker)
         return attempt
 
-    def set_attempts(self, key: str, attempts: int) -> None:
-        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps({"attempts": attempts}).encode())
+    def set_attempts(self, key: str, attempts: int, worker: str | None = None) -> None:
+        record = {"attempts": attempts, "worker": worker}
+        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps(record).encode())
 
     def note_timeout(self, key: str, seconds: float) -> None:
         """Record that an attempt at ``key`` ran past its time limit (written just before the actor exits)."""
@@ -101,3 +103,8 @@ class PartialStore:
 def note_shard_timeout(storage: Storage, stage: str, shard: int, seconds: float) -> None:
     """Record, for the next try, that the driver ended a try at this shard for running past its time limit."""
     storage.write_bytes(f"{partial_dir(stage, shard)}/{SHARD_TIMEOUT}", json.dumps({"seconds": seconds}).encode())
+
+
+def finished_items(storage: Storage, stage: str, shard: int) -> int:
+    """How many items of a shard in progress have their result saved (one listing of its ``_partial/``)."""
+    return len(storage.list(partial_dir(stage, shard), pattern="*.rows.json"))

@@ -11,8 +11,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
 from manifests.manifest import Status
 from manifests.shards import open_shard
@@ -30,7 +32,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
 app.add_typer(config_app, name="config")
 console = Console()
-err = Console(stderr=True)
+err = Console(stderr=True, soft_wrap=True)  # an error line stays one line in CI logs
 
 ConfigArg = Annotated[Optional[str], typer.Argument(help="config YAML, or a run folder to resume")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="a config shipped with ffp")]
@@ -44,7 +46,7 @@ def main() -> None:
     try:
         app()
     except (ConfigError, StaleError, InputListError, GraphError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(2)
 
 
@@ -124,7 +126,7 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
                 progress.advance(bars[data[0]])
             elif event == "shard_error":
                 stage, shard, error = data
-                progress.console.print(f"[yellow]{stage}/shard {shard}: {error}; retrying[/yellow]")
+                progress.console.print(f"[yellow]{stage}/shard {shard}: {escape(error)}; retrying[/yellow]")
 
         _, report = execute(cfg, listener=listener, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
@@ -134,7 +136,7 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
 
 def _exit_code(report: RunReport, run_dir: str) -> int:
     for (stage, shard), error in report.errors.items():
-        err.print(f"[red]{stage}/shard {shard} gave up:[/red] {error}")
+        err.print(f"[red]{stage}/shard {shard} gave up:[/red] {escape(error)}")
     if report.blocked:
         err.print(f"[red]{len(report.blocked)} shards could not run because an upstream shard gave up.[/red]")
         err.print(f"Fix the cause, then run `ffp run {run_dir}` again: finished work is kept.")
@@ -168,7 +170,7 @@ def demo(
     console.print(f"verify: {checked.shards} shards, {checked.samples} rows, "
                   + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
     for problem in checked.problems:
-        err.print(f"  {problem}")
+        err.print(f"  {escape(problem)}")
     _demo_report(cfg.run_dir)
     folders = [spec.params.get("folder", "export") for spec in cfg.stages.values() if spec.type == "export"]
     console.print("pairs: " + ", ".join(f"[cyan]{out / 'run' / folder}[/cyan]" for folder in folders)
@@ -183,7 +185,7 @@ def _demo_report(run_dir: str) -> None:
         with _report_bars() as progress:
             built = build_report(run_dir, progress=_report_progress(progress))
     except ReportError as exc:
-        err.print(f"[yellow]no report:[/yellow] {exc}")
+        err.print(f"[yellow]no report:[/yellow] {escape(str(exc))}")
         return
     console.print(f"report: [cyan]{built.index}[/cyan] (open it in a browser; label pairs with `ffp review {run_dir}`)")
 
@@ -261,9 +263,9 @@ def verify(run_dir: RunArg, as_json: JsonOpt = False) -> None:
                           "shards": report.shards, "rows": report.samples}, indent=1))
     else:
         for problem in report.problems:
-            console.print(f"[red]problem[/red] {problem}")
+            console.print(f"[red]problem[/red] {escape(problem)}")
         for warning in report.warnings:
-            console.print(f"[yellow]warning[/yellow] {warning}")
+            console.print(f"[yellow]warning[/yellow] {escape(warning)}")
         verdict = "[green]clean[/green]" if report.ok else f"[red]{len(report.problems)} problems[/red]"
         console.print(f"{report.shards} shards, {report.samples} rows: {verdict}")
     raise typer.Exit(0 if report.ok else 1)
@@ -286,7 +288,7 @@ def inspect(
         rows += found
         wanted = sorted({r["input_id"] for r in found if r["input_id"] and r["input_id"] not in seen})
     if not rows:
-        err.print(f"no sample {sample_id!r} in {run_dir}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
+        err.print(f"no sample {escape(repr(sample_id))} in {escape(run_dir)}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
         raise typer.Exit(1)
     cfg = load_run_config(run_dir)
     _, graph, _ = open_run(cfg)
@@ -328,7 +330,7 @@ def query_cmd(
     try:
         result = query(_run_folder(run_dir), sql)
     except duckdb.Error as exc:
-        err.print(f"[red]query failed:[/red] {exc}")
+        err.print(f"[red]query failed:[/red] {escape(str(exc))}")
         err.print("views: `manifests` (all stages) and one per stage; columns: "
                   f"ffp query {run_dir} \"describe manifests\"")
         raise typer.Exit(2) from None
@@ -343,7 +345,7 @@ def query_cmd(
         for name in result.column_names:
             table.add_column(name)
         for row in result.slice(0, limit).to_pylist():
-            table.add_row(*("" if v is None else str(v) for v in row.values()))
+            table.add_row(*(Text("" if v is None else str(v)) for v in row.values()))  # no markup from data
         console.print(table)
 
 
@@ -374,10 +376,10 @@ def report(run_dir: RunArg, out: ReportOutOpt = None, max_media: MaxMediaOpt = 2
         with _report_bars() as progress:
             result = build_report(run_dir, out, max_media=max_media, progress=_report_progress(progress))
     except ReportError as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     for warning in result.warnings:
-        err.print(f"[yellow]warning[/yellow] {warning}")
+        err.print(f"[yellow]warning[/yellow] {escape(warning)}")
     console.print(f"report: {result.pairs} pairs ({result.media} with media) in {result.seconds:.1f} s: "
                   f"[cyan]{result.index}[/cyan]")
 
@@ -402,7 +404,7 @@ def review(
             server = ReviewServer(run_dir, out=out, host=host, port=port, reviewer=reviewer, allow_remote=allow_remote,
                                   max_media=max_media, progress=_report_progress(progress))
     except (ReportError, ReviewError) as exc:
-        err.print(f"[red]error:[/red] {exc}")
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
         raise typer.Exit(2) from None
     console.print(f"reviewing {server.report.pairs} pairs of {run_dir}: open [cyan]{server.url}[/cyan] "
                   "(Ctrl-C stops; then `ffp run` the run again to export with the labels)")

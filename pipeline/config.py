@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipeline.stage import Params
 
@@ -48,6 +48,22 @@ class Resources(Strict):
     tensor_parallel: int = Field(
         1, ge=1, description="GPUs one model instance spans; > 1 reserves them as a placement group (gpus: 0 or equal)"
     )
+
+    @field_validator("gpus")
+    @classmethod
+    def _whole_gpus_above_one(cls, value: float) -> float:
+        if value > 1 and not float(value).is_integer():
+            raise ValueError(f"{value:g} GPUs: an actor gets a share of one GPU or whole GPUs; above 1 give a whole "
+                             "number")
+        return value
+
+    def gpus_needed(self) -> float:
+        """GPUs one actor holds, its tensor-parallel bundles included."""
+        return float(self.tensor_parallel) if self.tensor_parallel > 1 else self.gpus
+
+    def cpus_needed(self) -> float:
+        """CPUs one actor holds: its own, plus one per tensor-parallel GPU bundle (``runner.actor_placement``)."""
+        return self.cpus + (self.tensor_parallel if self.tensor_parallel > 1 else 0)
 
     @model_validator(mode="after")
     def _gpus_match_tensor_parallel(self) -> Resources:
@@ -150,13 +166,24 @@ def load_config(
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML: {exc}") from exc
+        raise ConfigError(_yaml_problem(source, exc)) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys")
     data = apply_overrides(data, overrides)
     if run_dir is not None:
         data["run_dir"] = run_dir
     return validate_config(data, source=source, node=node)
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+    """``FILE:LINE: not valid YAML: problem (context at line N)``, without the file excerpt PyYAML quotes (a one-line
+    message like every other config error)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return f"{source}: not valid YAML: {exc}"
+    context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
+    where = f" ({context} at line {context_mark.line + 1})" if context and context_mark is not None else ""
+    return f"{source}:{mark.line + 1}: not valid YAML: {problem}{where}"
 
 
 def validate_config(data: dict[str, Any], *, source: str = "<config>", node: yaml.Node | None = None) -> PipelineConfig:
@@ -176,9 +203,35 @@ def validate_config(data: dict[str, Any], *, source: str = "<config>", node: yam
             stage_class(spec.type).Params.model_validate(spec.params)
         except ValidationError as exc:
             problems.append(_format(exc, ("stages", name, "params"), source, node))
+    problems += _unschedulable(config, source, node)
     if problems:
         raise ConfigError("\n".join(problems))
     return config
+
+
+def _unschedulable(config: PipelineConfig, source: str, node: yaml.Node | None) -> list[str]:
+    """Stages one of whose actors needs more CPUs or GPUs than ``ray.num_cpus`` / ``ray.num_gpus`` give the local
+    Ray: they could never be scheduled, and the run would wait for ever."""
+    options, problems = config.ray, []
+    if options.address is not None:
+        return []  # a cluster's size is not in the config
+    for name, spec in config.stages.items():
+        res = spec.resources
+        key = "tensor_parallel" if res.tensor_parallel > 1 else "gpus"
+        if options.num_gpus is not None and res.gpus_needed() > options.num_gpus:
+            loc = ("stages", name, "resources", key)
+            problems.append(
+                f"{source}{_line_of(node, loc)}: {'.'.join(loc)}: one actor needs {res.gpus_needed():g} GPUs, but "
+                f"ray.num_gpus gives the local Ray {options.num_gpus:g}"
+            )
+        if options.num_cpus is not None and res.cpus_needed() > options.num_cpus:
+            loc = ("stages", name, "resources", "cpus")
+            bundles = f" ({res.cpus:g} + 1 per tensor-parallel GPU)" if res.tensor_parallel > 1 else ""
+            problems.append(
+                f"{source}{_line_of(node, loc)}: {'.'.join(loc)}: one actor needs {res.cpus_needed():g} CPUs{bundles}, "
+                f"but ray.num_cpus gives the local Ray {options.num_cpus}"
+            )
+    return problems
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
@@ -211,7 +264,7 @@ def _format(exc: ValidationError, prefix: tuple[str, ...], source: str, node: ya
     for error in exc.errors():
         loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in error["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"]
+        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
         lines.append(f"{source}{_line_of(node, loc)}: {key}: {message}")
     return "\n".join(lines)
 

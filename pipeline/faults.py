@@ -2,8 +2,9 @@
 
 Off unless the environment variable ``FFP_FAULTS`` holds a JSON list of faults; Ray actors inherit the
 driver's environment, so a test sets it on the ``ffp run`` it starts. Each fault is
-``{"at": "setup" | "process", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit"}``:
-``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once.
+``{"at": "setup" | "process", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow"}``:
+``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once, and
+``slow`` sleeps ``"seconds"`` then goes on (a fast stage made slow enough for a test to kill it mid-shard).
 Production runs never set the variable; the check costs one dictionary lookup.
 """
 
@@ -46,4 +47,7 @@ def inject(at: str, stage: str, sample_id: str | None = None) -> None:
                 time.sleep(3600)
         if action == "exit":
             os._exit(13)
+        if action == "slow":
+            time.sleep(float(fault.get("seconds", 1.0)))
+            continue
         raise InjectedFault(f"injected fault at {at} of {stage}" + (f" for {sample_id}" if sample_id else ""))

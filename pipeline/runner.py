@@ -25,7 +25,7 @@ from ray.util.placement_group import PlacementGroup, placement_group, remove_pla
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from manifests.manifest import manifest_path, read_commit
-from manifests.partial import note_shard_timeout
+from manifests.partial import finished_items, note_shard_timeout
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.graph import StageGraph
@@ -139,6 +139,7 @@ class Driver:
         self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
         self.groups: dict[Any, PlacementGroup] = {}
         self.tries: Counter[tuple[str, int]] = Counter()
+        self.finished_at_death: dict[tuple[str, int], int] = {}
         self.report = RunReport()
         self.config_json = graph.config.model_dump(mode="json")
 
@@ -273,6 +274,7 @@ class Driver:
             self.report.actor_deaths += 1
             self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
             self._drop_actor(actor)
+            self._forgive_if_progress(stage, shard)
             self._retry_or_give_up(stage, shard, f"actor died: {exc.__class__.__name__}")
             return
         except RayTaskError as exc:
@@ -284,6 +286,16 @@ class Driver:
         self.report.summaries.append(summary)
         self.listener("committed", summary)
         self._resolve(stage, shard)
+
+    def _forgive_if_progress(self, stage: str, shard: int) -> None:
+        """A try whose actor died after saving more finished items than any earlier try of the shard does not
+        count against ``max_attempts``: preemptions of a long shard that keeps making progress never make it
+        give up (each forgiven try needs one more finished item, so a shard still ends within its size plus
+        ``max_attempts`` tries). A sample that kills every actor is quarantined by its own attempt count."""
+        finished = finished_items(self.storage, stage, shard)
+        if finished > self.finished_at_death.get((stage, shard), 0):
+            self.finished_at_death[(stage, shard)] = finished
+            self.tries[(stage, shard)] -= 1
 
     def _retry_or_give_up(self, stage: str, shard: int, error: str) -> None:
         self.listener("shard_error", (stage, shard, error))

@@ -185,7 +185,7 @@ class ShardWorker:
             for sample in batch:  # an earlier try of this batch crashed: isolate the culprit
                 batch_results.update(self._process_batch([sample], partial))
             return batch_results
-        attempts = {s.sample_id: partial.begin(s.sample_id) for s in batch}
+        attempts = {s.sample_id: partial.begin(s.sample_id, WORKER) for s in batch}
         started = time.time()
         self.stage.model_seconds = 0.0
         try:

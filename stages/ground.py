@@ -10,7 +10,7 @@ Outputs (ok rows): ``box`` = [x0, y0, x1, y1] in frame pixels, clipped to the fr
 ``box_area`` (fraction of the frame); ``ground_label`` (the phrase words the box matched). Filtered: no box
 above the threshold, no valid box (non-finite or degenerate model output), or a box whose area is outside
 the task's ``area_limits`` (those rows keep the box columns, for inspection). Failed: missing target,
-unknown task, unreadable frame, a target longer than the model's text length.
+unknown task, unreadable frame, a target longer than the model's text length, model output with NaN.
 """
 
 from __future__ import annotations
@@ -136,7 +136,9 @@ class GroundingDino:
     def detect(self, frames: Sequence[np.ndarray], prompts: Sequence[str], *, box_threshold: float,
                text_threshold: float) -> list[dict[str, Any]]:
         """Per frame (RGB uint8, all one size) the detections of its prompt (``prompt_of`` form): ``scores``,
-        ``boxes`` (x0, y0, x1, y1 in pixels), ``text_labels``; one forward pass for all frames."""
+        ``boxes`` (x0, y0, x1, y1 in pixels), ``text_labels``, and ``finite``: False when the model's raw output
+        for the frame holds NaN logits or non-finite boxes (post-processing would silently drop those queries);
+        one forward pass for all frames."""
         import torch
 
         inputs = self.processor(images=list(frames), text=list(prompts), padding=True, return_tensors="pt")
@@ -146,10 +148,18 @@ class GroundingDino:
         with torch.inference_mode():
             outputs = self.model(**inputs)
         outputs.logits, outputs.pred_boxes = outputs.logits.float(), outputs.pred_boxes.float()
-        return self.processor.post_process_grounded_object_detection(
+        # padded text positions hold -inf logits by design: only NaN is wrong there
+        finite = ~(outputs.logits.isnan().flatten(1).any(1) | ~outputs.pred_boxes.isfinite().flatten(1).all(1))
+        if not finite.all():  # post-processing gets no NaN: such queries find nothing, the caller sees `finite`
+            outputs.logits = outputs.logits.nan_to_num(nan=float("-inf"))
+            outputs.pred_boxes = outputs.pred_boxes.nan_to_num(nan=0.0, posinf=0.0, neginf=0.0)
+        found = self.processor.post_process_grounded_object_detection(
             outputs, inputs["input_ids"], threshold=box_threshold, text_threshold=text_threshold,
             target_sizes=[frame.shape[:2] for frame in frames], text_labels=[[p.rstrip(".")] for p in prompts],
         )
+        for detections, ok in zip(found, finite.tolist(), strict=True):
+            detections["finite"] = ok
+        return found
 
 
 @dataclass
@@ -234,6 +244,8 @@ class Ground(Stage):
     def _result(self, item: _Item, detections: dict[str, Any]) -> Result:
         sid, (height, width) = item.sample.sample_id, item.frame.shape[:2]
         target = item.prompt.rstrip(".")
+        if not detections.get("finite", True):
+            return Result.failed(sid, "model output is not finite: NaN logits or non-finite boxes")
         if len(detections["scores"]) == 0:
             return Result.filtered(
                 sid, f"no box for '{target}' above box_threshold {self.params.box_threshold} "

@@ -203,8 +203,8 @@ class Judge(Stage):
         try:
             pair = self._pair(sample)
             scores = self._scores(sample, task, pair)
-        except (PairError, VideoError, KeyError, OSError) as exc:
-            return Result.failed(sid, str(exc))
+        except (PairError, VideoError, KeyError, OSError, ValueError) as exc:  # ValueError: metrics on bad media or
+            return Result.failed(sid, str(exc))  # non-finite model output (embeddings)
         bad = sorted(check for check, value in scores.items() if value is not None and not math.isfinite(value))
         if bad:
             return Result.failed(sid, f"non-finite scores for {bad} (model output or media)")

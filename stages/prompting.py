@@ -35,6 +35,16 @@ _SECTION = re.compile(r"^<!-- section: (\w+) -->[ \t]*$", re.MULTILINE)
 _SECTIONS = {"system", "user", "repair"}
 _REPAIR_SHOWN_CHARS = 4000
 """How much of a bad answer the repair prompt repeats (a runaway answer must not overflow the context)."""
+RAW_KEPT_CHARS = 8000
+"""How much of each answer is kept as its raw text (manifest ``*_raw`` columns, the stage's JSON field): above the
+longest valid answer (plan-v1: about 3,500 characters), so a runaway answer cannot put megabytes into a row."""
+_KEY_SHOWN_CHARS = 60
+"""How much of each key an error message names (an answer may invent a megabyte-long key)."""
+
+
+def clip_text(text: str, limit: int) -> str:
+    """``text`` cut to ``limit`` characters, saying how many were cut."""
+    return text if len(text) <= limit else f"{text[:limit]} [... {len(text) - limit} more characters cut]"
 
 
 @dataclass(frozen=True)
@@ -146,12 +156,22 @@ def parse_answer(text: str, model: type[Model], finish_reason: str | None = None
     except json.JSONDecodeError as exc:
         cut = " (the answer was cut off at max_new_tokens)" if finish_reason == "length" else ""
         raise AnswerError(f"invalid JSON: {exc.msg} at character {exc.pos}{cut}") from None
+    except RecursionError:
+        raise AnswerError("invalid JSON: nested too deeply") from None
+    try:
+        json.dumps(data, ensure_ascii=False).encode()
+    except UnicodeEncodeError as exc:  # a lone surrogate escape ("\\ud83d") is valid JSON but no UTF-8 text
+        raise AnswerError(f"a string holds an unpaired surrogate {exc.object[exc.start]!a}, not text") from None
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        problems = [f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()]
+        problems = [f"{_loc(e['loc'])}: {e['msg']}" for e in exc.errors()]
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise AnswerError("the JSON does not follow the schema: " + "; ".join(problems[:5]) + more) from None
+
+
+def _loc(loc: Sequence[int | str]) -> str:
+    return ".".join(clip_text(str(p), _KEY_SHOWN_CHARS) for p in loc) or "(root)"
 
 
 @dataclass(frozen=True)
@@ -159,14 +179,15 @@ class Answer(Generic[Model]):
     value: Model | None
     """The validated answer; ``None`` when even the repair failed."""
     raw: str
-    """The answer text used (the repair's when repaired); both answers when it failed."""
+    """The answer text used (the repair's when repaired); both answers when it failed; each cut to
+    ``RAW_KEPT_CHARS``."""
     repaired: bool
     error: str | None = None
 
 
 def repair_request(request: VLMRequest, template: PromptTemplate, answer: str, error: str) -> VLMRequest:
     """The request again, followed by the bad answer and the template's ``repair`` message."""
-    shown = answer if len(answer) <= _REPAIR_SHOWN_CHARS else answer[:_REPAIR_SHOWN_CHARS] + " [...]"
+    shown = clip_text(answer, _REPAIR_SHOWN_CHARS)
     schema = json.dumps(request.json_schema, separators=(",", ":"))
     text = template.render("repair", error=error, schema=schema)
     messages = (*request.messages, {"role": "assistant", "content": shown}, {"role": "user", "content": text})
@@ -185,16 +206,19 @@ def answer_all(
     errors: dict[int, str] = {}
     for i, generation in enumerate(first):
         try:
-            answers[i] = Answer(parse_answer(generation.text, model, generation.finish_reason), generation.text, False)
+            value = parse_answer(generation.text, model, generation.finish_reason)
+            answers[i] = Answer(value, clip_text(generation.text, RAW_KEPT_CHARS), False)
         except AnswerError as exc:
             errors[i] = str(exc)
     retry = list(errors)
     repairs = generate([repair_request(requests[i], template, first[i].text, errors[i]) for i in retry]) if retry else []
     for i, generation in zip(retry, repairs, strict=True):
         try:
-            answers[i] = Answer(parse_answer(generation.text, model, generation.finish_reason), generation.text, True)
+            value = parse_answer(generation.text, model, generation.finish_reason)
+            answers[i] = Answer(value, clip_text(generation.text, RAW_KEPT_CHARS), True)
         except AnswerError as exc:
-            raw = f"{first[i].text}\n\n--- repair ---\n\n{generation.text}"
+            first_text, repair_text = (clip_text(t, RAW_KEPT_CHARS) for t in (first[i].text, generation.text))
+            raw = f"{first_text}\n\n--- repair ---\n\n{repair_text}"
             error = f"no valid answer after one repair: first answer: {errors[i]}; repair: {exc}"
             answers[i] = Answer(None, raw, True, error)
     return [answers[i] for i in range(len(requests))]

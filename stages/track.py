@@ -26,7 +26,7 @@ for a swap; for a removal the per-frame box of raw grown by ``box_pad_px``, see 
 non-empty frames), ``empty_frames``, ``min_iou`` (adjacent non-empty frames), ``edge_frames``, ``edit_area``.
 Filtered: a quality limit broken (the reason names each measured value and its limit), or a box that is
 outside the frame / degenerate once clipped. Failed: unknown task, malformed box, unreadable clip, or model
-output of the wrong shape or frame order.
+output of the wrong shape or frame order, or not finite.
 """
 
 from __future__ import annotations
@@ -95,7 +95,17 @@ class TrackParams(ModelParams):
 
 
 class ModelOutputError(ValueError):
-    """The model returned masks of the wrong shape, or frames out of order."""
+    """The model returned masks of the wrong shape, frames out of order, or non-finite logits."""
+
+
+def check_logits(frame_idx: Any, logits: Any) -> None:
+    """Raises ``ModelOutputError`` when a frame's mask logits hold NaN or Inf: thresholding would silently turn
+    them into an empty mask, and the sample would be filtered for a tracking problem it does not have."""
+    import torch
+
+    if isinstance(logits, torch.Tensor) and not bool(torch.isfinite(logits).all()):
+        bad = int((~torch.isfinite(logits)).sum())
+        raise ModelOutputError(f"frame {frame_idx}: mask logits are not finite ({bad} of {logits.numel()} NaN or Inf)")
 
 
 class Tracker(Protocol):
@@ -165,6 +175,7 @@ class TransformersTracker:
                 session, frame_idx=0, obj_ids=OBJ_ID, input_boxes=[[list(box)]], original_size=(height, width)
             )
             for output in self.model.propagate_in_video_iterator(session, start_frame_idx=0):
+                check_logits(output.frame_idx, output.pred_masks)
                 masks = self.processor.post_process_masks(
                     [output.pred_masks.float()], original_sizes=[[height, width]],
                     mask_threshold=self.threshold, binarize=True,
@@ -221,6 +232,7 @@ class MetaTracker:
             self.predictor.add_new_points_or_box(state, frame_idx=0, obj_id=OBJ_ID, box=np.asarray(box, np.float32))
             sink = MaskSink(num_frames, height, width)
             for frame_idx, _, logits in self.predictor.propagate_in_video(state, start_frame_idx=0):
+                check_logits(frame_idx, logits)
                 sink.put(int(frame_idx), logits.float() > self.threshold)
         return sink.result()
 

@@ -123,8 +123,10 @@ def to_uint8(video: Any, shape: tuple[int, int, int, int]) -> np.ndarray:
         video = video[0]
     if video.shape != shape:
         raise ValueError(f"the pipeline returned frames of shape {video.shape}, expected {shape}")
-    if not np.isfinite(video).all():
-        raise ValueError("the pipeline returned non-finite values")
+    finite = np.isfinite(video)
+    if not finite.all():
+        raise ValueError(f"the pipeline returned non-finite values ({finite.size - int(finite.sum())} NaN or Inf "
+                         f"of {finite.size})")
     return (np.clip(video, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 

@@ -21,6 +21,7 @@ from manifests.manifest import META_KEY, Status, commit_shard, manifest_path, pa
 from manifests.shards import ShardError, ShardReader, open_shard, write_shard
 from manifests.storage import TEMP_MARKER, Storage
 from manifests.verify import verify_run
+from pipeline.worker import WORKER
 from tests.conftest import LocalRun, by_id, manifest_rows, run_local, synth_config
 
 SAMPLES = {
@@ -333,7 +334,7 @@ def test_partial_results_of_a_killed_worker_are_reused(tmp_path, demo_vos):
     for source in sources[:2]:
         with tarfile.open(partial / f"{source}.files.tar") as tar:
             saved.update({m.name: tar.extractfile(m).read() for m in tar.getmembers()})
-    assert json.loads((partial / f"{sources[2]}.attempts.json").read_text()) == {"attempts": 1}
+    assert json.loads((partial / f"{sources[2]}.attempts.json").read_text()) == {"attempts": 1, "worker": WORKER}
 
     second = LocalRun(config)  # a new actor
     seen = []

@@ -30,7 +30,7 @@ import tempfile
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -144,6 +144,9 @@ class RunState:
     def total_shards(self) -> int:
         return sum(self.shards.values())
 
+    def only(self, *stages: str) -> RunState:
+        return RunState(*({k: v for k, v in part.items() if k in stages} for part in (self.statuses, self.tar_keys, self.shards)))
+
 
 def read_state(run_dir: Path) -> RunState:
     statuses: dict[str, dict[str, str]] = {}
@@ -172,12 +175,9 @@ def ray_tmpdir() -> Iterator[Path]:
     shutil.rmtree(path, ignore_errors=True)
 
 
-@pytest.fixture(scope="session")
-def reference(fault_inputs: Path, tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> RunState:
-    """One undisturbed run of the fault config, checked like the faulted ones."""
-    base = tmp_path_factory.mktemp("reference")
-    run_dir = base / "run"
-    config = write_fault_config(fault_inputs, run_dir, base / "config.yaml")
+def undisturbed_run(config: Path, base: Path, ray_tmpdir: Path) -> RunState:
+    """One run of ``config`` with no fault, checked like the faulted ones: the truth they must match."""
+    run_dir = Path(yaml_run_dir(config))
     launcher = Launcher(ray_tmpdir)
     try:
         run = launcher.start(["run", str(config)], base / "ffp-run.log")
@@ -190,6 +190,26 @@ def reference(fault_inputs: Path, tmp_path_factory: pytest.TempPathFactory, ray_
     assert state.statuses.get("ingest"), "the reference run ingested nothing"
     assert state.statuses.get("export"), "the reference run exported nothing"
     return state
+
+
+def yaml_run_dir(config: Path) -> str:
+    import yaml
+
+    return yaml.safe_load(config.read_text())["run_dir"]
+
+
+@pytest.fixture(scope="session")
+def reference(fault_inputs: Path, tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> RunState:
+    """The undisturbed run of the fault config."""
+    base = tmp_path_factory.mktemp("reference")
+    return undisturbed_run(write_fault_config(fault_inputs, base / "run", base / "config.yaml"), base, ray_tmpdir)
+
+
+@pytest.fixture(scope="session")
+def tiny_reference(tiny_inputs: Path, tmp_path_factory: pytest.TempPathFactory, ray_tmpdir: Path) -> RunState:
+    """The undisturbed run of the tiny config."""
+    base = tmp_path_factory.mktemp("tiny_reference")
+    return undisturbed_run(write_tiny_config(tiny_inputs, base / "run", base / "config.yaml"), base, ray_tmpdir)
 
 
 # ffp subprocesses and the Ray processes they start ------------------------------------------------------
@@ -321,6 +341,109 @@ def no_ray_in_pytest() -> Iterator[None]:
     before = _ray_initialized()
     yield
     assert before or not _ray_initialized(), "the test left Ray initialised in the pytest process"
+
+
+# The summary table of every fault trial of the session -----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Trial:
+    """What one faulted run came to, measured (not assumed) against the undisturbed run."""
+
+    kind: str
+    faults: int  # faults injected in this run (e.g. actor kills), each one a trial
+    where: Counter[str]  # faults per stage, when they hit stages
+    lost: int | None  # (stage, sample_id) of the undisturbed run missing or with another status (None: no
+    # undisturbed run to compare with)
+    duplicated: int  # sample ids in more than one manifest row, or tar members twice, over all stages
+    rewritten: int  # files of shards committed before a fault that changed afterwards (bytes or mtime)
+    reused: int  # finished samples taken from _partial/ instead of being made again (run logs)
+
+
+TRIALS: list[Trial] = []
+
+
+def snapshot_committed(run_dir: Path) -> dict[str, tuple[str, int]]:
+    """sha256 and mtime of every committed manifest and its tar: what a resume must not touch."""
+    storage = Storage(str(run_dir))
+    committed: dict[str, tuple[str, int]] = {}
+    for manifest in sorted(run_dir.glob("manifests/*/shard-*.parquet")):
+        rel = str(manifest.relative_to(run_dir))
+        for path in (rel, read_commit(storage, rel).tar_path):
+            committed[path] = (sha256_file(run_dir / path), os.stat(run_dir / path).st_mtime_ns)
+    return committed
+
+
+def record_trial(
+    kind: str, run_dir: Path, reference: RunState | None = None, committed: dict[str, tuple[str, int]] | None = None,
+    *, faults: int = 1, where: Counter[str] | None = None, excused: frozenset[str] = frozenset(),
+) -> Trial:
+    """Measure a finished faulted run and add it to the session's summary table (before the test asserts on
+    it, so a failing trial shows its numbers too). ``excused``: sample ids whose outcome the fault changes
+    on purpose (a sample made to raise is quarantined: not lost)."""
+    rows: Counter[tuple[str, str]] = Counter()
+    members: Counter[tuple[str, str]] = Counter()
+    storage = Storage(str(run_dir))
+    for manifest in sorted(run_dir.glob("manifests/*/shard-*.parquet")):
+        stage = manifest.parent.name
+        rows.update((stage, row["sample_id"]) for row in pq.read_table(manifest, columns=["sample_id"]).to_pylist())
+        tar_path = run_dir / read_commit(storage, str(manifest.relative_to(run_dir))).tar_path
+        if tar_path.exists():
+            with tarfile.open(tar_path) as tar:
+                members.update((str(tar_path), name) for name in tar.getnames())
+    duplicated = sum(n - 1 for n in rows.values() if n > 1) + sum(n - 1 for n in members.values() if n > 1)
+    lost = None
+    if reference is not None:
+        lost = 0
+        state = read_state(run_dir)
+        for stage, statuses in reference.statuses.items():
+            found = state.statuses.get(stage, {})
+            lost += sum(
+                found.get(sample_id) != status for sample_id, status in statuses.items() if sample_id not in excused
+            )
+    rewritten = 0
+    for path, (sha, mtime) in (committed or {}).items():
+        target = run_dir / path
+        rewritten += not target.exists() or os.stat(target).st_mtime_ns != mtime or sha256_file(target) != sha
+    reused = 0  # counted by each commit (its "reused"), so runs killed before writing a log count too
+    for manifest in run_dir.glob("manifests/*/shard-*.parquet"):
+        reused += int(read_commit(storage, str(manifest.relative_to(run_dir))).extra.get("reused", 0))
+    trial = Trial(kind, faults, where or Counter(), lost, duplicated, rewritten, reused)
+    TRIALS.append(trial)
+    return trial
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if not TRIALS:
+        return
+    kinds: dict[str, list[Trial]] = {}
+    for trial in TRIALS:
+        kinds.setdefault(trial.kind, []).append(trial)
+    header = (f"{'fault':<52} {'runs':>4} {'trials':>6} {'lost':>5} {'duplicated':>10} {'rewritten':>9} {'reused':>7}"
+              "  trials per stage")
+    terminalreporter.section("fault trials (tests/faults): samples lost, duplicated, shards rewritten, reused")
+    terminalreporter.write_line(header)
+    terminalreporter.write_line("-" * len(header))
+    for kind, trials in [*kinds.items(), ("all", TRIALS)]:
+        terminalreporter.write_line(
+            f"{kind:<52} {len(trials):>4} {sum(t.faults for t in trials):>6} {_total(t.lost for t in trials):>5} "
+            f"{sum(t.duplicated for t in trials):>10} {sum(t.rewritten for t in trials):>9} "
+            f"{sum(t.reused for t in trials):>7}  {_where(trials)}"
+        )
+
+
+def _where(trials: list[Trial]) -> str:
+    where: Counter[str] = sum((t.where for t in trials), Counter())
+    return ", ".join(f"{stage} {n}" for stage, n in where.most_common())
+
+
+def _total(values: Iterable[int | None]) -> str:
+    known = [v for v in values if v is not None]
+    return str(sum(known)) if known else "-"
+
+
+def assert_trial_clean(trial: Trial) -> None:
+    assert (trial.lost or 0, trial.duplicated, trial.rewritten) == (0, 0, 0), trial
 
 
 # Polling ---------------------------------------------------------------------------------------------------

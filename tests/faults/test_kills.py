@@ -18,6 +18,7 @@ import re
 import signal
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ from tests.faults.conftest import (
     Launcher,
     RunState,
     assert_reused_bytes,
+    assert_trial_clean,
     assert_same_samples,
     check_integrity,
     ffp_verify,
@@ -39,8 +41,10 @@ from tests.faults.conftest import (
     poll,
     psutil,
     read_state,
+    record_trial,
     run_logs,
     sha256_file,
+    snapshot_committed,
     write_fault_config,
     write_tiny_config,
 )
@@ -118,12 +122,17 @@ def _manifest_rows(run_dir: Path, stage: str, shard: int) -> list[dict]:
     return pq.read_table(run_dir / manifest_path(stage, shard)).to_pylist()
 
 
-def _finish_and_check(run: FfpProcess, run_dir: Path, launcher: Launcher, reference: RunState) -> str:
-    """Common end of every faulted run: exit 0, no Ray left, same samples as undisturbed, clean folder."""
+def _finish_and_check(
+    run: FfpProcess, run_dir: Path, launcher: Launcher, reference: RunState, kind: str,
+    committed: dict[str, tuple[str, int]] | None = None, *, where: Counter[str] | None = None,
+) -> str:
+    """Common end of every faulted run: exit 0, no Ray left, same samples as undisturbed, clean folder; the
+    trial is measured into the session's summary table first."""
     code = run.wait()
     output = run.output()
     assert code == 0, f"ffp run exited {code}:\n{output[-4000:]}"
     assert not launcher.wait_gone(), f"Ray processes still running after ffp exited: {launcher.wait_gone(0)}"
+    assert_trial_clean(record_trial(kind, run_dir, reference, committed, where=where))
     check_integrity(run_dir)
     assert_same_samples(read_state(run_dir), reference)
     ffp_verify(run_dir, launcher)
@@ -150,7 +159,8 @@ def test_kill_stage_actor_mid_shard(
 
     kill = _kill_actor_mid_shard(run_dir, run, launcher, stage, shard, min_finished)
     assert len(kill.finished) >= min_finished
-    output = _finish_and_check(run, run_dir, launcher, reference)
+    output = _finish_and_check(run, run_dir, launcher, reference, "SIGKILL stage actor mid-shard (chosen point)",
+                               where=Counter({stage: 1}))
 
     # the death was seen and recovered from, once
     assert "actor died" in output and re.search(r"\b1 actor deaths? recovered", output), output[-3000:]
@@ -273,11 +283,7 @@ def test_kill_driver_then_rerun(
     assert not run_logs(run_dir), "a killed driver cannot have written its run log"
 
     storage = Storage(str(run_dir))
-    committed: dict[str, tuple[str, int]] = {}
-    for manifest in sorted(run_dir.glob("manifests/*/shard-*.parquet")):
-        rel = str(manifest.relative_to(run_dir))
-        for path in (rel, read_commit(storage, rel).tar_path):
-            committed[path] = (sha256_file(run_dir / path), os.stat(run_dir / path).st_mtime_ns)
+    committed = snapshot_committed(run_dir)
     committed_shards = len(committed) // 2
     assert 0 < committed_shards < reference.total_shards
     interrupted: dict[tuple[str, int], Interrupted] = {}
@@ -296,7 +302,8 @@ def test_kill_driver_then_rerun(
         assert any(i.finished for i in interrupted.values()), f"no half-done shard after the crash: {interrupted}"
 
     second = launcher.start(["run", str(config)], tmp_path / "ffp-run-2.log")
-    _finish_and_check(second, run_dir, launcher, reference)
+    kind = "SIGKILL driver and actors (node crash)" if with_actors else "SIGKILL driver"
+    _finish_and_check(second, run_dir, launcher, reference, kind, committed)
 
     # committed shards were skipped: not one byte, not one mtime changed
     for path, (sha, mtime) in committed.items():
@@ -342,7 +349,9 @@ def _crash_at(point: str, config: Path, launcher: Launcher, log: Path) -> None:
     assert not launcher.wait_gone(), "Ray processes outlived the crashed process"
 
 
-def test_driver_killed_while_writing_dataset_then_rerun(tiny_inputs: Path, launcher: Launcher, tmp_path: Path) -> None:
+def test_driver_killed_while_writing_dataset_then_rerun(
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path,
+) -> None:
     """The driver dies half way through writing export/dataset.parquet (every shard committed): the rerun
     writes it whole and leaves no temporary behind, so the folder verifies clean."""
     run_dir = tmp_path / "run"
@@ -351,8 +360,10 @@ def test_driver_killed_while_writing_dataset_then_rerun(tiny_inputs: Path, launc
     temps = [p.name for p in (run_dir / "export").iterdir() if TEMP_MARKER in p.name]
     assert temps, "the crash left no temporary of export/dataset.parquet"
 
+    committed = snapshot_committed(run_dir)
     rerun = launcher.start(["run", str(config)], tmp_path / "ffp-run.log")
     assert rerun.wait() == 0, rerun.output()[-3000:]
+    assert_trial_clean(record_trial("SIGKILL driver writing dataset.parquet", run_dir, tiny_reference, committed))
     exported = sum(status == "ok" for status in read_state(run_dir).statuses["export"].values())
     assert exported and pq.read_table(run_dir / "export" / "dataset.parquet").num_rows == exported
     left = [str(p.relative_to(run_dir)) for p in run_dir.rglob(f"*{TEMP_MARKER}*")]
@@ -361,7 +372,9 @@ def test_driver_killed_while_writing_dataset_then_rerun(tiny_inputs: Path, launc
     check_integrity(run_dir)
 
 
-def test_worker_killed_after_commit_before_partial_clear(tiny_inputs: Path, launcher: Launcher, tmp_path: Path) -> None:
+def test_worker_killed_after_commit_before_partial_clear(
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path,
+) -> None:
     """A worker dies between its shard's manifest rename and the clearing of _partial/: the shard counts as
     done, and the rerun (which has nothing to run) still removes the stale _partial/."""
     run_dir = tmp_path / "run"
@@ -370,8 +383,11 @@ def test_worker_killed_after_commit_before_partial_clear(tiny_inputs: Path, laun
     assert (run_dir / manifest_path("ingest", 0)).exists(), "the shard was not committed before the crash"
     assert list((run_dir / partial_dir("ingest", 0)).glob("*.rows.json")), "no _partial/ left by the crash"
 
+    committed = snapshot_committed(run_dir)
     rerun = launcher.start(["run", str(config)], tmp_path / "ffp-run.log")
     assert rerun.wait() == 0, rerun.output()[-3000:]
+    trial = record_trial("SIGKILL worker after commit, before _partial/ clear", run_dir, tiny_reference.only("ingest"), committed)
+    assert_trial_clean(trial)
     report = ffp_verify(run_dir, launcher)
     assert not (run_dir / partial_dir("ingest", 0)).exists(), "_partial/ of a committed shard survived the rerun"
     assert not report["warnings"], report["warnings"]

@@ -17,10 +17,14 @@ import yaml
 
 from tests.faults.conftest import (
     Launcher,
+    RunState,
+    assert_trial_clean,
     check_integrity,
     ffp_verify,
     read_state,
+    record_trial,
     run_logs,
+    snapshot_committed,
     write_tiny_config,
 )
 
@@ -59,12 +63,13 @@ def rows_of(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
 
 
 def finished_run(faults: list[dict[str, Any]], config: Path, ids: list[str], victims: set[str], launcher: Launcher,
-                 tmp_path: Path) -> tuple[Path, str]:
+                 tmp_path: Path, kind: str, reference: RunState) -> tuple[Path, str]:
     """Run with ``faults``; the run must finish (exit 0) having lost exactly the ``victims`` (quarantined in
     augment, absent from the export) and nothing else: every sample has one row, the folder is intact."""
     code, output = run_with(faults, config, launcher, tmp_path)
     assert code == 0, output[-3000:]
     run_dir = tmp_path / "run"
+    assert_trial_clean(record_trial(kind, run_dir, reference, excused=frozenset(victims)))
     augment, export = rows_of(run_dir, "augment"), rows_of(run_dir, "export")
     assert set(augment) == set(ids)  # every sample has its row: nothing lost, nothing doubled
     assert {sid for sid, row in augment.items() if row["status"] == "quarantined"} == victims
@@ -74,12 +79,13 @@ def finished_run(faults: list[dict[str, Any]], config: Path, ids: list[str], vic
 
 
 def test_a_hanging_sample_is_ended_by_the_sample_timeout_and_quarantined(
-    tiny_inputs: Path, launcher: Launcher, tmp_path: Path
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path
 ) -> None:
     config, ids = faulty_config(tiny_inputs, tmp_path, timeouts={"sample_s": 4})
     victim = ids[1]
     faults = [{"at": "process", "stage": "augment", "sample": victim, "do": "hang"}]
-    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path)
+    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path,
+                                   "a sample hangs (timeouts.sample_s)", tiny_reference)
     row = rows_of(run_dir, "augment")[victim]
     assert row["reason"] == "ran past timeouts.sample_s (4 s) on each of 2 attempts at this sample"
     [log] = run_logs(run_dir)
@@ -89,11 +95,14 @@ def test_a_hanging_sample_is_ended_by_the_sample_timeout_and_quarantined(
     ffp_verify(run_dir, launcher)
 
 
-def test_a_hanging_shard_is_ended_by_the_shard_timeout(tiny_inputs: Path, launcher: Launcher, tmp_path: Path) -> None:
+def test_a_hanging_shard_is_ended_by_the_shard_timeout(
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path
+) -> None:
     config, ids = faulty_config(tiny_inputs, tmp_path, timeouts={"shard_s": 8})
     victim = ids[-1]
     faults = [{"at": "process", "stage": "augment", "sample": victim, "do": "hang"}]
-    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path)
+    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path,
+                                   "a shard hangs (timeouts.shard_s)", tiny_reference)
     assert rows_of(run_dir, "augment")[victim]["reason"] == (
         "ran past timeouts.shard_s (8 s) on each of 2 attempts at this sample")
     [log] = run_logs(run_dir)
@@ -103,7 +112,7 @@ def test_a_hanging_shard_is_ended_by_the_shard_timeout(tiny_inputs: Path, launch
 
 
 def test_a_model_that_fails_to_load_stops_the_stage_with_a_readable_error(
-    tiny_inputs: Path, launcher: Launcher, tmp_path: Path
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path
 ) -> None:
     config, ids = faulty_config(tiny_inputs, tmp_path)
     faults = [{"at": "setup", "stage": "augment", "do": "raise"}]
@@ -115,21 +124,22 @@ def test_a_model_that_fails_to_load_stops_the_stage_with_a_readable_error(
     assert set(rows_of(run_dir, "ingest")) == set(ids) and not (run_dir / "manifests" / "augment").exists()
     ffp_verify(run_dir, launcher)
     # fixed (the fault gone), the same command finishes the run and keeps ingest's work
-    ingest_manifest = run_dir / "manifests" / "ingest" / "shard-000000.parquet"
-    before = ingest_manifest.stat().st_mtime_ns
+    committed = snapshot_committed(run_dir)
+    assert list(committed) == ["manifests/ingest/shard-000000.parquet", "stages/ingest/shard-000000.tar"]
     code, output = run_with([], config, launcher, tmp_path, name="rerun")
     assert code == 0, output[-3000:]
-    assert ingest_manifest.stat().st_mtime_ns == before
+    assert_trial_clean(record_trial("a model fails to load (setup() raises)", run_dir, tiny_reference, committed))
     assert set(rows_of(run_dir, "export")) == set(ids)
 
 
 def test_one_sample_that_raises_is_quarantined_and_the_rest_go_on(
-    tiny_inputs: Path, launcher: Launcher, tmp_path: Path
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path
 ) -> None:
     config, ids = faulty_config(tiny_inputs, tmp_path)
     victim = ids[0]
     faults = [{"at": "process", "stage": "augment", "sample": victim, "do": "raise"}]
-    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path)
+    run_dir, output = finished_run(faults, config, ids, {victim}, launcher, tmp_path,
+                                   "one sample raises in process()", tiny_reference)
     row = rows_of(run_dir, "augment")[victim]
     assert row["attempts"] == 2 and f"InjectedFault: injected fault at process of augment for {victim}" in row["reason"]
     assert "1 quarantined samples: ffp query" in output  # the status after the run says how to list them
@@ -137,11 +147,12 @@ def test_one_sample_that_raises_is_quarantined_and_the_rest_go_on(
 
 
 def test_a_poison_shard_quarantines_every_sample_and_the_run_completes(
-    tiny_inputs: Path, launcher: Launcher, tmp_path: Path
+    tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path
 ) -> None:
     config, ids = faulty_config(tiny_inputs, tmp_path)
     faults = [{"at": "process", "stage": "augment", "sample": "*", "do": "raise"}]
-    run_dir, output = finished_run(faults, config, ids, set(ids), launcher, tmp_path)
+    run_dir, output = finished_run(faults, config, ids, set(ids), launcher, tmp_path,
+                                   "every sample raises (a poison shard)", tiny_reference)
     state = read_state(run_dir)
     assert state.tar_keys["augment"] == set() and state.tar_keys["export"] == set()
     ffp_verify(run_dir, launcher)
