@@ -15,7 +15,7 @@ from typing import Any
 
 from manifests.manifest import partial_dir
 from manifests.shards import ShardReader, write_shard
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 
 
 SHARD_TIMEOUT = "shard-timeout.json"
@@ -59,6 +59,19 @@ class PartialStore:
     def set_attempts(self, key: str, attempts: int, worker: str | None = None) -> None:
         record = {"attempts": attempts, "worker": worker}
         self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps(record).encode())
+
+    def forget_attempt(self, key: str, attempt: int) -> None:
+        """Take back attempt number ``attempt`` at ``key``: it ended for a reason that is not the item's (a full
+        disk). Best effort, since the disk may still be full: removing the counter needs no space, and an
+        item is better retried once too often than quarantined for what the storage did."""
+        rel = self._rel(key, "attempts.json")
+        if attempt <= 1:
+            self.storage.remove(rel)
+            return
+        try:
+            self.set_attempts(key, attempt - 1)
+        except StorageFull:
+            self.storage.remove(rel)
 
     def note_timeout(self, key: str, seconds: float) -> None:
         """Record that an attempt at ``key`` ran past its time limit (written just before the actor exits)."""

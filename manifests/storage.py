@@ -8,6 +8,7 @@ atomic anyway).
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 import uuid
@@ -19,6 +20,12 @@ import fsspec
 from fsspec.core import url_to_fs
 
 TEMP_MARKER = ".tmp-"
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class StorageFull(RuntimeError):
+    """The run folder's filesystem has no space left (or the quota is used up). Not any sample's fault: the
+    run stops, keeping what it finished, and the same command resumes once there is space."""
 
 
 class Storage:
@@ -89,9 +96,11 @@ class Storage:
                     handle.flush()
                     os.fsync(handle.fileno())
             self._replace(temp, final)
-        except BaseException:
+        except BaseException as exc:
             if self.fs.exists(temp):
                 self.fs.rm(temp)
+            if isinstance(exc, OSError) and exc.errno in DISK_FULL:
+                raise StorageFull(f"no space left on the device of {self.url} writing {rel} ({exc.strerror})") from exc
             raise
 
     def write_bytes(self, rel: str, data: bytes) -> None:

@@ -18,7 +18,7 @@ from rich.text import Text
 
 from manifests.manifest import Status
 from manifests.shards import open_shard
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
 from pipeline.graph import GraphError
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
@@ -48,6 +48,10 @@ def main() -> None:
     except (ConfigError, StaleError, InputListError, GraphError) as exc:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         sys.exit(2)
+    except StorageFull as exc:
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print("Free space (or grow the volume), then run the same command again: finished work is kept.")
+        sys.exit(1)
 
 
 def _run_folder(run_dir: str) -> Storage:
@@ -127,6 +131,9 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
             elif event == "shard_error":
                 stage, shard, error = data
                 progress.console.print(f"[yellow]{stage}/shard {shard}: {escape(error)}; retrying[/yellow]")
+            elif event == "halted":
+                stage, shard, error = data
+                progress.console.print(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
 
         _, report = execute(cfg, listener=listener, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
@@ -135,6 +142,11 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
 
 
 def _exit_code(report: RunReport, run_dir: str) -> int:
+    if report.halted:
+        err.print(f"[red]the run stopped:[/red] {escape(report.halted)}")
+        err.print(f"Free space (or grow the volume), then run `ffp run {run_dir}` again: finished work is kept, "
+                  "and no sample was counted as failed for it.")
+        return 1
     for (stage, shard), error in report.errors.items():
         err.print(f"[red]{stage}/shard {shard} gave up:[/red] {escape(error)}")
     if report.blocked:

@@ -2,7 +2,7 @@
 
 Off unless the environment variable ``FFP_FAULTS`` holds a JSON list of faults; Ray actors inherit the
 driver's environment, so a test sets it on the ``ffp run`` it starts. Each fault is
-``{"at": "setup" | "process", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow"}``:
+``{"at": "setup" | "process" | "commit", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow"}``:
 ``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once, and
 ``slow`` sleeps ``"seconds"`` then goes on (a fast stage made slow enough for a test to kill it mid-shard).
 Production runs never set the variable; the check costs one dictionary lookup.

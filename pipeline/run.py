@@ -9,7 +9,7 @@ from dataclasses import asdict
 
 import yaml
 
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
@@ -76,20 +76,19 @@ def execute(
         storage, graph, plan, retry_stages=retry_stages, listener=listener, connect=lambda: connect_ray(config.ray),
         retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
     ).run()
-    for name in graph.order:
-        _finalize(storage, plan, name)
-    storage.write_bytes(
-        f"logs/run-{_stamp()}.json",
-        json.dumps(
-            {
-                "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
-                "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
-                "blocked": [f"{s}/{n}" for s, n in report.blocked],
-                "shards": [asdict(s) for s in report.summaries],
-            },
-            indent=1,
-        ).encode(),
-    )
+    if not report.halted:  # halted: the storage is full, no dataset files now
+        for name in graph.order:
+            _finalize(storage, plan, name)
+    log = {
+        "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
+        "halted": report.halted, "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
+        "blocked": [f"{s}/{n}" for s, n in report.blocked], "shards": [asdict(s) for s in report.summaries],
+    }
+    try:
+        storage.write_bytes(f"logs/run-{_stamp()}.json", json.dumps(log, indent=1).encode())
+    except StorageFull:
+        if not report.halted:
+            raise
     return plan, report
 
 

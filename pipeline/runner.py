@@ -26,7 +26,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from manifests.manifest import manifest_path, read_commit
 from manifests.partial import finished_items, note_shard_timeout
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.graph import StageGraph
 from pipeline.plan import RunPlan, State
@@ -101,6 +101,8 @@ class RunReport:
     actor_deaths: int = 0
     timeouts: int = 0
     """Shard tries the driver ended for running past ``timeouts.shard_s``."""
+    halted: str | None = None
+    """Why the run stopped early for every shard (the run folder's storage is full), if it did."""
     seconds: float = 0.0
 
     @property
@@ -226,6 +228,8 @@ class Driver:
         return self.report
 
     def _dispatch(self) -> None:
+        if self.report.halted:
+            return
         for stage in self.graph.order:
             while self.pending[stage]:
                 actor = self._take_actor(stage)
@@ -279,6 +283,10 @@ class Driver:
             return
         except RayTaskError as exc:
             self.idle[stage].append(actor)
+            if isinstance(exc.cause, StorageFull):  # every other shard would fail the same way: stop, keep all
+                self.report.halted = self.report.errors[(stage, shard)] = str(exc.cause)
+                self.listener("halted", (stage, shard, str(exc.cause)))
+                return
             self._retry_or_give_up(stage, shard, str(exc.cause) if exc.cause else str(exc))
             return
         self.idle[stage].append(actor)

@@ -28,7 +28,7 @@ from manifests.labels import current_labels
 from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
 from manifests.partial import ItemResult, PartialStore
 from manifests.shards import ShardReader, open_shard
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
 from pipeline.plan import RunPlan
@@ -136,6 +136,7 @@ class ShardWorker:
                 summary.processed += 1
         rows = [row for item in results.values() for row in item.rows]
         files = {sid: fields for item in results.values() for sid, fields in item.files.items()}
+        inject("commit", node.name)
         info = commit_shard(
             self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
             stage_columns=node.cls.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
@@ -193,6 +194,10 @@ class ShardWorker:
                 for sample in batch:
                     inject("process", self.node.name, sample.sample_id)
                 produced = self.stage.process(batch)
+        except StorageFull:
+            for sample in batch:
+                partial.forget_attempt(sample.sample_id, attempts[sample.sample_id])
+            raise
         except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
             if len(batch) > 1:
                 return {k: v for s in batch for k, v in self._process_batch([s], partial).items()}
@@ -214,7 +219,12 @@ class ShardWorker:
                 rows.append(self._row(result, sample, attempts[sample.sample_id], elapsed, model_elapsed))
                 if result.status == Status.OK:
                     files[result.sample_id] = result.files
-            partial.save(sample.sample_id, rows, files)
+            try:
+                partial.save(sample.sample_id, rows, files)
+            except StorageFull:
+                for unsaved in batch[batch.index(sample):]:
+                    partial.forget_attempt(unsaved.sample_id, attempts[unsaved.sample_id])
+                raise
             out[sample.sample_id] = ItemResult(rows, files)
         return out
 

@@ -139,6 +139,7 @@ class RunState:
     statuses: dict[str, dict[str, str]]
     tar_keys: dict[str, set[str]]
     shards: dict[str, int]
+    run_dir: Path | None = None
 
     @property
     def total_shards(self) -> int:
@@ -163,7 +164,7 @@ def read_state(run_dir: Path) -> RunState:
             info = read_commit(storage, str(manifest.relative_to(run_dir)))
             with tarfile.open(run_dir / info.tar_path) as tar:
                 tar_keys[stage] |= {member.name.partition(".")[0] for member in tar}
-    return RunState(statuses, tar_keys, shards)
+    return RunState(statuses, tar_keys, shards, run_dir)
 
 
 @pytest.fixture(scope="session")
