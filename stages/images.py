@@ -33,8 +33,9 @@ def decode_image(data: bytes, *, min_side: int = 1, max_pixels: int = 8192 * 819
                 raise ImageError(f"{width}x{height} is over max_pixels {max_pixels}")
             image = ImageOps.exif_transpose(image)
             image.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, Image.DecompressionBombWarning,
-            Image.DecompressionBombError) as exc:
+    except UnidentifiedImageError:  # PIL's message names the in-memory buffer object, not the file
+        raise ImageError("cannot decode the image: not an image format PIL reads") from None
+    except (OSError, SyntaxError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
         raise ImageError(f"cannot decode the image: {exc}") from None
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")

@@ -94,6 +94,8 @@ class Ingest(Stage):
             return [Result.failed(source_id, str(exc), source_id=source_id, source_uri=source["uri"])]
         except FileNotFoundError as exc:
             return [Result.failed(source_id, f"not found: {exc}", source_id=source_id, source_uri=source["uri"])]
+        except _UnreachableUrl as exc:
+            return [Result.failed(source_id, str(exc), source_id=source_id, source_uri=source["uri"])]
         if isinstance(src, str):
             return [Result.filtered(source_id, src, source_id=source_id, source_uri=source["uri"])]
         if not clips:
@@ -111,7 +113,7 @@ class Ingest(Stage):
         return None
 
     def _cut_video(self, uri: str, spec: ClipSpec) -> tuple[list[Clip], dict[str, Any] | str]:
-        fs, path = url_to_fs(uri)
+        fs, path = _url_to_fs(uri)
         with fs.open(path, "rb") as handle:
             info = probe(handle, max_pixels=spec.max_pixels)
             src = {"fps": info.fps, "width": info.width, "height": info.height, "frames": info.num_frames}
@@ -124,7 +126,7 @@ class Ingest(Stage):
         frames = list_frames(source["uri"])
         if not frames:
             raise VideoError(f"no frames in {source['uri']}")
-        fs, _ = url_to_fs(source["uri"])
+        fs, _ = _url_to_fs(source["uri"])
         frame_sources = [_image_loader(fs, f) for f in frames]
         masks = _mask_files(fs, source.get("annotations"), frames)
         first = frame_sources[0]()
@@ -159,14 +161,25 @@ def _src_columns(src: dict[str, Any]) -> dict[str, Any]:
     return {"src_fps": src["fps"], "src_width": src["width"], "src_height": src["height"], "src_frames": src["frames"]}
 
 
+class _UnreachableUrl(Exception):
+    """A source URL that no filesystem can open (unknown protocol, a missing fsspec backend)."""
+
+
+def _url_to_fs(uri: str) -> tuple[Any, str]:
+    try:
+        return url_to_fs(uri)
+    except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
+        raise _UnreachableUrl(f"cannot open {uri}: {exc}") from exc
+
+
 def _image_loader(fs: Any, path: str) -> Callable[[], np.ndarray]:
-    return lambda: _decode_image(fs.cat_file(path))
+    return lambda: _decode_image(fs.cat_file(path), posixpath.basename(path))
 
 
-def _decode_image(data: bytes) -> np.ndarray:
+def _decode_image(data: bytes, name: str = "image") -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise VideoError("cannot decode image")
+        raise VideoError(f"cannot decode {name}: not a JPEG or PNG image, or damaged")
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 

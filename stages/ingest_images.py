@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import pyarrow as pa
+from fsspec.core import url_to_fs
 from pydantic import Field
 
 from pipeline.stage import Params, Result, Sample, Stage
@@ -102,6 +103,8 @@ class IngestImages(Stage):
             uris["stylized.png"] = row["stylized_uri"]
         files: dict[str, bytes] = {}
         for name, uri in uris.items():
+            if (problem := _protocol_problem(uri)) is not None:
+                return Result.failed(sid, f"{name.removesuffix('.png')}: {uri}: {problem}", **columns)
             try:
                 if name == "content.png":  # content images are seldom shared between pairs: not cached
                     content = read_image_file(uri, self.params)
@@ -113,3 +116,12 @@ class IngestImages(Stage):
                 filtered, reason = image_problem(uri, exc)
                 return (Result.filtered if filtered else Result.failed)(sid, f"{name.removesuffix('.png')}: {reason}", **columns)
         return Result.ok(sid, files, **columns)
+
+
+def _protocol_problem(uri: str) -> str | None:
+    """Why no filesystem can open ``uri`` (an unknown protocol, a missing fsspec backend), or None."""
+    try:
+        url_to_fs(uri)
+    except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
+        return f"cannot open: {exc}"
+    return None

@@ -7,11 +7,12 @@ RGB round trip on the hot path; RGB is produced only for ``Clip.first_frame``.
 
 Conventions the callers can rely on:
 
-* Frame selection: output frame ``j`` of a clip whose start time is ``t0`` takes source frame
-  ``round(t0 * src_fps) + round(j * src_fps / fps)`` (rounding half up, exact rational arithmetic).
-  The start is snapped to a source frame first, so with ``fps == src_fps`` the frames are exactly
-  consecutive. Source frame ``i`` is the ``i``-th frame the decoder outputs (presentation order):
-  variable-frame-rate files are treated as constant rate at their average rate.
+* Frame selection: clips are planned on the average frame rate ``src_fps`` (``plan_clips``): clip
+  starts are snapped to a source frame ``s``, and output frame ``j`` is shown at ``s / src_fps + j / fps``
+  seconds. ``cut_clips`` takes the decoded frame whose timestamp (from the first frame) is nearest to
+  that time, the later one on a tie (exact rational arithmetic). For a constant-rate file that is
+  source frame ``s + round(j * src_fps / fps)`` (rounding half up), so with ``fps == src_fps`` the
+  frames are exactly consecutive; a variable-frame-rate file keeps its real timing.
 * Geometry: ``resize_center_crop`` crops the largest centred box with the target aspect ratio, then
   resizes it to the target size. The box has even offsets and even size so that it maps exactly
   onto 4:2:0 chroma; both the YUV path and the RGB path use the same box.
@@ -40,6 +41,7 @@ import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
+from pathlib import Path
 from typing import BinaryIO, Union
 
 import av
@@ -107,7 +109,12 @@ def _rate(x: float | Fraction) -> Fraction:
     return Fraction(x).limit_denominator(100_000)
 
 
-def _open(source: Source | bytes) -> av.container.InputContainer:
+def _open(source: Source | bytes, max_pixels: int | None = None, *, header_only: bool = False
+          ) -> av.container.InputContainer:
+    """The container, opened. Opening decodes a few frames to fill in the stream parameters (H.264 and others):
+    with ``max_pixels`` those decoders refuse larger pictures, so a decode bomb is caught on its header alone
+    (a 2 kB mp4 declaring 16000x16000 otherwise costs 0.7 GB and a second here). ``header_only`` decodes
+    nothing at all (the parameters are what the headers say)."""
     if isinstance(source, bytes):
         source = io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
@@ -123,7 +130,10 @@ def _open(source: Source | bytes) -> av.container.InputContainer:
         if size == 0:
             raise VideoError("empty file")
     try:
-        return av.open(source, mode="r", metadata_errors="ignore")
+        options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
+        if header_only:
+            options["skip_frame"] = "all"
+        return av.open(source, mode="r", metadata_errors="ignore", options=options)
     except av.FFmpegError as e:
         raise VideoError(f"cannot open: not a video or damaged container ({e})") from e
 
@@ -147,13 +157,10 @@ def _first_frame_of(container: av.container.InputContainer, stream: av.VideoStre
 def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
     """Read the stream header and decode the first frame (proves the file is decodable and gives
     the rotation). With ``max_pixels``, an oversized frame is refused before anything is decoded."""
-    with _open(source) as container:
+    with _open(source, max_pixels) as container:
         stream = _video_stream(container)
         ctx = stream.codec_context
-        width, height = ctx.width, ctx.height
-        if width <= 0 or height <= 0:
-            raise VideoError("cannot decode: unknown frame size")
-        _check_pixels(width, height, max_pixels)
+        width, height = _frame_size(ctx, source, max_pixels)
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         if not rate or rate <= 0:
             raise VideoError("not a video: unknown frame rate")
@@ -171,6 +178,22 @@ def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
         if num_frames <= 0:
             raise VideoError("cannot decode: unknown number of frames")
         return VideoInfo(width, height, fps, num_frames, duration or num_frames / fps, ctx.name, rotation)
+
+
+def _frame_size(ctx: av.CodecContext, source: Source | bytes, max_pixels: int | None, *, required: bool = True
+                ) -> tuple[int, int]:
+    """The stream's frame size, refused when over ``max_pixels``. Opening with ``max_pixels`` leaves the size
+    unknown when the decoder refused the picture: then the headers alone tell whether it was too large.
+    An unknown size raises ``VideoError`` when ``required``."""
+    width, height = ctx.width, ctx.height
+    if (width <= 0 or height <= 0) and max_pixels is not None:
+        with _open(source, header_only=True) as container:  # the caller's container is not used after this
+            header = _video_stream(container).codec_context
+            _check_pixels(header.width, header.height, max_pixels)
+    if required and (width <= 0 or height <= 0):  # e.g. a header declaring more than FFmpeg accepts (16384x16384)
+        raise VideoError("cannot decode: the stream header gives no valid frame size (damaged or oversized)")
+    _check_pixels(width, height, max_pixels)
+    return width, height
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -504,27 +527,87 @@ def cut_clips(source: Source, spec: ClipSpec, info: VideoInfo | None = None, *, 
     if not plans:
         return []
     out_w, out_h = _output_size(info.width, info.height, spec)
-    fps = _rate(info.fps) if spec.fps is None else _rate(spec.fps)
+    src, fps = _rate(info.fps), (_rate(info.fps) if spec.fps is None else _rate(spec.fps))
+    # output frame j of a clip starting at nominal frame s is shown at s / src + j / fps (seconds after frame 0)
+    clip_times = [[Fraction(plan[0]) / src + Fraction(j) / fps for j in range(len(plan))] for plan in plans]
+    times = sorted({t for ts in clip_times for t in ts})
+    slot = {t: i for i, t in enumerate(times)}
+    slots = [[slot[t] for t in ts] for ts in clip_times]
+    picked: dict[int, int] = {}  # slot -> index of the decoded frame shown then
     errors: list[str] = []
     decoded = 0
-    with _open(source) as container:
+    with _open(source, spec.max_pixels) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
 
-        def pictures() -> Iterator[tuple[int, Callable[[], _Picture]]]:
+        def timed() -> Iterator[tuple[int, Fraction, av.VideoFrame]]:
             nonlocal decoded
+            first: Fraction | None = None
             for idx, frame in enumerate(_decoded(container, stream, errors)):
                 decoded = idx + 1
-                yield idx, lambda frame=frame: _picture_from_frame(frame, out_w, out_h, info.rotation)
+                time_base = frame.time_base or stream.time_base
+                if frame.pts is None or time_base is None:
+                    yield idx, Fraction(idx) / src, frame
+                    continue
+                pts = frame.pts * Fraction(time_base)
+                first = pts if first is None else first
+                yield idx, pts - first, frame
 
-        clips = _run_plans(plans, pictures(), out_w, out_h, fps, spec, with_masks=False)
+        def pictures() -> Iterator[tuple[int, Callable[[], _Picture]]]:
+            cache: dict[int, _Picture] = {}  # the last decoded frame's picture (several slots may show it)
+
+            def prepare(idx: int, frame: av.VideoFrame) -> _Picture:
+                if idx not in cache:
+                    cache.clear()
+                    cache[idx] = _picture_from_frame(frame, out_w, out_h, info.rotation)
+                return cache[idx]
+
+            def complete() -> bool:  # every frame the container announced was decoded
+                return not errors and decoded >= info.num_frames
+
+            for k, idx, frame in _nearest_frames(timed(), times, 1 / (2 * src), complete):
+                picked[k] = idx
+                yield k, lambda idx=idx, frame=frame: prepare(idx, frame)
+
+        clips = _run_plans(slots, pictures(), out_w, out_h, fps, spec, with_masks=False)
+    for clip in clips:
+        clip.source_frames = [picked[k] for k in slots[clip.index]]
     if not clips or (strict and len(clips) < len(plans)):
         reason = f" ({errors[0]})" if errors else ""
         raise VideoError(
-            f"cannot decode: stream ended after {decoded} frames{reason}; "
+            f"cannot decode: stream ended after {decoded} of {info.num_frames} frames{reason}; "
             f"{len(clips)} of {len(plans)} planned clips completed (truncated or corrupt file?)"
         )
     return clips
+
+
+def _nearest_frames(
+    frames: Iterator[tuple[int, Fraction, av.VideoFrame]],
+    times: list[Fraction],
+    tail: Fraction,
+    complete: Callable[[], bool],
+) -> Iterator[tuple[int, int, av.VideoFrame]]:
+    """For each of the increasing ``times`` (seconds after the first frame) the decoded frame whose timestamp is
+    nearest (ties: the later one), as (time index, frame index, frame), streaming with one frame of look-ahead.
+    After the last frame, the remaining times get it when the stream was ``complete()``, else only within
+    ``tail`` seconds of it (a truncated stream never pads a clip)."""
+    k, prev = 0, None
+    for idx, time, frame in frames:
+        if prev is not None:
+            time = max(time, prev[1])  # timestamps going backwards (broken files): keep the order
+            middle = (prev[1] + time) / 2
+            while k < len(times) and times[k] < middle:
+                yield k, prev[0], prev[2]
+                k += 1
+        if k == len(times):
+            return
+        prev = (idx, time, frame)
+    if prev is None:
+        return
+    whole = complete()
+    while k < len(times) and (whole or times[k] - prev[1] < tail):
+        yield k, prev[0], prev[2]
+        k += 1
 
 
 FrameSource = Union[str, "os.PathLike[str]", Callable[[], np.ndarray]]
@@ -549,7 +632,9 @@ def cut_clips_from_frames(
     are image paths or callables returning RGB uint8 HxWx3; only the needed frames are loaded.
     With ``masks`` (palette PNGs, one per frame) each clip carries ``masks`` (T,H,W) uint8 palette
     ids taken at the same source frames and cropped/resized with nearest neighbour (unchanged when
-    no resize is needed). The frame size comes from the first frame."""
+    no resize is needed), read by ``read_label_mask`` (void 255 becomes background). A mask that is
+    not a label PNG or not of its frame's size raises ``VideoError`` naming it. The frame size comes
+    from the first frame."""
     _check_spec(spec)
     if masks is not None and len(masks) != len(frames):
         raise ValueError(f"{len(masks)} masks for {len(frames)} frames")
@@ -571,7 +656,7 @@ def cut_clips_from_frames(
             raise VideoError(f"frame {idx}: expected uint8 {w}x{h}x3, got {rgb.dtype} {rgb.shape}")
         mask = None
         if masks is not None:
-            mask = resize_center_crop(read_palette_mask(masks[idx]), out_w, out_h, nearest=True)
+            mask = resize_center_crop(_frame_label_mask(masks[idx], idx, w, h), out_w, out_h, nearest=True)
         return _picture_from_rgb(resize_center_crop(rgb, out_w, out_h), mask)
 
     needed = sorted({i for plan in plans for i in plan})
@@ -634,9 +719,9 @@ def first_frame(source: Source | bytes, *, max_pixels: int | None = 4096 * 4096)
     """RGB of a clip's first frame (decoding one frame, not the clip), with the frame rate and frame count the
     container states (``None`` where it does not). Raises ``VideoError`` for no video stream, no frame, or a
     picture larger than ``max_pixels``."""
-    with _open(source) as container:
+    with _open(source, max_pixels) as container:
         stream = _video_stream(container)
-        _check_pixels(stream.codec_context.width, stream.codec_context.height, max_pixels)
+        _frame_size(stream.codec_context, source, max_pixels, required=False)
         rate = stream.average_rate or stream.guessed_rate
         frame = _first_frame_of(container, stream)
         return frame.to_ndarray(format="rgb24"), (float(rate) if rate else None), (int(stream.frames) or None)
@@ -732,6 +817,35 @@ def read_png(data: bytes) -> np.ndarray:
     return image
 
 
+VOID_ID = 255
+
+
+def read_label_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarray:
+    """A VOS annotation as instance ids, with the datasets' conventions applied: a palette PNG's id 255 is
+    void (DAVIS 2017, PASCAL VOC: "ignore", e.g. object borders) and becomes background 0; an 8-bit grey PNG
+    holding only 0 and 255 is a binary mask (DAVIS 2016) whose object becomes id 1, and otherwise its 255 is
+    void too. Other ids are kept as they are, gaps and all."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    mask = read_palette_mask(data)
+    void = mask == VOID_ID
+    if not void.any():
+        return mask
+    palette = len(data) > 25 and data[25] == 3
+    binary = not palette and not np.any((mask != 0) & ~void)
+    return np.where(void, np.uint8(1 if binary else 0), mask)
+
+
+def _frame_label_mask(source: str | os.PathLike[str] | bytes, idx: int, width: int, height: int) -> np.ndarray:
+    name = f"of frame {idx}" if isinstance(source, bytes) else os.path.basename(os.fspath(source))
+    try:
+        mask = read_label_mask(source)
+    except VideoError as e:
+        raise VideoError(f"annotation {name}: {e}") from e
+    if mask.shape != (height, width):
+        raise VideoError(f"annotation {name} is {mask.shape[1]}x{mask.shape[0]}, its frame is {width}x{height}")
+    return mask
+
+
 def read_palette_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarray:
     """A VOS label mask (DAVIS ``Annotations/*.png``) as HxW uint8 ids. Palette PNGs give their
     indices; 8-bit greyscale PNGs their values; anything else raises ``VideoError``."""
@@ -742,5 +856,6 @@ def read_palette_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarr
             data = f.read()
     mask = read_png(data)
     if mask.ndim != 2 or mask.dtype != np.uint8:
-        raise VideoError(f"not a label mask: expected palette or 8-bit grey PNG, got {mask.dtype} {mask.shape}")
+        kind = {3: "an RGB", 4: "an RGBA"}.get(mask.shape[2], "a multi-channel") if mask.ndim == 3 else "a"
+        raise VideoError(f"not a label mask: expected a palette or 8-bit grey PNG, got {kind} {mask.dtype} image")
     return mask

@@ -1,0 +1,23 @@
+"""``python -m tests.data.bad FOLDER``: write the whole bad-input corpus into FOLDER and list it."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from tests.data.bad import media, texts
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: python -m tests.data.bad FOLDER", file=sys.stderr)
+        return 2
+    folder = Path(argv[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in [*media.generate(folder / "media"), *texts.generate(folder / "texts")]:
+        print(path.relative_to(folder))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
