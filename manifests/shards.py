@@ -20,6 +20,17 @@ from manifests.storage import Storage
 
 SAMPLE_ID = re.compile(r"^[a-z0-9_-]{1,160}$")
 FIELD = re.compile(r"^[a-z0-9_]+(\.[a-z0-9_]+)*$")
+# what webdataset's and Ray's decoders would unpickle (pickle.loads, torch.load): never written, refused on read
+PICKLED_EXTENSIONS = frozenset({"pyd", "pickle", "pkl", "pth", "pt", "ckpt", "joblib"})
+
+
+def check_field(field: str) -> str:
+    if not FIELD.match(field):
+        raise ValueError(f"field name {field!r} must match {FIELD.pattern}")
+    if field.rsplit(".", 1)[-1] in PICKLED_EXTENSIONS:
+        raise ValueError(f"field {field!r}: a {field.rsplit('.', 1)[-1]} member would be unpickled by webdataset "
+                         "decoders; shards hold no pickled data")
+    return field
 
 
 class ShardError(Exception):
@@ -65,8 +76,7 @@ def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, b
             for sample_id in sorted(samples):
                 check_sample_id(sample_id)
                 for field in sorted(samples[sample_id]):
-                    if not FIELD.match(field):
-                        raise ValueError(f"field name {field!r} of {sample_id} must match {FIELD.pattern}")
+                    check_field(field)
                     _add_member(tar, f"{sample_id}.{field}", samples[sample_id][field])
     return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=sum(1 for f in samples.values() if f))
 
@@ -82,8 +92,12 @@ def split_member_name(name: str) -> tuple[str, str]:
     if "/" in name or "\\" in name or name.startswith(".") or ".." in name:
         raise ShardError(f"unsafe tar member name {name!r}")
     key, _, field = name.partition(".")
-    if not SAMPLE_ID.match(key) or not FIELD.match(field):
+    if not SAMPLE_ID.match(key):
         raise ShardError(f"tar member {name!r} is not <sample_id>.<field>")
+    try:
+        check_field(field)
+    except ValueError as exc:
+        raise ShardError(f"tar member {name!r}: {exc}") from None
     return key, field
 
 

@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import IO
+from urllib.parse import parse_qsl, urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
@@ -26,6 +27,43 @@ DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
 class StorageFull(RuntimeError):
     """The run folder's filesystem has no space left (or the quota is used up). Not any sample's fault: the
     run stops, keeping what it finished, and the same command resumes once there is space."""
+
+
+# query parameters that are credentials: S3 and GCS presigned URLs, Azure SAS, and the usual token names
+SECRET_PARAMS = frozenset({
+    "x-amz-signature", "x-amz-credential", "x-amz-security-token", "x-goog-signature", "x-goog-credential", "sig",
+    "signature", "token", "access_token", "api_key", "apikey", "password",
+})
+
+
+def credential_in_url(url: str) -> str | None:
+    """What credential a URL carries (a password, or a signature/token query parameter), if any. Such a URL
+    would be written into the run folder (run.yaml, sources, manifests): credentials belong in the environment
+    or the fsspec configuration instead."""
+    try:
+        parts = urlsplit(url)
+        password = parts.password
+    except ValueError:
+        return None
+    if password:
+        return "a password"
+    for name, _ in parse_qsl(parts.query, keep_blank_values=True):
+        if name.lower() in SECRET_PARAMS:
+            return f"the query parameter {name!r}"
+    return None
+
+
+def without_credentials(url: str) -> str:
+    """``url`` safe to print: its password and credential query values replaced by ``***``."""
+    parts = urlsplit(url)
+    netloc = parts.netloc
+    if parts.password:
+        netloc = netloc.replace(f":{parts.password}@", ":***@", 1)
+    query = "&".join(f"{k}={'***' if k.lower() in SECRET_PARAMS else v}" for k, v in parse_qsl(parts.query, keep_blank_values=True))
+    return parts._replace(netloc=netloc, query=query).geturl()
+
+
+CREDENTIALS_HINT = "give credentials through the environment (AWS_*, GOOGLE_*, HF_TOKEN) or fsspec's configuration"
 
 
 class Storage:

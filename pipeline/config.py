@@ -16,6 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from manifests.storage import CREDENTIALS_HINT, credential_in_url
 from pipeline.stage import Params
 
 
@@ -38,6 +39,18 @@ class InputSpec(Strict):
     column: str = Field("path", description="list inputs: the column holding video paths or URLs")
     fps: float = Field(24.0, gt=0, description="vos inputs: frame rate of the image sequences")
     role: Literal["content", "style"] = Field("content", description="images inputs: content images or style images")
+
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return _refuse_credentials(value)
+
+
+def _refuse_credentials(url: str) -> str:
+    found = credential_in_url(url)
+    if found:  # the message never repeats the URL: it holds the secret
+        raise ValueError(f"the URL carries {found}, which would be written into the run folder; {CREDENTIALS_HINT}")
+    return url
 
 
 class Resources(Strict):
@@ -107,6 +120,11 @@ class RayOptions(Strict):
 class PipelineConfig(Strict):
     name: str = "ffp"
     run_dir: str = Field(description="the run folder: local path or fsspec URL")
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_without_credentials(cls, value: str) -> str:
+        return _refuse_credentials(value)
     shard_size: int = Field(16, ge=1, description="samples per shard (source shards hold shard_size / clips per source)")
     max_attempts: int = Field(3, ge=1, description="tries per sample before it is quarantined")
     inputs: list[InputSpec] = Field(default_factory=list)

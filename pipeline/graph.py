@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from manifests.shards import check_field
 from pipeline.config import PipelineConfig, Resources
 from pipeline.stage import Params, Stage
 from stages.registry import stage_class
@@ -106,6 +107,11 @@ def build_graph(config: PipelineConfig) -> StageGraph:
             raise GraphError(f"stage {name!r} ({spec.type}) is a source stage but comes after {node.deps}")
         if not cls.is_source and not node.deps:
             raise GraphError(f"stage {name!r} ({spec.type}) needs a stage before it in a track")
+        for field_name in cls.writes:
+            try:
+                check_field(field_name)
+            except ValueError as exc:
+                raise GraphError(f"stage {name!r} ({spec.type}) writes {exc}") from None
         node.owners = _owners(node, nodes)
         node.fingerprint = digest(
             {

@@ -19,6 +19,8 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from manifests.storage import CREDENTIALS_HINT, credential_in_url, without_credentials
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
 FRAME_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -70,7 +72,12 @@ def list_table(path: str, column: str) -> list[dict[str, Any]]:
 
 
 def resolve(table_path: str, value: str) -> str:
-    """A path or URL from a table cell; relative paths are relative to the table's folder."""
+    """A path or URL from a table cell; relative paths are relative to the table's folder. A URL carrying a
+    credential is refused: it would be written into the run folder."""
+    found = credential_in_url(value)
+    if found:
+        raise InputListError(f"list input {table_path!r}: {without_credentials(value)} carries {found}, which would be "
+                             f"written into the run folder; {CREDENTIALS_HINT}")
     if "://" in value or value.startswith("/"):
         return value
     base = posixpath.dirname(table_path)

@@ -169,6 +169,10 @@ EVIL = {
     "duplicate member": [_reg("a-c000.json"), _reg("b-c000.json"), _reg("a-c000.json")],
     "hidden file": [_reg(".a-c000.json")],
     "not sample.field": [_reg("noextension")],
+    # members webdataset's default decoders would unpickle (pickle.loads / torch.load): code execution on read
+    "pickle member": [_reg("a-c000.pickle")],
+    "pyd member": [_reg("a-c000.meta.pyd")],
+    "torch member": [_reg("a-c000.weights.pth")],
 }
 
 
@@ -177,6 +181,13 @@ def test_reader_refuses_unsafe_members(tmp_path, case):
     path = _evil_tar(tmp_path / "evil.tar", *EVIL[case])
     with open(path, "rb") as handle, pytest.raises(ShardError):
         ShardReader(handle, name="evil.tar")
+
+
+@pytest.mark.parametrize("field", ["state.pyd", "x.pickle", "model.pt"])
+def test_writer_never_writes_a_member_decoders_would_unpickle(tmp_path, field):
+    with pytest.raises(ValueError, match="unpickled"):
+        write_shard(Storage(str(tmp_path)), "x.tar", {"a-c000": {field: b"\x80\x04N."}})
+    assert not list(tmp_path.iterdir()), "nothing may be left behind"
 
 
 def test_reader_refuses_members_over_the_size_limit(tmp_path):
