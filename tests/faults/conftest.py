@@ -447,6 +447,44 @@ def assert_trial_clean(trial: Trial) -> None:
     assert (trial.lost or 0, trial.duplicated, trial.rewritten) == (0, 0, 0), trial
 
 
+# Freezing a process to look at the folder while it cannot move --------------------------------------------
+
+
+class Frozen:
+    """``with Frozen(proc) as frozen:`` SIGSTOPs ``proc``; inside, ``frozen.kill()`` SIGKILLs it, otherwise
+    it is let go (SIGCONT) on leaving, however the block is left (``continue`` included). After a kill, leaving
+    waits until the process is gone."""
+
+    def __init__(self, proc: Any) -> None:
+        self.proc, self.killed = proc, False
+
+    def __enter__(self) -> Frozen:
+        self.proc.send_signal(signal.SIGSTOP)
+        return self
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.killed = True
+
+    def __exit__(self, *exc: object) -> None:
+        if self.killed:
+            wait_dead(self.proc)
+        else:
+            self.proc.send_signal(signal.SIGCONT)
+
+
+def wait_dead(proc: Any, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if proc.status() == psutil.STATUS_ZOMBIE:
+                return
+        except psutil.NoSuchProcess:
+            return
+        time.sleep(POLL_S)
+    pytest.fail(f"killed process {proc.pid} still alive after {timeout} s")
+
+
 # Polling ---------------------------------------------------------------------------------------------------
 
 

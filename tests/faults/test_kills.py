@@ -30,6 +30,7 @@ from manifests.storage import TEMP_MARKER, Storage
 from tests.faults.conftest import (
     POLL_S,
     FfpProcess,
+    Frozen,
     Launcher,
     RunState,
     assert_reused_bytes,
@@ -87,35 +88,16 @@ def _kill_actor_mid_shard(
             except (FileNotFoundError, json.JSONDecodeError, psutil.NoSuchProcess):
                 continue  # committed and cleared meanwhile, or not written completely yet
             assert "StageActor" in title, f"pid {proc.pid} that wrote {finished[0].name} is not a stage actor: {title}"
-            proc.send_signal(signal.SIGSTOP)
-            killed = False
-            try:
+            with Frozen(proc) as frozen:
                 if (run_dir / manifest_path(stage, candidate)).exists():
                     skipped.add(candidate)  # committed before it was frozen: too late for this shard
                     continue
                 done = {p.name.removesuffix(".rows.json") for p in folder.glob("*.rows.json")}
                 begun = {p.name.removesuffix(".attempts.json") for p in folder.glob("*.attempts.json")}
                 files = partial_files(folder, done)
-                proc.send_signal(signal.SIGKILL)
-                killed = True
-            finally:
-                if not killed:
-                    proc.send_signal(signal.SIGCONT)
-            _wait_dead(proc)
+                frozen.kill()
             return ActorKill(stage, candidate, proc.pid, worker, frozenset(done), frozenset(begun - done), files)
         time.sleep(POLL_S)
-
-
-def _wait_dead(proc: psutil.Process, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if proc.status() == psutil.STATUS_ZOMBIE:
-                return
-        except psutil.NoSuchProcess:
-            return
-        time.sleep(POLL_S)
-    pytest.fail(f"killed process {proc.pid} still alive after {timeout} s")
 
 
 def _manifest_rows(run_dir: Path, stage: str, shard: int) -> list[dict]:

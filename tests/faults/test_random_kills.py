@@ -27,6 +27,7 @@ from manifests.manifest import manifest_path, partial_dir
 from tests.faults.conftest import (
     POLL_S,
     FfpProcess,
+    Frozen,
     Launcher,
     RunState,
     assert_trial_clean,
@@ -39,7 +40,7 @@ from tests.faults.conftest import (
     snapshot_committed,
     write_fault_config,
 )
-from tests.faults.test_kills import _freeze_workers, _signal_all, _wait_dead
+from tests.faults.test_kills import _freeze_workers, _signal_all
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
@@ -116,21 +117,14 @@ def _kill_at_random_point(
         proc = _running_actor(folder, launcher)
         if proc is None:
             continue
-        proc.send_signal(signal.SIGSTOP)
-        killed = False
-        try:
+        with Frozen(proc) as frozen:
             if (run_dir / manifest_path(stage, shard)).exists() or _running_actor(folder, launcher) != proc:
                 continue  # committed, or moved on to another try, before it was frozen
             done = {p.name.removesuffix(".rows.json") for p in folder.glob("*.rows.json")}
             flying = {item for item in _begun_by(folder, proc.pid) if item not in done}
             if any(in_flight_kills[item] >= MAX_ATTEMPTS - 1 for item in flying):
                 continue  # one more death would quarantine that sample (by design), and this run must not
-            proc.send_signal(signal.SIGKILL)
-            killed = True
-        finally:
-            if not killed:
-                proc.send_signal(signal.SIGCONT)
-        _wait_dead(proc)
+            frozen.kill()
         in_flight_kills.update(flying)
         return Kill(stage, shard, frozenset(done), frozenset(flying))
     return None
@@ -196,10 +190,9 @@ def test_one_shard_killed_at_every_item_never_gives_up(
             run.require_running(f"ingest/shard 0 with {finished} finished items")
             proc = _running_actor(folder, launcher) if folder.exists() else None
             if proc is not None and len(list(folder.glob("*.rows.json"))) >= finished:
-                proc.send_signal(signal.SIGSTOP)
-                assert not (run_dir / manifest_path("ingest", 0)).exists(), "shard 0 committed before its 3rd kill"
-                proc.send_signal(signal.SIGKILL)
-                _wait_dead(proc)
+                with Frozen(proc) as frozen:
+                    assert not (run_dir / manifest_path("ingest", 0)).exists(), "shard 0 committed before its 3rd kill"
+                    frozen.kill()
                 break
             time.sleep(POLL_S)
     assert run.wait() == 0, run.output()[-4000:]
