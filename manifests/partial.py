@@ -58,7 +58,8 @@ class PartialStore:
 
     def set_attempts(self, key: str, attempts: int, worker: str | None = None) -> None:
         record = {"attempts": attempts, "worker": worker}
-        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps(record).encode())
+        # not flushed to disk: after a power loss a counter one short costs at most one more try
+        self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps(record).encode(), durable=False)
 
     def forget_attempt(self, key: str, attempt: int) -> None:
         """Take back attempt number ``attempt`` at ``key``: it ended for a reason that is not the item's (a full
@@ -89,7 +90,7 @@ class PartialStore:
 
 
     def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
-        if files:
+        if any(files.values()):
             write_shard(self.storage, self._rel(key, "files.tar"), files)
         self.storage.write_bytes(self._rel(key, "rows.json"), json.dumps(rows, default=str).encode())
 

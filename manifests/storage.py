@@ -122,15 +122,17 @@ class Storage:
         return len(found)
 
     @contextmanager
-    def atomic_writer(self, rel: str) -> Iterator[IO[bytes]]:
-        """Write to a temporary sibling, then move it onto ``rel``; a crash leaves only the temporary."""
+    def atomic_writer(self, rel: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
+        """Write to a temporary sibling, then move it onto ``rel``; a crash leaves only the temporary.
+        ``durable``: flushed to the disk before the move (on local disks), so that a power loss cannot leave
+        the new name with missing content; off for records whose loss costs nothing (attempt counters)."""
         final = self.path(rel)
         self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         temp = f"{final}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
         try:
             with self.fs.open(temp, "wb") as handle:
                 yield handle
-                if self.is_local:
+                if self.is_local and durable:
                     handle.flush()
                     os.fsync(handle.fileno())
             self._replace(temp, final)
@@ -141,8 +143,8 @@ class Storage:
                 raise StorageFull(f"no space left on the device of {self.url} writing {rel} ({exc.strerror})") from exc
             raise
 
-    def write_bytes(self, rel: str, data: bytes) -> None:
-        with self.atomic_writer(rel) as handle:
+    def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
+        with self.atomic_writer(rel, durable=durable) as handle:
             handle.write(data)
 
     def _replace(self, temp: str, final: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sys
 import time
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
+import yaml
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -20,7 +22,7 @@ from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
-from pipeline.graph import GraphError
+from pipeline.graph import GraphError, build_graph
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
 from pipeline.plan import State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
@@ -208,9 +210,17 @@ def _demo_report(run_dir: str) -> None:
 @app.command()
 def plan(
     config: ConfigArg = None, preset: PresetOpt = None, out: OutOpt = None, set_: SetOpt = None, as_json: JsonOpt = False,
+    estimate_clips: Annotated[Optional[int], typer.Option("--estimate", min=1, help="project GPU-hours and wall time for N clips")] = None,
+    gpus: Annotated[Optional[float], typer.Option(help="--estimate: GPUs of the cluster (default: ray.num_gpus)")] = None,
+    cpus: Annotated[Optional[float], typer.Option(help="--estimate: CPUs of the cluster (default: ray.num_cpus)")] = None,
+    calibration: Annotated[Optional[str], typer.Option(help="--estimate: `ffp calibrate` output (default: scheduler.calibration)")] = None,
 ) -> None:
-    """Stages, resources, shard counts, fingerprints, and what is done / stale / to do. Writes nothing."""
+    """Stages, resources, shard counts, fingerprints, and what is done / stale / to do. Writes nothing.
+    With --estimate N: GPU-hours and wall time per stage for N clips on a cluster shape, from a calibration."""
     cfg = _resolve_config(config, preset, out, set_)
+    if estimate_clips is not None:
+        _print_estimate(cfg, estimate_clips, gpus, cpus, calibration, as_json=as_json)
+        return
     storage, graph, run_plan = open_run(cfg)
     rows = []
     for node in graph.nodes.values():
@@ -235,8 +245,63 @@ def plan(
                       "`ffp run --rerun-stale` redoes them and what follows.")
 
 
+def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: float | None, calibration: str | None,
+                    *, as_json: bool) -> None:
+    from pipeline.allocation import CostModel, read_calibration
+    from pipeline.estimate import estimate
+
+    path = calibration or cfg.scheduler.calibration
+    if path is None:
+        raise ConfigError("--estimate needs a calibration (--calibration FILE from `ffp calibrate RUN`, or "
+                          "scheduler.calibration in the config)")
+    try:
+        costs = CostModel(calibrated=read_calibration(path))
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"calibration {path}: {exc}") from None
+    capacity = {"GPU": gpus if gpus is not None else cfg.ray.num_gpus or 0.0,
+                "CPU": cpus if cpus is not None else cfg.ray.num_cpus or float(os.cpu_count() or 1)}
+    missing = [stage for stage in build_graph(cfg).order if stage not in costs.calibrated
+               and cfg.stages[stage].type not in costs.calibrated]
+    rows, hours = estimate(build_graph(cfg), costs, clips, capacity)
+    if as_json:
+        print(json.dumps({"clips": clips, "capacity": capacity, "calibration": path, "wall_hours": hours,
+                          "stages": [row.__dict__ for row in rows], "uncalibrated": missing}, indent=1))
+        return
+    table = Table(title=f"estimate for {clips} clips on {capacity['GPU']:g} GPUs, {capacity['CPU']:g} CPUs")
+    for column in ("stage", "s/sample", "actors", "GPUs/actor", "GPU-hours", "stage hours"):
+        table.add_column(column, justify="left" if column == "stage" else "right")
+    for row in rows:
+        table.add_row(row.stage, f"{row.seconds_per_sample:.3g}", str(row.actors), f"{row.gpus_per_actor:g}",
+                      f"{row.gpu_hours:.3g}", f"{row.hours:.3g}")
+    console.print(table)
+    console.print(f"wall time: about {hours:.3g} h ({hours * 3600:.0f} s); GPU-hours: {sum(r.gpu_hours for r in rows):.3g}")
+    if missing:
+        console.print(f"[yellow]not calibrated (1 s a sample assumed): {', '.join(missing)}[/yellow]")
+
+
 def _warn(n: int) -> str:
     return f"[yellow]{n}[/yellow]" if n else "0"
+
+
+@app.command()
+def calibrate(
+    run_dir: RunArg,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="file to write (YAML; .json for JSON)")] = None,
+) -> None:
+    """Seconds per sample per stage measured on this hardware, from a run's manifests: the calibration that
+    `ffp plan --estimate` and the scheduler (scheduler.calibration) read."""
+    from pipeline.estimate import calibration_document
+
+    storage, graph, _ = open_run(load_run_config(run_dir))
+    document = calibration_document(storage, graph)
+    if not document["seconds_per_sample"]:
+        raise ConfigError(f"{run_dir} has no committed shards to measure")
+    text = json.dumps(document, indent=1) if out and out.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
+    if out:
+        Path(out).write_text(text)
+        console.print(f"calibration of {len(document['seconds_per_sample'])} stages written to {escape(out)}")
+    else:
+        print(text)
 
 
 @app.command()

@@ -117,20 +117,36 @@ class RayOptions(Strict):
     dashboard_host: str = "127.0.0.1"
 
 
+class SchedulerOptions(Strict):
+    """How the driver sizes each stage's actor pool (``pipeline/allocation.py``): in proportion to the stage's
+    remaining work, so that the slowest stage gets the most of the cluster; ``resources.actors`` is the most a
+    stage may get."""
+
+    calibration: str | None = Field(
+        None, description="seconds per sample per stage (a file `ffp calibrate` writes) used until the run has "
+        "measured its own; without one every stage starts at the same cost"
+    )
+    max_queued_shards: int | None = Field(
+        None, ge=1, description="committed shards a stage may have waiting for a stage after it before it pauses "
+        "(null: twice the actors of that stage, plus one)"
+    )
+
+
 class PipelineConfig(Strict):
     name: str = "ffp"
     run_dir: str = Field(description="the run folder: local path or fsspec URL")
-
-    @field_validator("run_dir")
-    @classmethod
-    def _run_dir_without_credentials(cls, value: str) -> str:
-        return _refuse_credentials(value)
     shard_size: int = Field(16, ge=1, description="samples per shard (source shards hold shard_size / clips per source)")
     max_attempts: int = Field(3, ge=1, description="tries per sample before it is quarantined")
     inputs: list[InputSpec] = Field(default_factory=list)
     tracks: dict[str, list[str]] = Field(description="track name -> ordered stage names")
     stages: dict[str, StageSpec]
     ray: RayOptions = Field(default_factory=RayOptions)
+    scheduler: SchedulerOptions = Field(default_factory=lambda: SchedulerOptions())
+
+    @field_validator("run_dir")
+    @classmethod
+    def _run_dir_without_credentials(cls, value: str) -> str:
+        return _refuse_credentials(value)
 
     @model_validator(mode="after")
     def _tracks_name_known_stages(self) -> PipelineConfig:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import uuid
 from dataclasses import asdict
 
 import yaml
 
-from manifests.storage import Storage, StorageFull
+from manifests.storage import TEMP_MARKER, Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
@@ -81,6 +82,7 @@ def execute(
             _finalize(storage, plan, name)
     log = {
         "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
+        "peak_actors": report.peak_actors,
         "halted": report.halted, "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
         "blocked": [f"{s}/{n}" for s, n in report.blocked], "shards": [asdict(s) for s in report.summaries],
     }
@@ -109,7 +111,13 @@ def _stamp() -> str:
 def _clean_leftovers(storage: Storage, plan: RunPlan) -> None:
     """Remove what killed processes of earlier starts left: temporaries of any write (one driver per run, so
     no writer is alive now) and ``_partial/`` folders of shards that did commit."""
-    storage.remove_temporaries(recursive=True)
+    if storage.is_local:  # os.walk lists a 66K-file run in ~30 ms, fsspec's find in ~0.7 s
+        for folder, _, names in os.walk(storage.root):
+            for name in names:
+                if TEMP_MARKER in name:
+                    storage.remove(os.path.relpath(os.path.join(folder, name), storage.root))
+    else:
+        storage.remove_temporaries(recursive=True)
     for stage in plan.graph.order:
         for folder in storage.list(f"stages/{stage}/_partial", pattern="shard-*"):
             shard = int(folder.rsplit("-", 1)[-1])

@@ -27,6 +27,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from manifests.manifest import manifest_path, read_commit
 from manifests.partial import finished_items, note_shard_timeout
 from manifests.storage import Storage, StorageFull
+from pipeline.allocation import CostModel, Demand, fits, plan_actors, read_calibration, take
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.graph import StageGraph
 from pipeline.plan import RunPlan, State
@@ -101,6 +102,8 @@ class RunReport:
     actor_deaths: int = 0
     timeouts: int = 0
     """Shard tries the driver ended for running past ``timeouts.shard_s``."""
+    peak_actors: dict[str, int] = field(default_factory=dict)
+    """The most actors each stage had at once (its pool follows its share of the remaining work)."""
     halted: str | None = None
     """Why the run stopped early for every shard (the run folder's storage is full), if it did."""
     seconds: float = 0.0
@@ -142,6 +145,14 @@ class Driver:
         self.groups: dict[Any, PlacementGroup] = {}
         self.tries: Counter[tuple[str, int]] = Counter()
         self.finished_at_death: dict[tuple[str, int], int] = {}
+        options = graph.config.scheduler
+        self.costs = CostModel(calibrated=read_calibration(options.calibration) if options.calibration else {})
+        self.capacity: dict[str, float] | None = None  # the cluster's CPUs and GPUs, once Ray is connected
+        self.holding: dict[Any, dict[str, float]] = {}  # live actor -> resources it holds
+        self.targets: dict[str, int] = {}
+        self.resolved_count: Counter[str] = Counter()
+        self.given_up: Counter[str] = Counter()
+        self.items_per_shard = {stage: self._mean_items(stage) for stage in graph.order}
         self.report = RunReport()
         self.config_json = graph.config.model_dump(mode="json")
 
@@ -162,6 +173,7 @@ class Driver:
 
     def _resolve(self, stage: str, shard: int) -> None:
         self.resolved.add((stage, shard))
+        self.resolved_count[stage] += 1
         self.listener("resolved", (stage, shard))
         for downstream in self.graph.downstream(stage):
             if all((dep, shard) in self.resolved for dep in self.graph.nodes[downstream].deps):
@@ -169,19 +181,96 @@ class Driver:
 
     # Actors ---------------------------------------------------------------------------------------------
     def _new_actor(self, stage: str) -> Any:
-        self.connect()  # Ray starts only when there is work: a finished run resumes in a second
         options, group = actor_placement(self.graph.nodes[stage].resources)
         actor = StageActor.options(**options).remote(self.storage.url, self.config_json, stage)
         if group is not None:
             self.groups[actor] = group
         self.actors[stage].append(actor)
+        self.holding[actor] = self._per_actor(stage)
+        self.report.peak_actors[stage] = max(self.report.peak_actors.get(stage, 0), len(self.actors[stage]))
         self.listener("actor_started", (stage, actor))
         return actor
+
+    def _per_actor(self, stage: str) -> dict[str, float]:
+        resources = self.graph.nodes[stage].resources
+        return {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()}
+
+    def _free(self) -> dict[str, float]:
+        free = dict(self.capacity or {})
+        for held in self.holding.values():
+            take(free, held)
+        return free
+
+    def _mean_items(self, stage: str) -> float:
+        rows = self.plan.source_rows.get(stage)
+        if rows:
+            return sum(len(r) for r in rows.values()) / max(1, len(rows))
+        return float(self.graph.config.shard_size)
+
+    def _remaining(self, stage: str) -> int:
+        return self.plan.num_shards(stage) - self.resolved_count[stage] - self.given_up[stage]
+
+    def _demands(self) -> list[Demand]:
+        demands = []
+        for stage in self.graph.order:
+            node = self.graph.nodes[stage]
+            per_item = self.costs.seconds_per_item(stage, node.type)
+            demands.append(Demand(
+                stage, self._per_actor(stage), node.resources.actors, self._remaining(stage),
+                per_item * self.items_per_shard[stage], ready=self._dispatchable(stage) is not None,
+            ))
+        return demands
+
+    def _queued_for(self, stage: str, downstream: str) -> int:
+        """Shards ``stage`` committed that ``downstream`` has neither committed nor given up (waiting between the
+        two; a downstream shard can only finish after its upstream one)."""
+        return self.resolved_count[stage] - self.resolved_count[downstream] - self.given_up[downstream]
+
+    def _dispatchable(self, stage: str) -> int | None:
+        """The next pending shard of ``stage``, unless the stage is far enough ahead of a stage after it that
+        it should wait (backpressure: committed shards queue on storage, not in memory, but a fast stage
+        racing ahead would hold resources the slow one needs)."""
+        if not self.pending[stage]:
+            return None
+        limit = self.graph.config.scheduler.max_queued_shards
+        for downstream in self.graph.downstream(stage):
+            allowed = limit or 2 * max(1, self.targets.get(downstream, 1)) + 1
+            if self._queued_for(stage, downstream) >= allowed:
+                return None
+        return self.pending[stage][0]
+
+    def _size_pools(self) -> None:
+        """Actor counts per stage from remaining work (``plan_actors``); idle actors beyond a stage's count are
+        let go when a stage below its count needs their resources."""
+        if self.capacity is None:
+            if not any(self.pending.values()):
+                return
+            self.connect()  # Ray starts only when there is work: a finished run resumes in a second
+            self.capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+        demands = self._demands()
+        self.targets = plan_actors(demands, self.capacity)
+        wanting = [d for d in demands if d.ready and not self.idle[d.stage]
+                   and len(self.actors[d.stage]) < max(1, self.targets[d.stage])]
+        for demand in wanting:
+            need = self._per_actor(demand.stage)
+            for stage in self.graph.order:
+                while not fits(need, self._free()) and self.idle[stage] and (
+                    len(self.actors[stage]) > self.targets[stage]
+                    or (not self.actors[demand.stage] and self._dispatchable(stage) is None)
+                ):
+                    self._retire(stage, self.idle[stage].pop())
+
+    def _retire(self, stage: str, actor: Any) -> None:
+        self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+        self._drop_actor(actor)
 
     def _take_actor(self, stage: str) -> Any | None:
         if self.idle[stage]:
             return self.idle[stage].pop()
-        if len(self.actors[stage]) < self.graph.nodes[stage].resources.actors:
+        wanted = max(1, self.targets.get(stage, 1))
+        if len(self.actors[stage]) < min(wanted, self.graph.nodes[stage].resources.actors) and fits(
+            self._per_actor(stage), self._free()
+        ):
             return self._new_actor(stage)
         return None
 
@@ -193,6 +282,7 @@ class Driver:
                 self.actors[stage], self.idle[stage] = [], []
 
     def _drop_actor(self, actor: Any) -> None:
+        self.holding.pop(actor, None)
         ray.kill(actor)
         group = self.groups.pop(actor, None)
         if group is not None:
@@ -230,17 +320,34 @@ class Driver:
     def _dispatch(self) -> None:
         if self.report.halted:
             return
-        for stage in self.graph.order:
-            while self.pending[stage]:
+        self._size_pools()
+        for stage in sorted(self.graph.order, key=self._neediest_first):
+            while (shard := self._dispatchable(stage)) is not None:
                 actor = self._take_actor(stage)
                 if actor is None:
                     break
-                shard = self.pending[stage].popleft()
+                self.pending[stage].remove(shard)
                 task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage))
                 self.tries[(stage, shard)] += 1
                 ref = actor.run_shard.remote(task)
                 self.inflight[ref], self.started[ref] = (stage, shard, actor), time.time()
                 self.listener("started", (stage, shard))
+        self._prewarm()
+
+    def _prewarm(self) -> None:
+        """Start the actors a stage is due (its share) before its first shard is ready, while resources are
+        free: model loading then overlaps the shards still upstream instead of delaying the first one."""
+        if self.capacity is None:
+            return
+        for stage in sorted(self.graph.order, key=self._neediest_first):
+            wanted = min(self.targets.get(stage, 0), self.graph.nodes[stage].resources.actors)
+            while self._remaining(stage) > 0 and len(self.actors[stage]) < wanted and fits(self._per_actor(stage), self._free()):
+                self.idle[stage].append(self._new_actor(stage))
+
+    def _neediest_first(self, stage: str) -> float:
+        """Sort key: stages with the most remaining work per actor get actors (and resources) first."""
+        per_item = self.costs.seconds_per_item(stage, self.graph.nodes[stage].type)
+        return -self._remaining(stage) * per_item / max(1, len(self.actors[stage]))
 
     def _shard_limit(self, stage: str) -> float | None:
         return self.graph.config.stages[stage].timeouts.shard_s
@@ -285,12 +392,14 @@ class Driver:
             self.idle[stage].append(actor)
             if isinstance(exc.cause, StorageFull):  # every other shard would fail the same way: stop, keep all
                 self.report.halted = self.report.errors[(stage, shard)] = str(exc.cause)
+                self.given_up[stage] += 1
                 self.listener("halted", (stage, shard, str(exc.cause)))
                 return
             self._retry_or_give_up(stage, shard, str(exc.cause) if exc.cause else str(exc))
             return
         self.idle[stage].append(actor)
         self.plan.commits[(stage, shard)] = read_commit(self.storage, manifest_path(stage, shard))
+        self.costs.record(stage, summary.seconds, summary.processed)
         self.report.summaries.append(summary)
         self.listener("committed", summary)
         self._resolve(stage, shard)
@@ -311,3 +420,4 @@ class Driver:
             self.pending[stage].appendleft(shard)
         else:
             self.report.errors[(stage, shard)] = error
+            self.given_up[stage] += 1

@@ -23,6 +23,8 @@ STAGES: dict[str, str] = {
     "rubric": "stages.rubric:Rubric",
     "judge": "stages.judge:Judge",
     "export": "stages.export:Export",
+    "hold_source": "stages.hold:HoldSource",
+    "hold": "stages.hold:Hold",
 }
 
 

@@ -29,8 +29,8 @@ def crash_during_finalize_write(config: str) -> None:
     real = Storage.atomic_writer
 
     @contextmanager
-    def atomic_writer(self: Storage, rel: str) -> Iterator[IO[bytes]]:
-        with real(self, rel) as handle:
+    def atomic_writer(self: Storage, rel: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
+        with real(self, rel, durable=durable) as handle:
             if rel == "export/dataset.parquet":
                 handle.write(b"PAR1")
                 handle.flush()

@@ -1,0 +1,102 @@
+"""Cost before compute: ``ffp calibrate`` measures seconds per item per stage from a run's manifests, and
+``ffp plan --estimate N`` projects GPU-hours and wall time per stage for N clips on a cluster shape.
+
+The projection uses the driver's own pool sizing (:func:`pipeline.allocation.plan_actors`): each stage gets
+the actors it would get at the start of a run of that size, a stage takes its work divided by its actors,
+and the run takes its slowest stage plus the pipeline fill (one shard through every stage before it).
+"""
+
+from __future__ import annotations
+
+import platform
+import socket
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from manifests.storage import Storage
+from pipeline.allocation import CostModel, Demand, plan_actors
+from pipeline.graph import StageGraph
+
+
+def measured_costs(storage: Storage, graph: StageGraph) -> dict[str, dict[str, float]]:
+    """Per stage: seconds per item (an input of the stage; rows that fan out of one input share its time)
+    and the number of items measured, from the ``seconds`` column of the committed manifests."""
+    out: dict[str, dict[str, float]] = {}
+    for stage in graph.order:
+        seconds, items = 0.0, 0
+        for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
+            with storage.open(rel) as handle:
+                table = pq.read_table(handle, columns=["input_id", "seconds", "attempts"])
+            if table.num_rows == 0:
+                continue
+            per_input = table.group_by("input_id").aggregate([("seconds", "max")])
+            seconds += float(pc.sum(per_input.column("seconds_max")).as_py() or 0.0)
+            items += per_input.num_rows
+        if items:
+            out[stage] = {"seconds_per_sample": seconds / items, "samples": items}
+    return out
+
+
+def device_description() -> str:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}"
+    except ImportError:
+        pass
+    return f"CPU only: {platform.processor() or platform.machine()}"
+
+
+def calibration_document(storage: Storage, graph: StageGraph) -> dict[str, Any]:
+    measured = measured_costs(storage, graph)
+    return {
+        "seconds_per_sample": {stage: round(m["seconds_per_sample"], 6) for stage, m in measured.items()},
+        "samples_measured": {stage: int(m["samples"]) for stage, m in measured.items()},
+        "measured_on": {"device": device_description(), "host": socket.gethostname(), "run": storage.url,
+                        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }
+
+
+@dataclass(frozen=True)
+class StageEstimate:
+    stage: str
+    seconds_per_sample: float
+    actors: int
+    gpus_per_actor: float
+    gpu_hours: float
+    hours: float
+
+
+def estimate(graph: StageGraph, costs: CostModel, clips: int, capacity: dict[str, float]) -> tuple[list[StageEstimate], float]:
+    """Per stage estimates for ``clips`` input clips on ``capacity`` (``{"CPU": n, "GPU": m}``), and the run's
+    wall hours. Each stage is taken to see one item per clip (the fan-out of plan into swap and removal and
+    the judge's rejections are not modelled: calibrate on a run of the same preset to include them)."""
+    shard_size = graph.config.shard_size
+    shards = max(1, -(-clips // shard_size))
+    demands, per_item = [], {}
+    for stage in graph.order:
+        node = graph.nodes[stage]
+        per_item[stage] = costs.seconds_per_item(stage, node.type)
+        resources = node.resources
+        demands.append(Demand(stage, {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()},
+                              resources.actors, shards, per_item[stage] * shard_size, ready=True))
+    actors = plan_actors(demands, capacity)
+    rows, slowest = [], 0.0
+    held = {kind: 0.0 for kind in capacity}  # resource-hours the actors hold while working
+    for demand in demands:
+        stage, n = demand.stage, max(1, actors[demand.stage])  # a stage left out at the start runs later
+        hours = clips * per_item[stage] / n / 3600
+        gpus = demand.per_actor["GPU"]
+        rows.append(StageEstimate(stage, per_item[stage], actors[demand.stage], gpus, clips * per_item[stage] * gpus / 3600, hours))
+        slowest = max(slowest, hours)
+        for kind in held:
+            held[kind] += clips * per_item[stage] * demand.per_actor.get(kind, 0.0) / 3600
+    # stages take turns when the cluster cannot hold all their pools at once: no faster than the resources allow
+    busiest = max((held[kind] / capacity[kind] for kind in held if capacity[kind] > 0), default=0.0)
+    fill = sum(demand.seconds_per_shard for demand in demands[:-1]) / 3600
+    return rows, max(slowest, busiest) + fill
