@@ -118,6 +118,14 @@ def current_labels(run: Storage) -> dict[tuple[str, str], Label]:
     return current
 
 
+def labels_per_shard(labels: Mapping[tuple[str, str], Label]) -> dict[tuple[str, int], dict[tuple[str, str], Label]]:
+    """``labels`` grouped by (stage, shard): :func:`labels_digest` of one shard then reads only its own labels."""
+    grouped: dict[tuple[str, int], dict[tuple[str, str], Label]] = {}
+    for key, label in labels.items():
+        grouped.setdefault((label.stage, label.shard), {})[key] = label
+    return grouped
+
+
 def labels_digest(labels: Mapping[tuple[str, str], Label], stage: str, shard: int) -> str:
     """A digest of the current labels of one (judge stage, shard): it changes when a decision there does."""
     parts = sorted(f"{sid}={label.decision}" for (st, sid), label in labels.items() if st == stage and label.shard == shard)

@@ -7,12 +7,15 @@ sample with the base columns below plus the stage's own scalar columns.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import json
+import logging
+import os
 import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from enum import StrEnum
@@ -22,10 +25,18 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.shards import TarInfo, write_shard
-from manifests.storage import Storage
+from manifests.storage import Storage, StorageFull
 
 FORMAT_VERSION = 1
 META_KEY = b"ffp"
+MANIFEST_PATTERN = "shard-*.parquet"
+COMMIT_CACHE = "index/commits.parquet"
+"""Derived copy of the commit info of every manifest of a local run folder (see :func:`read_commits`)."""
+COMMIT_CACHE_VERSION = b"1"
+RACY_NS = 2_000_000_000
+"""A manifest changed this close to (or after) the cache's own write is read again, however its stat looks: a
+rewrite within the filesystem's timestamp granularity could otherwise keep the same size and mtime."""
+log = logging.getLogger("ffp.manifest")
 
 
 class Status(StrEnum):
@@ -150,11 +161,20 @@ def uncommit_shard(storage: Storage, stage: str, shard: int) -> None:
 
 
 def read_commit(storage: Storage, rel: str) -> CommitInfo:
-    with storage.open(rel) as handle:
-        metadata = pq.read_schema(handle).metadata or {}
+    return CommitInfo.from_json(_read_commit_raw(storage, rel))
+
+
+def _read_commit_raw(storage: Storage, rel: str) -> bytes:
+    """The ``ffp`` footer value of a manifest: the Parquet footer only (local files through Arrow's own reader,
+    which is several times cheaper than a Python file object)."""
+    if storage.is_local:
+        metadata = pq.read_metadata(storage.path(rel)).metadata or {}
+    else:
+        with storage.open(rel) as handle:
+            metadata = pq.read_metadata(handle).metadata or {}
     if META_KEY not in metadata:
         raise ValueError(f"{rel} is not an ffp manifest (no '{META_KEY.decode()}' metadata)")
-    return CommitInfo.from_json(metadata[META_KEY])
+    return metadata[META_KEY]
 
 
 def read_manifest(storage: Storage, stage: str, shard: int) -> tuple[CommitInfo, pa.Table] | None:
@@ -169,7 +189,82 @@ def read_manifest(storage: Storage, stage: str, shard: int) -> tuple[CommitInfo,
 def committed_shards(storage: Storage, stage: str) -> dict[int, CommitInfo]:
     """Commit info of every committed shard of a stage, reading only Parquet footers."""
     found: dict[int, CommitInfo] = {}
-    for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
+    for rel in storage.list(f"manifests/{stage}", pattern=MANIFEST_PATTERN):
         info = read_commit(storage, rel)
         found[info.shard] = info
     return found
+
+
+def read_commits(storage: Storage, stages: Iterable[str]) -> dict[tuple[str, int], CommitInfo]:
+    """Commit info of every committed shard of ``stages``, keyed ``(stage, shard)``: what
+    :func:`committed_shards` gives per stage, at a cost that grows with the number of changed manifests.
+
+    On a local run folder the footers of manifests unchanged since the last call come from a derived cache,
+    ``index/commits.parquet``: one row per manifest with its inode, size and mtime (ns) when read. The
+    manifests stay the only truth: a manifest is taken from the cache only if it is listed now with the same
+    stat and was not changed within ``RACY_NS`` of the cache's own write (as git treats its index); anything
+    else is read from its footer, a removed manifest drops out, and the cache is rewritten when it differed
+    (best effort: a read-only run folder just reads footers). Other filesystems read every footer."""
+    stages = list(stages)
+    if not storage.is_local:
+        return {(stage, shard): info for stage in stages for shard, info in committed_shards(storage, stage).items()}
+    cached, cache_mtime = _load_commit_cache(storage)
+    listed: list[tuple[str, str, tuple[int, int, int], bytes]] = []  # stage, rel, stat, raw commit info
+    changed = False
+    for stage in stages:
+        for rel, stat in list_manifests(storage, stage):
+            hit = cached.get(rel)
+            if hit is not None and hit[0] == stat and stat[2] < cache_mtime - RACY_NS:
+                raw = hit[1]
+            else:
+                raw = _read_commit_raw(storage, rel)
+                changed = changed or hit != (stat, raw)
+            listed.append((stage, rel, stat, raw))
+    if changed or len(listed) != len(cached):  # same content is not rewritten: a no-op start touches nothing
+        _save_commit_cache(storage, listed)
+    infos = json.loads(b"[" + b",".join(raw for _, _, _, raw in listed) + b"]")
+    return {(stage, info["shard"]): CommitInfo(**info) for (stage, _, _, _), info in zip(listed, infos)}
+
+
+def list_manifests(storage: Storage, stage: str) -> list[tuple[str, tuple[int, int, int]]]:
+    """``(rel, (inode, size, mtime_ns))`` of a local stage's manifests, sorted, from one directory listing."""
+    try:
+        entries = list(os.scandir(storage.path("manifests", stage)))
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    found = []
+    for entry in entries:
+        if fnmatch.fnmatchcase(entry.name, MANIFEST_PATTERN) and entry.is_file():
+            stat = entry.stat()
+            found.append((f"manifests/{stage}/{entry.name}", (stat.st_ino, stat.st_size, stat.st_mtime_ns)))
+    return sorted(found)
+
+
+def _load_commit_cache(storage: Storage) -> tuple[dict[str, tuple[tuple[int, int, int], bytes]], int]:
+    path = storage.path(COMMIT_CACHE)
+    try:
+        mtime = os.stat(path).st_mtime_ns
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException):
+        return {}, 0
+    if (table.schema.metadata or {}).get(b"version") != COMMIT_CACHE_VERSION:
+        return {}, 0
+    columns = table.to_pydict()
+    stats = zip(columns["inode"], columns["size"], columns["mtime_ns"])
+    return {rel: (stat, raw) for rel, stat, raw in zip(columns["rel"], stats, columns["info"])}, mtime
+
+
+def _save_commit_cache(storage: Storage, listed: list[tuple[str, str, tuple[int, int, int], bytes]]) -> None:
+    table = pa.table({
+        "rel": [rel for _, rel, _, _ in listed],
+        "inode": pa.array([stat[0] for _, _, stat, _ in listed], pa.uint64()),
+        "size": pa.array([stat[1] for _, _, stat, _ in listed], pa.int64()),
+        "mtime_ns": pa.array([stat[2] for _, _, stat, _ in listed], pa.int64()),
+        "info": pa.array([raw for _, _, _, raw in listed], pa.binary()),
+    }).replace_schema_metadata({b"version": COMMIT_CACHE_VERSION})
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd")
+    try:
+        storage.write_bytes(COMMIT_CACHE, buffer.getvalue())
+    except (OSError, StorageFull) as exc:  # a read-only or full run folder: correct without the cache, only slower
+        log.debug("commit cache not written: %s", exc)

@@ -8,7 +8,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 import yaml
@@ -26,9 +26,11 @@ from pipeline.graph import GraphError, build_graph
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
 from pipeline.plan import State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
-from pipeline.runner import RunReport
 from pipeline.status import stage_statuses
 from stages.sources import InputListError
+
+if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
+    from pipeline.runner import RunReport
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Generate FFP video-editing training pairs.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")

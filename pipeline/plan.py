@@ -8,9 +8,12 @@ as input and never silently replaced; ``ffp run --rerun-stale`` redoes it.
 
 from __future__ import annotations
 
+import hashlib
 import io
-from collections import Counter
 import json
+import logging
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -18,15 +21,23 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from manifests.labels import Label, current_labels, labels_digest
-from manifests.manifest import CommitInfo, committed_shards
-from manifests.storage import Storage
+from manifests.labels import Label, current_labels, labels_digest, labels_per_shard
+from manifests.manifest import CommitInfo, read_commits
+from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph, digest
 
 
+log = logging.getLogger("ffp.plan")
+
+
 def sources_path(stage: str) -> str:
     return f"sources/{stage}.parquet"
+
+
+def source_digests_path(stage: str) -> str:
+    """Derived: the inputs digest of each source shard, for a local run (``FrozenSources``); delete freely."""
+    return f"index/sources-{stage}.json"
 
 
 class State(StrEnum):
@@ -73,8 +84,117 @@ def write_sources(storage: Storage, stage: str, rows: list[dict[str, Any]]) -> N
 
 def read_sources(storage: Storage, stage: str) -> list[dict[str, Any]]:
     with storage.open(sources_path(stage)) as handle:
-        table = pq.read_table(handle)
-    return [{**json.loads(row["source"]), "shard": row["shard"]} for row in table.to_pylist()]
+        table = pq.read_table(handle, columns=["shard", "source"])
+    sources = table.column("source").to_pylist()
+    return [{**json.loads(source), "shard": shard} for source, shard in zip(sources, table.column("shard").to_pylist())]
+
+
+class FrozenSources(Mapping[int, list[dict[str, Any]]]):
+    """A source stage's frozen rows (``sources/<stage>.parquet``) per shard, decoded when a shard is asked for.
+
+    A 300K-sample run has 150K source rows; planning needs only each shard's inputs digest, which a local run
+    keeps in ``index/sources-<stage>.json`` with the sha256 of the sources file they were computed from
+    (recomputed when it differs)."""
+
+    def __init__(self, storage: Storage, stage: str) -> None:
+        self.storage, self.stage = storage, stage
+        data = storage.read_bytes(sources_path(stage))
+        self._sha256 = hashlib.sha256(data).hexdigest()
+        table = pq.read_table(pa.BufferReader(data), columns=["shard", "source"])
+        self._raw: dict[int, list[str]] = {}
+        for shard, source in zip(table.column("shard").to_pylist(), table.column("source").to_pylist()):
+            self._raw.setdefault(shard, []).append(source)
+        self._rows: dict[int, list[dict[str, Any]]] = {}
+        self._digests: dict[int, str] | None = None
+
+    def __getitem__(self, shard: int) -> list[dict[str, Any]]:
+        rows = self._rows.get(shard)
+        if rows is None:
+            rows = self._rows[shard] = [{**json.loads(source), "shard": shard} for source in self._raw[shard]]
+        return rows
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._raw)
+
+    def __len__(self) -> int:
+        return len(self._raw)
+
+    def sizes(self) -> dict[int, int]:
+        """Rows per shard, without decoding any."""
+        return {shard: len(raw) for shard, raw in self._raw.items()}
+
+    def digest(self, shard: int) -> str:
+        """``digest`` of the shard's rows (what its manifest's ``inputs_digest`` must be)."""
+        if self._digests is None:
+            self._digests = self._load_digests()
+        found = self._digests.get(shard)
+        return found if found is not None else digest(self.get(shard, []))
+
+    def _load_digests(self) -> dict[int, str]:
+        if not self.storage.is_local:
+            return {}
+        try:
+            saved = json.loads(self.storage.read_bytes(source_digests_path(self.stage)))
+            if saved["sources_sha256"] == self._sha256:
+                return {int(shard): value for shard, value in saved["digests"].items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        digests = {shard: digest(self[shard]) for shard in self}
+        data = {"sources_sha256": self._sha256, "digests": digests}
+        try:
+            self.storage.write_bytes(source_digests_path(self.stage), json.dumps(data).encode())
+        except (OSError, StorageFull) as exc:  # a read-only run folder: correct without it, only slower
+            log.debug("source digests not written: %s", exc)
+        return digests
+
+
+class Commits(dict[tuple[str, int], CommitInfo]):
+    """``RunPlan.commits``: a dict of ``(stage, shard) -> CommitInfo`` that counts its changes per shard, so the
+    plan's memoised digests of a shard are recomputed exactly when one of its commits was set or removed (as
+    the driver does when a shard commits)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.changes: dict[int, int] = {}
+
+    def _changed(self, key: tuple[str, int]) -> None:
+        self.changes[key[1]] = self.changes.get(key[1], 0) + 1
+
+    def __setitem__(self, key: tuple[str, int], value: CommitInfo) -> None:
+        super().__setitem__(key, value)
+        self._changed(key)
+
+    def __delitem__(self, key: tuple[str, int]) -> None:
+        super().__delitem__(key)
+        self._changed(key)
+
+    def pop(self, key: tuple[str, int], *default: Any) -> Any:  # type: ignore[override]
+        if key in self:
+            self._changed(key)
+        return super().pop(key, *default)
+
+    def popitem(self) -> tuple[tuple[str, int], CommitInfo]:
+        key, value = super().popitem()
+        self._changed(key)
+        return key, value
+
+    def setdefault(self, key: tuple[str, int], default: CommitInfo) -> CommitInfo:  # type: ignore[override]
+        if key not in self:
+            self[key] = default
+        return self[key]
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def clear(self) -> None:
+        for key in list(self):
+            self._changed(key)
+        super().clear()
+
+    def __ior__(self, other: Any) -> Commits:  # type: ignore[override]
+        self.update(other)
+        return self
 
 
 class RunPlan:
@@ -82,24 +202,23 @@ class RunPlan:
 
     def __init__(self, storage: Storage, graph: StageGraph) -> None:
         self.storage, self.graph = storage, graph
-        self.source_rows: dict[str, dict[int, list[dict[str, Any]]]] = {}
+        self.source_rows: dict[str, Mapping[int, list[dict[str, Any]]]] = {}
         self.unsaved_sources: dict[str, list[dict[str, Any]]] = {}
         for name in graph.sources:
-            by_shard: dict[int, list[dict[str, Any]]] = {}
             if storage.exists(sources_path(name)):
-                rows = read_sources(storage, name)
-            else:
-                rows = self.unsaved_sources[name] = list_sources(graph, name)
-            for row in rows:
+                self.source_rows[name] = FrozenSources(storage, name)
+                continue
+            by_shard: dict[int, list[dict[str, Any]]] = {}
+            for row in self.unsaved_sources.setdefault(name, list_sources(graph, name)):
                 by_shard.setdefault(row["shard"], []).append(row)
             self.source_rows[name] = by_shard
         self.root: dict[str, str] = {name: self._root_of(name) for name in graph.order}
         uses_labels = any(node.label_stage(graph) for node in graph.nodes.values())
         self.labels: dict[tuple[str, str], Label] = current_labels(storage) if uses_labels else {}
-        self.commits: dict[tuple[str, int], CommitInfo] = {}
-        for name in graph.order:
-            for shard, info in committed_shards(storage, name).items():
-                self.commits[(name, shard)] = info
+        self._labels_grouped: tuple[object, dict[tuple[str, int], dict[tuple[str, str], Label]]] = (None, {})
+        self.commits: dict[tuple[str, int], CommitInfo] = Commits(read_commits(storage, graph.order))
+        self._digests: dict[int, tuple[tuple[Any, ...], dict[str, str | None]]] = {}
+        self._source_digests: dict[tuple[str, int], str] = {}
 
     def save_sources(self) -> None:
         for name, rows in self.unsaved_sources.items():
@@ -122,21 +241,58 @@ class RunPlan:
 
     def expected_inputs_digest(self, stage: str, shard: int) -> str | None:
         """What the shard's inputs digest must be now; ``None`` while an upstream shard is not current."""
-        node = self.graph.nodes[stage]
-        if node.cls.is_source:
-            return digest(self.source_rows[stage].get(shard, []))
-        parts = []
-        for dep in node.deps:
-            info = self.commits.get((dep, shard))
-            if info is None or info.fingerprint != self.graph.nodes[dep].fingerprint:
-                return None
-            if self.expected_inputs_digest(dep, shard) != info.inputs_digest:
-                return None
-            parts.append(info.ok_digest)
-        label_stage = node.label_stage(self.graph)
-        if label_stage is not None:  # a new review decision redoes the shards it touches
-            parts.append(labels_digest(self.labels, label_stage, shard))
-        return digest(parts)
+        return self._shard_digests(shard)[stage]
+
+    def _shard_digests(self, shard: int) -> dict[str, str | None]:
+        """``expected_inputs_digest`` of every stage for one shard, in one pass down the graph. Memoised per shard
+        with the commits (and labels) it was computed from: the driver adds commits as shards finish, so the memo
+        is used only while those are still the ones in ``commits``."""
+        order, nodes, commits = self.graph.order, self.graph.nodes, self.commits
+        memo = self._digests.get(shard)
+        if isinstance(commits, Commits):  # counts its changes per shard: no need to look at every commit
+            key: tuple[Any, ...] = (commits, commits.changes.get(shard, 0), self.labels)
+            if memo is not None and memo[0][0] is commits and memo[0][1] == key[1] and memo[0][2] is self.labels:
+                return memo[1]
+        else:
+            key = (self.labels, *[commits.get((name, shard)) for name in order])
+            if memo is not None and memo[0] == key:
+                return memo[1]
+        expected: dict[str, str | None] = {}
+        for name in order:
+            node = nodes[name]
+            if node.cls.is_source:
+                expected[name] = self._source_digest(name, shard)
+                continue
+            parts: list[str] = []
+            for dep in node.deps:
+                info = self.commits.get((dep, shard))
+                if info is None or info.fingerprint != nodes[dep].fingerprint or expected[dep] != info.inputs_digest:
+                    break
+                parts.append(info.ok_digest)
+            else:
+                label_stage = node.label_stage(self.graph)
+                if label_stage is not None:  # a new review decision redoes the shards it touches
+                    parts.append(labels_digest(self._shard_labels(label_stage, shard), label_stage, shard))
+                expected[name] = digest(parts)
+                continue
+            expected[name] = None
+        self._digests[shard] = (key, expected)
+        return expected
+
+    def _source_digest(self, stage: str, shard: int) -> str:
+        """Digest of a source shard's frozen rows (computed once)."""
+        found = self._source_digests.get((stage, shard))
+        if found is None:
+            rows = self.source_rows[stage]
+            found = rows.digest(shard) if isinstance(rows, FrozenSources) else digest(rows.get(shard, []))
+            self._source_digests[(stage, shard)] = found
+        return found
+
+    def _shard_labels(self, stage: str, shard: int) -> dict[tuple[str, str], Label]:
+        """The current labels of one (judge stage, shard), grouped once per ``labels`` mapping."""
+        if self._labels_grouped[0] is not self.labels:
+            self._labels_grouped = (self.labels, labels_per_shard(self.labels))
+        return self._labels_grouped[1].get((stage, shard), {})
 
     def state(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardState:
         """``retry``: statuses whose samples are to be redone (``failed``, and ``quarantined`` when asked)."""

@@ -7,6 +7,7 @@ import os
 import time
 import uuid
 from dataclasses import asdict
+from typing import TYPE_CHECKING
 
 import yaml
 
@@ -14,7 +15,9 @@ from manifests.storage import TEMP_MARKER, Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
-from pipeline.runner import Driver, Listener, RunReport, connect_ray
+
+if TYPE_CHECKING:  # ray is imported only when work runs (status, plan and query stay light)
+    from pipeline.runner import Listener, RunReport
 
 RUN_YAML = "run.yaml"
 
@@ -73,6 +76,8 @@ def execute(
     _clean_leftovers(storage, plan)
     _write_run_yaml(storage, config)
     plan.save_sources()
+    from pipeline.runner import Driver, connect_ray
+
     report = Driver(
         storage, graph, plan, retry_stages=retry_stages, listener=listener, connect=lambda: connect_ray(config.ray),
         retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),

@@ -204,7 +204,8 @@ class Driver:
     def _mean_items(self, stage: str) -> float:
         rows = self.plan.source_rows.get(stage)
         if rows:
-            return sum(len(r) for r in rows.values()) / max(1, len(rows))
+            sizes = rows.sizes() if hasattr(rows, "sizes") else {k: len(v) for k, v in rows.items()}
+            return sum(sizes.values()) / max(1, len(sizes))
         return float(self.graph.config.shard_size)
 
     def _remaining(self, stage: str) -> int:

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 from typing import Any, Literal
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 from pydantic import Field
 
@@ -134,6 +133,8 @@ class Export(Stage):
     def finalize(cls, name: str, run: Storage, params: Params) -> None:
         """``export/dataset.parquet`` (every accepted pair with its columns) and ``export/README.md``."""
         assert isinstance(params, ExportParams)
+        import pyarrow.dataset as pads  # not at module level: it pulls in pandas (0.24 s for every config load)
+
         files = run.list(f"manifests/{name}", pattern="shard-*.parquet")
         tables = []
         for rel in files:
