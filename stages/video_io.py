@@ -727,24 +727,62 @@ def first_frame(source: Source | bytes, *, max_pixels: int | None = 4096 * 4096)
         return frame.to_ndarray(format="rgb24"), (float(rate) if rate else None), (int(stream.frames) or None)
 
 
-def decode_frames(source: Source | bytes) -> np.ndarray:
-    """All frames of a (short) clip as (T,H,W,3) uint8 RGB, rotation applied."""
-    frames: list[np.ndarray] = []
+def decode_frames(source: Source | bytes, *, indices: Sequence[int] | None = None) -> np.ndarray:
+    """All frames of a (short) clip as (T,H,W,3) uint8 RGB, rotation applied.
+
+    With ``indices`` (frame numbers from 0, any order, repeats allowed) only those frames, in that order: the
+    clip is still decoded from the start (inter-coded frames need their references) but only the wanted frames
+    are converted to RGB and kept, and decoding stops after the last one (e.g. 3 frames of an 81-frame 720p clip
+    hold 8 MiB instead of 213 MiB). An index past the end raises ``VideoError``.
+
+    The frames are written into one array sized from the container's frame count (no second copy of the clip
+    while it is stacked); a count that is wrong is handled (the array grows or is cut)."""
+    if indices is not None and (not indices or any(i < 0 for i in indices)):
+        raise ValueError(f"frame indices must be >= 0 and not none, got {list(indices)[:5]}")
+    wanted: dict[int, list[int]] = {}  # frame number -> positions in the output
+    for pos, idx in enumerate(indices or ()):
+        wanted.setdefault(int(idx), []).append(pos)
+    last = max(wanted, default=-1)
+    out: np.ndarray | None = None
+    extra: list[np.ndarray] = []  # frames past the container's count
+    decoded = 0
     with _open(source) as container:
-        if not container.streams.video:
-            raise VideoError("not a video: no video stream")
-        stream = container.streams.video[0]
+        stream = _video_stream(container)
         stream.thread_type = "AUTO"
+        expected = len(indices) if indices is not None else int(stream.frames or 0)
         try:
-            for frame in container.decode(stream):
+            for idx, frame in enumerate(container.decode(stream)):
+                decoded = idx + 1
+                if indices is not None and idx not in wanted:
+                    if idx > last:
+                        break
+                    continue
                 rgb = frame.to_ndarray(format="rgb24")
                 rotation = _rotation(frame)
-                frames.append(np.rot90(rgb, rotation // 90) if rotation else rgb)
+                if rotation:
+                    rgb = np.rot90(rgb, rotation // 90)
+                if out is None:
+                    out = np.empty((max(expected, 1), *rgb.shape), np.uint8)
+                if indices is not None:
+                    out[wanted[idx]] = rgb
+                    if idx == last:
+                        break
+                elif idx < len(out):
+                    out[idx] = rgb
+                else:
+                    extra.append(rgb.copy())
         except av.FFmpegError as e:
             raise VideoError(f"cannot decode: {e}") from e
-    if not frames:
-        raise VideoError("cannot decode: no frames")
-    return np.stack(frames)
+    if out is None:
+        raise VideoError("cannot decode: no frames" if decoded == 0 else
+                         f"cannot decode: frame {min(wanted)} asked for, the clip has {decoded} frames")
+    if indices is not None:
+        if decoded <= last:
+            raise VideoError(f"cannot decode: frame {last} asked for, the clip has {decoded} frames")
+        return out
+    if extra:
+        return np.concatenate([out, np.stack(extra)])
+    return out[:decoded] if decoded < len(out) else out
 
 
 # --------------------------------------------------------------------------------------------

@@ -434,3 +434,37 @@ def test_clip_decoder_decodes_a_clip_once_for_its_consecutive_samples():
     with pytest.raises(VideoError):
         decode(b"not a video")
     assert decode(second) is not again  # a failed decode forgot the previous clip
+
+
+def test_decode_selected_frames_only():
+    mp4 = encode_frames(gradient_frames(10, 64, 48), 16.0, crf=10, preset="ultrafast")
+    every = decode_frames(mp4)
+    picked = decode_frames(mp4, indices=[7, 0, 3, 3])  # any order, repeats allowed
+    assert np.array_equal(picked, every[[7, 0, 3, 3]])
+    assert np.array_equal(decode_frames(mp4, indices=[9]), every[9:])
+    with pytest.raises(VideoError, match="frame 10 asked for, the clip has 10 frames"):
+        decode_frames(mp4, indices=[2, 10])
+    with pytest.raises(VideoError, match="frame 12 asked for, the clip has 10 frames"):
+        decode_frames(mp4, indices=[12])
+    for bad in ([-1], []):
+        with pytest.raises(ValueError, match=">= 0 and not none"):
+            decode_frames(mp4, indices=bad)
+
+
+def test_decode_frames_without_a_frame_count_in_the_container():
+    """A raw H.264 stream states no frame count: the output grows past its first guess."""
+    frames = gradient_frames(6, 64, 48)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="h264") as container:
+        stream = container.add_stream("libx264", rate=16)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.options = {"crf": "10", "preset": "ultrafast"}
+        for rgb in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")))
+        container.mux(stream.encode(None))
+    with av.open(io.BytesIO(buf.getvalue())) as container:
+        assert not container.streams.video[0].frames  # the case under test
+    back = decode_frames(buf.getvalue())
+    assert back.shape == (6, 48, 64, 3)
+    assert mean_abs(back, np.stack(frames)) < 3
+    assert np.array_equal(decode_frames(buf.getvalue(), indices=[5, 1]), back[[5, 1]])

@@ -1,0 +1,119 @@
+"""Benchmark: peak RSS of an ingest actor per source, short source vs a 5-minute one (streaming keeps it bounded).
+
+    python bench/bench_ingest_rss.py [--video ../shared/media/sam2_gallery/01_dog.mp4] [--minutes 5]
+                                     [--out bench/results/ingest_rss.txt]
+
+The long source is the short one looped with ``ffmpeg -stream_loop N -c copy`` (no re-encode, same bitstream).
+Each case runs in a fresh Python process that imports the stage, measures its RSS (the baseline: Python, numpy,
+PyAV, OpenCV, pyarrow), then runs ``Ingest.process`` on the source (probe, cut_clips, PNG of frame 0, the
+results held in memory as an actor holds them before writing) and reports ``ru_maxrss``. The production
+shape: 81 frames, 16 fps, 1280x720, crf 18, veryfast, x264 threads auto.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+MEDIA = ROOT.parent / "shared" / "media" / "sam2_gallery"
+
+CHILD = r"""
+import json, resource, sys, time
+sys.path.insert(0, {root!r})
+from manifests.storage import Storage
+from pipeline.stage import Sample, StageContext
+from stages.ingest import Ingest
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+params = Ingest.Params.model_validate({params!r})
+stage = Ingest(params, StageContext(name="ingest", run=Storage({tmp!r})))
+t = time.perf_counter()
+results = stage.process([Sample("src", 0, {{"source_id": "src", "uri": {uri!r}, "kind": "video"}})])
+wall = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+ok = [r for r in results if r.status == "ok"]
+print(json.dumps({{"base_kb": base, "peak_kb": peak, "clips": len(ok), "wall": wall,
+                  "mp4_bytes": sum(len(r.files["clip.mp4"]) for r in ok),
+                  "reasons": [r.reason for r in results if r.status != "ok"]}}))
+"""
+
+
+def run_case(uri: Path, params: dict, tmp: Path) -> dict:
+    code = CHILD.format(root=str(ROOT), params=params, tmp=str(tmp), uri=str(uri))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    from bench_ingest import ffmpeg_exe, machine
+
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--video", type=Path, default=MEDIA / "01_dog.mp4")
+    ap.add_argument("--minutes", type=float, default=5.0)
+    ap.add_argument("--out", type=Path)
+    args = ap.parse_args()
+    exe = ffmpeg_exe()
+    lines: list[str] = []
+
+    def say(text: str = "") -> None:
+        print(text, flush=True)
+        lines.append(text)
+
+    for line in machine():
+        say(line)
+    base = {"num_frames": 81, "fps": 16.0, "width": 1280, "height": 720, "crf": 18, "preset": "veryfast"}
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        sys.path.insert(0, str(ROOT))
+        from stages.video_io import probe
+
+        short = probe(args.video)
+        loops = max(1, int(args.minutes * 60 / short.duration_s + 0.999)) - 1
+        long = tmp / "long.mp4"
+        subprocess.run([exe, "-hide_banner", "-loglevel", "error", "-y", "-stream_loop", str(loops), "-i",
+                        str(args.video), "-c", "copy", "-an", str(long)], check=True)
+        info = probe(long)
+        size = f"{short.width}x{short.height}"
+        say(f"short: {args.video.name} {size} {short.num_frames} frames {short.duration_s:.1f} s; "
+            f"long: the same looped {loops + 1}x, {info.num_frames} frames {info.duration_s:.1f} s "
+            f"({long.stat().st_size / 1e6:.1f} MB)")
+        cases = [
+            ("short, 1 clip at 0 s", args.video, {**base, "max_clips": 1}),
+            ("long, 1 clip at 0 s", long, {**base, "max_clips": 1}),
+            ("long, 1 clip at the end", long, {**base, "max_clips": 1, "start_s": info.duration_s - 6.0}),
+            ("short, 4 overlapping clips", args.video, {**base, "max_clips": 4, "stride_s": 1.0}),
+            ("long, 4 overlapping clips at the end", long, {**base, "max_clips": 4, "stride_s": 1.0,
+                                                           "start_s": info.duration_s - 9.5}),
+            ("long, 12 clips spread over it", long, {**base, "max_clips": 12, "stride_s": (info.duration_s - 6) / 11}),
+        ]
+        say()
+        head = f"{'case':40}{'clips':>6}{'baseline MB':>12}{'peak MB':>9}{'peak-base MB':>13}{'wall s':>8}"
+        say(head)
+        say("-" * len(head))
+        for name, uri, params in cases:
+            r = run_case(uri, params, tmp)
+            if r["reasons"]:
+                say(f"{name}: {r['reasons']}")
+            say(f"{name:40}{r['clips']:>6}{r['base_kb'] / 1024:12.0f}{r['peak_kb'] / 1024:9.0f}"
+                f"{(r['peak_kb'] - r['base_kb']) / 1024:13.0f}{r['wall']:8.1f}")
+    say()
+    say("peak-base: what processing one source adds to the actor (decoder + open encoders + finished clips held as "
+        "results). One 1280x720 RGB frame is 2.6 MiB; the 81-frame clip as RGB would be 213 MiB.")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as f:
+            f.write(f"$ python bench/bench_ingest_rss.py {' '.join(sys.argv[1:])}\n" + "\n".join(lines) + "\n\n")
+
+
+if __name__ == "__main__":
+    main()
