@@ -264,7 +264,7 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
                 "CPU": cpus if cpus is not None else cfg.ray.num_cpus or float(os.cpu_count() or 1)}
     missing = [stage for stage in build_graph(cfg).order if stage not in costs.calibrated
                and cfg.stages[stage].type not in costs.calibrated]
-    rows, hours = estimate(build_graph(cfg), costs, clips, capacity)
+    rows, hours = estimate(build_graph(cfg), costs, clips, capacity, items_per_clip=_items_per_clip(path))
     if as_json:
         print(json.dumps({"clips": clips, "capacity": capacity, "calibration": path, "wall_hours": hours,
                           "stages": [row.__dict__ for row in rows], "uncalibrated": missing}, indent=1))
@@ -279,6 +279,17 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
     console.print(f"wall time: about {hours:.3g} h ({hours * 3600:.0f} s); GPU-hours: {sum(r.gpu_hours for r in rows):.3g}")
     if missing:
         console.print(f"[yellow]not calibrated (1 s a sample assumed): {', '.join(missing)}[/yellow]")
+
+
+def _items_per_clip(path: str) -> dict[str, float]:
+    from fsspec.core import url_to_fs
+
+    fs, root = url_to_fs(path)
+    with fs.open(root, "rb") as handle:
+        text = handle.read().decode()
+    data = json.loads(text) if root.endswith(".json") else yaml.safe_load(text)
+    table = data.get("items_per_clip") if isinstance(data, dict) else None
+    return {str(k): float(v) for k, v in table.items()} if isinstance(table, dict) else {}
 
 
 def _warn(n: int) -> str:

@@ -27,7 +27,7 @@ def measured_costs(storage: Storage, graph: StageGraph) -> dict[str, dict[str, f
     and the number of items measured, from the ``seconds`` column of the committed manifests."""
     out: dict[str, dict[str, float]] = {}
     for stage in graph.order:
-        seconds, items = 0.0, 0
+        seconds, items, rows = 0.0, 0, 0
         for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
             with storage.open(rel) as handle:
                 table = pq.read_table(handle, columns=["input_id", "seconds", "attempts"])
@@ -36,8 +36,9 @@ def measured_costs(storage: Storage, graph: StageGraph) -> dict[str, dict[str, f
             per_input = table.group_by("input_id").aggregate([("seconds", "max")])
             seconds += float(pc.sum(per_input.column("seconds_max")).as_py() or 0.0)
             items += per_input.num_rows
+            rows += table.num_rows
         if items:
-            out[stage] = {"seconds_per_sample": seconds / items, "samples": items}
+            out[stage] = {"seconds_per_sample": seconds / items, "samples": items, "rows": rows}
     return out
 
 
@@ -54,9 +55,13 @@ def device_description() -> str:
 
 def calibration_document(storage: Storage, graph: StageGraph) -> dict[str, Any]:
     measured = measured_costs(storage, graph)
+    # clips: the rows the source stage made (a video may give several); a stage's items per clip then carries
+    # the source's own (a video per 2 clips is 0.5), plan's fan-out into swap and removal, and any filters
+    clips = max((m["rows"] for stage, m in measured.items() if graph.nodes[stage].cls.is_source), default=0)
     return {
         "seconds_per_sample": {stage: round(m["seconds_per_sample"], 6) for stage, m in measured.items()},
         "samples_measured": {stage: int(m["samples"]) for stage, m in measured.items()},
+        "items_per_clip": {stage: round(m["samples"] / clips, 4) for stage, m in measured.items()} if clips else {},
         "measured_on": {"device": device_description(), "host": socket.gethostname(), "run": storage.url,
                         "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
@@ -72,30 +77,33 @@ class StageEstimate:
     hours: float
 
 
-def estimate(graph: StageGraph, costs: CostModel, clips: int, capacity: dict[str, float]) -> tuple[list[StageEstimate], float]:
+def estimate(
+    graph: StageGraph, costs: CostModel, clips: int, capacity: dict[str, float], items_per_clip: dict[str, float] | None = None,
+) -> tuple[list[StageEstimate], float]:
     """Per stage estimates for ``clips`` input clips on ``capacity`` (``{"CPU": n, "GPU": m}``), and the run's
-    wall hours. Each stage is taken to see one item per clip (the fan-out of plan into swap and removal and
-    the judge's rejections are not modelled: calibrate on a run of the same preset to include them)."""
+    wall hours. ``items_per_clip``: what each stage sees per clip (from the calibration: plan's fan-out, the
+    filters before it); 1 where not given."""
     shard_size = graph.config.shard_size
-    shards = max(1, -(-clips // shard_size))
-    demands, per_item = [], {}
+    demands, per_item, items = [], {}, {}
     for stage in graph.order:
         node = graph.nodes[stage]
         per_item[stage] = costs.seconds_per_item(stage, node.type)
+        items[stage] = clips * (items_per_clip or {}).get(stage, 1.0)
         resources = node.resources
         demands.append(Demand(stage, {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()},
-                              resources.actors, shards, per_item[stage] * shard_size, ready=True))
+                              resources.actors, max(1, -(-int(items[stage]) // shard_size)),
+                              per_item[stage] * shard_size, ready=True))
     actors = plan_actors(demands, capacity)
     rows, slowest = [], 0.0
     held = {kind: 0.0 for kind in capacity}  # resource-hours the actors hold while working
     for demand in demands:
         stage, n = demand.stage, max(1, actors[demand.stage])  # a stage left out at the start runs later
-        hours = clips * per_item[stage] / n / 3600
+        work = items[stage] * per_item[stage] / 3600
         gpus = demand.per_actor["GPU"]
-        rows.append(StageEstimate(stage, per_item[stage], actors[demand.stage], gpus, clips * per_item[stage] * gpus / 3600, hours))
-        slowest = max(slowest, hours)
+        rows.append(StageEstimate(stage, per_item[stage], actors[demand.stage], gpus, work * gpus, work / n))
+        slowest = max(slowest, work / n)
         for kind in held:
-            held[kind] += clips * per_item[stage] * demand.per_actor.get(kind, 0.0) / 3600
+            held[kind] += work * demand.per_actor.get(kind, 0.0)
     # stages take turns when the cluster cannot hold all their pools at once: no faster than the resources allow
     busiest = max((held[kind] / capacity[kind] for kind in held if capacity[kind] > 0), default=0.0)
     fill = sum(demand.seconds_per_shard for demand in demands[:-1]) / 3600

@@ -109,3 +109,34 @@ def test_the_driver_sizes_pools_by_cost_on_a_cluster_with_logical_gpus(tmp_path:
     [log] = [json.loads(p.read_text()) for p in (tmp_path / "run" / "logs").glob("run-*.json")]
     peak = log["peak_actors"]
     assert peak["src"] == 1 and peak["light"] == 1 and peak["heavy"] in (3, 4), peak
+
+
+def test_calibrate_then_estimate_from_a_real_run(tmp_path: Path, demo_vos: Path) -> None:
+    """A calibration measured from a run's manifests, and the estimate it gives: the work grows with the
+    clips, and a cluster with twice the CPUs for CPU-bound stages takes no longer."""
+    from manifests.storage import Storage
+    from pipeline.allocation import CostModel
+    from pipeline.estimate import calibration_document, estimate
+    from pipeline.graph import build_graph
+    from tests.conftest import run_local, synth_config
+
+    config = synth_config(tmp_path / "run", demo_vos)
+    run_local(config)
+    graph = build_graph(config)
+    document = calibration_document(Storage(config.run_dir), graph)
+    assert set(document["seconds_per_sample"]) == {"ingest", "augment", "export"}
+    assert all(v > 0 for v in document["seconds_per_sample"].values())
+    assert document["items_per_clip"]["ingest"] == 1.0 and document["samples_measured"]["ingest"] == 6
+    costs = CostModel(calibrated=document["seconds_per_sample"])
+    rows, small = estimate(graph, costs, 100, {"CPU": 2.0, "GPU": 0.0}, document["items_per_clip"])
+    _, large = estimate(graph, costs, 1000, {"CPU": 2.0, "GPU": 0.0}, document["items_per_clip"])
+    _, wider = estimate(graph, costs, 1000, {"CPU": 8.0, "GPU": 0.0}, document["items_per_clip"])
+    assert [r.stage for r in rows] == ["ingest", "augment", "export"]
+    assert 8 < large / small <= 10 and wider <= large
+
+
+def test_ffp_plan_estimate_needs_a_calibration(tmp_path: Path) -> None:
+    from tests.conftest import ffp_cli
+
+    done = ffp_cli("plan", "--preset", "synth-vos", "--out", str(tmp_path / "run"), "--estimate", "10")
+    assert done.returncode == 2 and "--estimate needs a calibration" in done.stderr, done.stderr
