@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_ingest import Best, cpu_seconds, ffmpeg_cmd, ffmpeg_exe, machine  # noqa: E402
+from bench_ingest import Best, Report, cpu_seconds, ffmpeg_cmd, ffmpeg_exe  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
 from stages import video_io as vio  # noqa: E402
@@ -279,14 +279,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="append the printed report to this file")
     args = ap.parse_args()
     exe = ffmpeg_exe()
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
-    for line in machine():
-        say(line)
+    report = Report()
+    say, lines = report.say, report.lines
     say(f"clip: {T} frames {W}x{H} @ {FPS:g} fps cut from {args.video.name} (crf 18 veryfast); two samples per stage; "
         f"best of {args.repeat} per call, ours and ffmpeg alternating")
     load0 = os.getloadavg()[0]
@@ -328,7 +322,7 @@ def main() -> None:
             f"{r.ffmpeg.cpu / n:9.2f}{ratio_c} | {r.ours.wall / n:10.2f}{r.ffmpeg.wall / n:8.2f}{ratio_w}")
     total_o = sum(r.ours.cpu for r in rows)
     total_f = sum(r.ffmpeg.cpu for r in rows)
-    say(f"{'all stages':26}    | {'':10}{'':11}{'':>19} | {total_o:11.2f}{total_f:9.2f}{total_o / total_f:7.3f} |")
+    say(f"{'all stages':26}    | {'':10}{'':11}{'':>19} | {total_o:11.2f}{total_f:9.2f}{total_o / total_f if total_f else float('nan'):7.3f} |")
     say("dec/sample counts cut_clips' source decode; '1-frame' = probe/first_frame calls (one frame decoded). "
         "Seconds are per sample.")
     say(f"load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")

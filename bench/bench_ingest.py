@@ -239,6 +239,19 @@ def machine() -> list[str]:
     return lines
 
 
+class Report:
+    """Prints lines as they come and keeps them (for ``--out``), starting with the machine's details."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        for line in machine():
+            self.say(line)
+
+    def say(self, text: str = "") -> None:
+        print(text, flush=True)
+        self.lines.append(text)
+
+
 @dataclass
 class Row:
     preset: str
@@ -431,14 +444,8 @@ def main() -> None:
         dec_threads, dec_type = s.codec_context.thread_count, s.codec_context.thread_type
     infos = {v: vio.probe(v) for v in args.videos}
 
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
-    for line in machine():
-        say(line)
+    report = Report()
+    say, lines = report.say, report.lines
     say(f"ffmpeg: {exe}\n  {version}")
     say(f"PyAV decoder: thread_type={dec_type.name}, thread_count 0 (auto -> {dec_threads}); ffmpeg CLI decoder: "
         "-threads 0 (auto). 'threads' below = libx264 threads per clip, the same for both.")

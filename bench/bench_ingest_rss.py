@@ -55,7 +55,7 @@ def run_case(uri: Path, params: dict, tmp: Path) -> dict:
 
 
 def main() -> None:
-    from bench_ingest import ffmpeg_exe, machine
+    from bench_ingest import Report, ffmpeg_exe
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--video", type=Path, default=MEDIA / "01_dog.mp4")
@@ -63,14 +63,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path)
     args = ap.parse_args()
     exe = ffmpeg_exe()
-    lines: list[str] = []
-
-    def say(text: str = "") -> None:
-        print(text, flush=True)
-        lines.append(text)
-
-    for line in machine():
-        say(line)
+    report = Report()
+    say, lines = report.say, report.lines
     base = {"num_frames": 81, "fps": 16.0, "width": 1280, "height": 720, "crf": 18, "preset": "veryfast"}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
