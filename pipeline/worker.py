@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import posixpath
+import resource
 import socket
 import threading
 import time
@@ -67,6 +68,8 @@ class ShardSummary:
     processed: int = 0
     reused: int = 0
     seconds: float = 0.0
+    peak_rss_mb: float = 0.0
+    """The worker process's peak resident memory so far (its model included), when the shard was committed."""
 
 
 class InputError(RuntimeError):
@@ -144,6 +147,7 @@ class ShardWorker:
         )
         partial.clear()
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
+        summary.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
         return summary
 
     def _move_commit_to_partial(
