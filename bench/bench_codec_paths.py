@@ -280,7 +280,7 @@ def main() -> None:
     args = ap.parse_args()
     exe = ffmpeg_exe()
     report = Report()
-    say, lines = report.say, report.lines
+    say = report.say
     say(f"clip: {T} frames {W}x{H} @ {FPS:g} fps cut from {args.video.name} (crf 18 veryfast); two samples per stage; "
         f"best of {args.repeat} per call, ours and ffmpeg alternating")
     load0 = os.getloadavg()[0]
@@ -326,10 +326,7 @@ def main() -> None:
     say("dec/sample counts cut_clips' source decode; '1-frame' = probe/first_frame calls (one frame decoded). "
         "Seconds are per sample.")
     say(f"load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
-            f.write(f"$ python bench/bench_codec_paths.py {' '.join(sys.argv[1:])}\n" + "\n".join(lines) + "\n\n")
+    report.append_to(args.out, "bench_codec_paths.py")
 
 
 if __name__ == "__main__":

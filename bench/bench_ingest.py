@@ -251,6 +251,14 @@ class Report:
         print(text, flush=True)
         self.lines.append(text)
 
+    def append_to(self, path: Path | None, script: str) -> None:
+        """Add the lines, under the command that made them, to a results file."""
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as handle:
+            handle.write(f"$ python bench/{script} {' '.join(sys.argv[1:])}\n" + "\n".join(self.lines) + "\n\n")
+
 
 @dataclass
 class Row:
@@ -445,7 +453,7 @@ def main() -> None:
     infos = {v: vio.probe(v) for v in args.videos}
 
     report = Report()
-    say, lines = report.say, report.lines
+    say = report.say
     say(f"ffmpeg: {exe}\n  {version}")
     say(f"PyAV decoder: thread_type={dec_type.name}, thread_count 0 (auto -> {dec_threads}); ffmpeg CLI decoder: "
         "-threads 0 (auto). 'threads' below = libx264 threads per clip, the same for both.")
@@ -506,10 +514,7 @@ def main() -> None:
     say()
     say(f"load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores "
         "(wall ratios are only as good as the machine was quiet; CPU ratios are steadier)")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
-            f.write(f"$ python bench/bench_ingest.py {' '.join(sys.argv[1:])}\n" + "\n".join(lines) + "\n\n")
+    report.append_to(args.out, "bench_ingest.py")
 
 
 if __name__ == "__main__":

@@ -64,7 +64,7 @@ def main() -> None:
     args = ap.parse_args()
     exe = ffmpeg_exe()
     report = Report()
-    say, lines = report.say, report.lines
+    say = report.say
     base = {"num_frames": 81, "fps": 16.0, "width": 1280, "height": 720, "crf": 18, "preset": "veryfast"}
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
@@ -103,10 +103,7 @@ def main() -> None:
     say()
     say("peak-base: what processing one source adds to the actor (decoder + open encoders + finished clips held as "
         "results). One 1280x720 RGB frame is 2.6 MiB; the 81-frame clip as RGB would be 213 MiB.")
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        with args.out.open("a") as f:
-            f.write(f"$ python bench/bench_ingest_rss.py {' '.join(sys.argv[1:])}\n" + "\n".join(lines) + "\n\n")
+    report.append_to(args.out, "bench_ingest_rss.py")
 
 
 if __name__ == "__main__":
