@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -46,7 +47,18 @@ class PrivateTmpfs:
         mountpoint.mkdir(parents=True, exist_ok=True)
         self.holder = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sleep", "infinity"])
         self.enter = ["nsenter", "-t", str(self.holder.pid), "-m"]
+        self._wait_for_own_namespace()
         self.resize(size_kb, first=True)
+
+    def _wait_for_own_namespace(self, timeout: float = 30.0) -> None:
+        """Until ``unshare`` has made its namespace, entering the holder enters ours (the host's): the tmpfs
+        would be mounted for everyone."""
+        ours = os.readlink("/proc/self/ns/mnt")
+        deadline = time.monotonic() + timeout
+        while os.readlink(f"/proc/{self.holder.pid}/ns/mnt") == ours:
+            if self.holder.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"unshare did not make a mount namespace (exit {self.holder.poll()})")
+            time.sleep(0.01)
 
     def resize(self, size_kb: int, *, first: bool = False) -> None:
         options = f"size={size_kb}k" if first else f"remount,size={size_kb}k"
