@@ -92,15 +92,19 @@ class CostModel:
         return DEFAULT_SECONDS_PER_SAMPLE
 
 
-def read_calibration(path: str) -> dict[str, float]:
-    """``{stage name or type: seconds per sample}`` from a calibration file (JSON or YAML) with a
-    ``seconds_per_sample`` mapping, as ``ffp calibrate`` writes it."""
+def read_calibration_document(path: str) -> object:
+    """The parsed calibration file (JSON or YAML, any fsspec URL), as ``ffp calibrate`` writes it."""
     from fsspec.core import url_to_fs
 
     fs, root = url_to_fs(path)
     with fs.open(root, "rb") as handle:
         text = handle.read().decode()
-    data = json.loads(text) if root.endswith(".json") else yaml.safe_load(text)
+    return json.loads(text) if root.endswith(".json") else yaml.safe_load(text)
+
+
+def read_calibration(path: str) -> dict[str, float]:
+    """``{stage name or type: seconds per sample}`` from a calibration file's ``seconds_per_sample`` mapping."""
+    data = read_calibration_document(path)
     table = data.get("seconds_per_sample") if isinstance(data, dict) else None
     if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in table.values()):
         raise ValueError(f"{path}: expected a mapping 'seconds_per_sample' of stage -> seconds (>= 0)")

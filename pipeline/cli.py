@@ -282,12 +282,9 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
 
 
 def _items_per_clip(path: str) -> dict[str, float]:
-    from fsspec.core import url_to_fs
+    from pipeline.allocation import read_calibration_document
 
-    fs, root = url_to_fs(path)
-    with fs.open(root, "rb") as handle:
-        text = handle.read().decode()
-    data = json.loads(text) if root.endswith(".json") else yaml.safe_load(text)
+    data = read_calibration_document(path)
     table = data.get("items_per_clip") if isinstance(data, dict) else None
     return {str(k): float(v) for k, v in table.items()} if isinstance(table, dict) else {}
 

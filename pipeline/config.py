@@ -74,6 +74,10 @@ class Resources(Strict):
         """GPUs one actor holds, its tensor-parallel bundles included."""
         return float(self.tensor_parallel) if self.tensor_parallel > 1 else self.gpus
 
+    def per_actor(self) -> dict[str, float]:
+        """What one actor holds in Ray's terms: ``{"CPU": ..., "GPU": ...}`` (tensor-parallel bundles included)."""
+        return {"CPU": self.cpus_needed(), "GPU": self.gpus_needed()}
+
     def cpus_needed(self) -> float:
         """CPUs one actor holds: its own, plus one per tensor-parallel GPU bundle (``runner.actor_placement``)."""
         return self.cpus + (self.tensor_parallel if self.tensor_parallel > 1 else 0)

@@ -90,7 +90,7 @@ def estimate(
         per_item[stage] = costs.seconds_per_item(stage, node.type)
         items[stage] = clips * (items_per_clip or {}).get(stage, 1.0)
         resources = node.resources
-        demands.append(Demand(stage, {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()},
+        demands.append(Demand(stage, resources.per_actor(),
                               resources.actors, max(1, -(-int(items[stage]) // shard_size)),
                               per_item[stage] * shard_size, ready=True))
     actors = plan_actors(demands, capacity)

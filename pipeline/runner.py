@@ -192,8 +192,7 @@ class Driver:
         return actor
 
     def _per_actor(self, stage: str) -> dict[str, float]:
-        resources = self.graph.nodes[stage].resources
-        return {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()}
+        return self.graph.nodes[stage].resources.per_actor()
 
     def _free(self) -> dict[str, float]:
         free = dict(self.capacity or {})
