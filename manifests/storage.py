@@ -70,7 +70,9 @@ class Storage:
     """A folder on some filesystem: ``Storage("s3://bucket/run")`` or ``Storage("/data/run")``."""
 
     def __init__(self, url: str) -> None:
-        self.fs, root = url_to_fs(url)
+        # No listings cache: a run folder is written by many processes at once, so a listing this process
+        # cached is wrong as soon as an actor commits (s3fs, gcsfs and adlfs keep one per filesystem instance)
+        self.fs, root = url_to_fs(url, use_listings_cache=False)
         self.url = url
         self.root = root.rstrip("/") or "/"
         self.is_local = isinstance(self.fs, fsspec.implementations.local.LocalFileSystem)

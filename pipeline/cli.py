@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -161,25 +161,20 @@ def _exit_code(report: RunReport, run_dir: str) -> int:
 
 @app.command()
 def demo(
-    out: Annotated[Path, typer.Option("--out", "-o", help="folder for the demo inputs and run")] = Path("ffp-demo"),
+    out: Annotated[str, typer.Option("--out", "-o", help="folder or URL (s3://...) for the demo inputs and run")] = "ffp-demo",
     sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
 ) -> None:
-    """Generate synthetic VOS clips and still images and run the three demo tracks on local Ray (synthetic pairs;
-    swap/removal and style pairs on tiny random-weight models), then verify and report."""
-    from stages.demo_media import make_demo_images, make_demo_vos
-
-    if fresh and out.exists():
-        shutil.rmtree(out)
+    """Generate synthetic VOS clips and still images and run the three demo tracks (synthetic pairs; swap/removal
+    and style pairs on tiny random-weight models), then verify and report. Runs on a local Ray, or on the
+    cluster of RAY_ADDRESS / `ray job submit`; on a multi-node cluster give --out a URL every node can read."""
     started = time.time()
-    inputs = out / "inputs"
-    if not (inputs / "JPEGImages").exists():
-        console.print(f"generating {sequences} synthetic sequences in {inputs}")
-        make_demo_vos(inputs, num_sequences=sequences, num_frames=88)  # 81-frame clips at 16 fps, as FFP-300K
-    if not (inputs / "styles").exists():
-        make_demo_images(inputs)
-    overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs / 'content'}", f"inputs.2.path={inputs / 'styles'}"]
-    cfg = load_config(preset="demo", overrides=overrides, run_dir=str(out / "run"))
+    out = out.rstrip("/")
+    if fresh:
+        Storage(out).remove("", recursive=True)
+    inputs = _demo_inputs(out, sequences)
+    overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs}/content", f"inputs.2.path={inputs}/styles"]
+    cfg = load_config(preset="demo", overrides=overrides, run_dir=f"{out}/run")
     report = _execute(cfg)
     _print_status(cfg.run_dir)
     checked = verify_run(Storage(cfg.run_dir))
@@ -189,9 +184,37 @@ def demo(
         err.print(f"  {escape(problem)}")
     _demo_report(cfg.run_dir)
     folders = [spec.params.get("folder", "export") for spec in cfg.stages.values() if spec.type == "export"]
-    console.print("pairs: " + ", ".join(f"[cyan]{out / 'run' / folder}[/cyan]" for folder in folders)
+    console.print("pairs: " + ", ".join(f"[cyan]{cfg.run_dir}/{folder}[/cyan]" for folder in folders)
                   + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
     raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
+
+
+DEMO_INPUTS_READY = "inputs-ready"
+
+
+def _demo_inputs(out: str, sequences: int) -> str:
+    """``OUT/inputs``, made once: generated in place for a local folder; for a URL generated in a temporary
+    folder and uploaded, with a marker written last so that an interrupted upload is redone, not half used."""
+    from stages.demo_media import make_demo_images, make_demo_vos
+
+    def generate(root: Path) -> None:
+        if not (root / "JPEGImages").exists():
+            console.print(f"generating {sequences} synthetic sequences in {root}")
+            make_demo_vos(root, num_sequences=sequences, num_frames=88)  # 81-frame clips at 16 fps, as FFP-300K
+        if not (root / "styles").exists():
+            make_demo_images(root)
+
+    folder = Storage(out)
+    if folder.is_local:
+        generate(Path(out) / "inputs")
+    elif not folder.exists(DEMO_INPUTS_READY):
+        with tempfile.TemporaryDirectory(prefix="ffp-demo-") as staging:
+            generate(Path(staging))
+            console.print(f"uploading the demo inputs to {out}/inputs")
+            folder.remove("inputs", recursive=True)
+            folder.fs.put(f"{staging}/", folder.path("inputs"), recursive=True)
+        folder.write_bytes(DEMO_INPUTS_READY, b"")
+    return f"{out}/inputs"
 
 
 def _demo_report(run_dir: str) -> None:

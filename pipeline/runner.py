@@ -50,6 +50,22 @@ def connect_ray(options: RayOptions) -> str | None:
     return context.dashboard_url or None
 
 
+CAPACITY_REFRESH_S = 10.0
+
+
+def cluster_description() -> dict[str, Any]:
+    """Which Ray the run used, for its log: its GCS address, whether it was joined (``RAY_ADDRESS``, ``ray job
+    submit``) or started here, and its nodes and resources at the start."""
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    return {
+        "address": ray.get_runtime_context().gcs_address,
+        "joined": bool(os.environ.get("RAY_ADDRESS")),
+        "job_id": ray.get_runtime_context().get_job_id(),
+        "nodes": len(nodes),
+        "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
+    }
+
+
 @ray.remote
 class StageActor:
     """A Ray actor around one :class:`ShardWorker`: the stage's model is loaded once per actor."""
@@ -107,6 +123,8 @@ class RunReport:
     halted: str | None = None
     """Why the run stopped early for every shard (the run folder's storage is full), if it did."""
     seconds: float = 0.0
+    cluster: dict[str, Any] | None = None
+    """The Ray cluster the run used (:func:`cluster_description`); None when there was nothing to run."""
 
     @property
     def ok(self) -> bool:
@@ -148,6 +166,7 @@ class Driver:
         options = graph.config.scheduler
         self.costs = CostModel(calibrated=read_calibration(options.calibration) if options.calibration else {})
         self.capacity: dict[str, float] | None = None  # the cluster's CPUs and GPUs, once Ray is connected
+        self.capacity_read = 0.0
         self.holding: dict[Any, dict[str, float]] = {}  # live actor -> resources it holds
         self.targets: dict[str, int] = {}
         self.resolved_count: Counter[str] = Counter()
@@ -246,7 +265,11 @@ class Driver:
             if not any(self.pending.values()):
                 return
             self.connect()  # Ray starts only when there is work: a finished run resumes in a second
+            self.report.cluster = cluster_description()
+        if self.capacity is None or time.monotonic() - self.capacity_read > CAPACITY_REFRESH_S:
+            # re-read: nodes that join later (an autoscaler, a worker pod that was still pulling its image) are used
             self.capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
+            self.capacity_read = time.monotonic()
         demands = self._demands()
         self.targets = plan_actors(demands, self.capacity)
         wanting = [d for d in demands if d.ready and not self.idle[d.stage]

@@ -44,9 +44,15 @@ class WanParams(ModelParams):
     flow_shift: float | None = Field(None, gt=0, description="scheduler shift; None keeps the checkpoint's "
                                      "(Wan: 3.0 for 480p, 5.0 for 720p)")
     seed: int = Field(0, description="run seed; each sample's noise seed is derived from it and the sample id")
-    offload: Literal["none", "model", "sequential"] = Field(
-        "none", description="GPU memory: model = enable_model_cpu_offload, sequential = enable_sequential_cpu_offload",
+    offload: Literal["none", "model", "group", "sequential"] = Field(
+        "none", description="GPU memory, least saving first: model = enable_model_cpu_offload (one model on the GPU "
+        "at a time), group = enable_group_offload (transformer blocks streamed in, overlapped with compute), "
+        "sequential = enable_sequential_cpu_offload (every layer moved in when used; slowest)",
         json_schema_extra=RUNTIME_ONLY,
+    )
+    storage_dtype: Literal["float8_e4m3fn", "float8_e5m2"] | None = Field(
+        None, description="keep the transformer's weights in this dtype and upcast each layer as it runs "
+        "(diffusers' layerwise casting): half the weight memory of bfloat16, slightly different outputs",
     )
     attention_backend: str | None = Field(None, description="diffusers attention backend (e.g. flash, _flash_3, "
                                           "sage, native); None keeps the default")
@@ -96,11 +102,19 @@ def load_pipeline(pipeline_class: type, params: WanParams, float32: tuple[str, .
             model.set_attention_backend(params.attention_backend)
     if params.vae_tiling:
         pipe.vae.enable_tiling()
+    if params.storage_dtype:
+        for model in (pipe.transformer, getattr(pipe, "transformer_2", None)):
+            if model is not None:
+                model.enable_layerwise_casting(storage_dtype=getattr(torch, params.storage_dtype),
+                                               compute_dtype=model.dtype)
     if params.offload != "none" and device.type != "cuda":
         log.info("%s: offload=%s ignored on %s", pipeline_class.__name__, params.offload, device)
         pipe.to(device)
     elif params.offload == "model":
         pipe.enable_model_cpu_offload(device=device)
+    elif params.offload == "group":
+        pipe.enable_group_offload(onload_device=device, offload_type="block_level", num_blocks_per_group=1,
+                                  use_stream=True)
     elif params.offload == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     else:

@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import subprocess
 import sys
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -302,6 +303,44 @@ def demo_vos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from stages.demo_media import make_demo_vos
 
     return make_demo_vos(tmp_path_factory.mktemp("demo_vos") / "vos", num_sequences=6, num_frames=16, width=128, height=96)
+
+
+# Object storage ------------------------------------------------------------------------------------------
+
+
+S3_BUCKET = "ffp-test"
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator[str]:
+    """``s3://BUCKET`` on a real S3-compatible server (moto's) on 127.0.0.1, with credentials and endpoint in the
+    environment as a user's AWS config chain gives them (subprocesses and Ray workers inherit them)."""
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    patch = pytest.MonkeyPatch()
+    for key, value in S3_ENV.items():
+        patch.setenv(key, value)
+    patch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{port}")
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    s3fs.S3FileSystem().mkdir(S3_BUCKET)
+    yield f"s3://{S3_BUCKET}"
+    patch.undo()
+    server.stop()
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def s3_env() -> dict[str, str]:
+    """The variables the ``s3`` fixture set, for a subprocess started with its own environment."""
+    return {key: os.environ[key] for key in [*S3_ENV, "AWS_ENDPOINT_URL"]}
 
 
 # Ray and the command line ---------------------------------------------------------------------------------

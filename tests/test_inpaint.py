@@ -201,3 +201,23 @@ def test_runtime_settings_are_applied(tmp_path: Path, caplog: pytest.LogCaptureF
     assert str(stage.pipe.transformer.dtype) == "torch.bfloat16"
     assert str(stage.pipe.vae.dtype) == "torch.float32"  # Wan's VAE stays float32
     assert stage.fingerprint_extra(stage.params)["model"] == "tiny:wan_vace"
+
+
+def test_float8_weight_storage_halves_transformer_memory_and_still_inpaints(tmp_path: Path, dog: np.ndarray) -> None:
+    """``storage_dtype`` (the VACE-14B memory option that also works on one GPU without offloading): weights are
+    stored in float8 and upcast per layer; a swap still runs end to end, and the setting is in the fingerprint
+    (it changes the outputs)."""
+    plain = stage_of("inpaint", TINY, tmp_path / "plain")
+    stored = stage_of("inpaint", {**TINY, "storage_dtype": "float8_e4m3fn", "offload": "group"}, tmp_path / "fp8")
+
+    def weight_bytes(stage) -> int:  # noqa: ANN001 - an Inpaint stage
+        return sum(p.numel() * p.element_size() for p in stage.pipe.transformer.parameters())
+
+    float8 = {str(p.dtype) for p in stored.pipe.transformer.parameters()}
+    assert "torch.float8_e4m3fn" in float8, float8
+    assert weight_bytes(stored) < 0.6 * weight_bytes(plain)
+    frames = clip_of(dog, 64, 64, 17)
+    [result] = stored.process([inpaint_sample("fp8-swap", frames, box_masks(17, 64, 64, (8, 8, 32, 32)))])
+    assert result.status == Status.OK, result.reason
+    changed = {k for k, v in stored.params.fingerprint_data().items() if plain.params.fingerprint_data().get(k) != v}
+    assert changed == {"storage_dtype"}  # offload changes memory, not outputs: not in the fingerprint

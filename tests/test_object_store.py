@@ -3,41 +3,14 @@ on loopback, through the real `ffp` command, Ray actors included."""
 
 from __future__ import annotations
 
-import socket
-from collections.abc import Iterator
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from tests.conftest import ffp_cli, synth_config
-
-BUCKET = "ffp-test"
-
-
-@pytest.fixture(scope="module")
-def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An S3 endpoint on 127.0.0.1 with credentials in the environment, as a user's AWS config chain gives them."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    patch = pytest.MonkeyPatch()
-    for key, value in {
-        "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }.items():
-        patch.setenv(key, value)
-    import s3fs
-
-    s3fs.S3FileSystem.clear_instance_cache()
-    s3fs.S3FileSystem().mkdir(BUCKET)
-    yield f"s3://{BUCKET}"
-    patch.undo()
-    server.stop()
 
 
 @pytest.mark.slow
@@ -71,3 +44,21 @@ def test_inputs_and_run_folder_on_s3(s3: str, demo_vos: Path, tmp_path: Path) ->
     again = ffp_cli("run", run_url)  # resume from the run folder alone: nothing to do, nothing rewritten
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert stamps() == before
+
+
+def test_a_listing_sees_what_another_process_committed_since(s3: str) -> None:
+    """The driver lists manifests that actors (other processes) write: no listing may come from a cache."""
+    from manifests.storage import Storage
+
+    driver = Storage(f"{s3}/listing/run")
+    driver.write_bytes("manifests/ingest/shard-000000.parquet", b"first")
+    assert driver.list("manifests/*", pattern="shard-*.parquet") == ["manifests/ingest/shard-000000.parquet"]
+    actor = subprocess.run(
+        [sys.executable, "-c", "import sys; from manifests.storage import Storage; "
+         "Storage(sys.argv[1]).write_bytes('manifests/export/shard-000000.parquet', b'second')", driver.url],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert actor.returncode == 0, actor.stderr
+    assert driver.list("manifests/*", pattern="shard-*.parquet") == [
+        "manifests/export/shard-000000.parquet", "manifests/ingest/shard-000000.parquet",
+    ]
