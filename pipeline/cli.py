@@ -135,6 +135,9 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
             elif event == "shard_error":
                 stage, shard, error = data
                 progress.console.print(f"[yellow]{stage}/shard {shard}: {escape(error)}; retrying[/yellow]")
+            elif event == "unplaceable":
+                stage, why = data
+                progress.console.print(f"[yellow]{stage}: {escape(why)}[/yellow]")
             elif event == "halted":
                 stage, shard, error = data
                 progress.console.print(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
@@ -153,8 +156,13 @@ def _exit_code(report: RunReport, run_dir: str) -> int:
         return 1
     for (stage, shard), error in report.errors.items():
         err.print(f"[red]{stage}/shard {shard} gave up:[/red] {escape(error)}")
+    unplaced = sorted({stage for stage, _ in report.blocked} & set(report.unplaceable))
+    for stage in unplaced:
+        err.print(f"[red]{stage} could not be placed:[/red] {escape(report.unplaceable[stage])}")
     if report.blocked:
-        err.print(f"[red]{len(report.blocked)} shards could not run because an upstream shard gave up.[/red]")
+        why = " or ".join(([f"a stage could not be placed ({', '.join(unplaced)})"] if unplaced else [])
+                          + (["an upstream shard gave up"] if report.errors else []))
+        err.print(f"[red]{len(report.blocked)} shards could not run because {why or 'of the above'}.[/red]")
         err.print(f"Fix the cause, then run `ffp run {run_dir}` again: finished work is kept.")
     return 0 if report.ok else 1
 

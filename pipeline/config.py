@@ -134,6 +134,10 @@ class SchedulerOptions(Strict):
         None, ge=1, description="committed shards a stage may have waiting for a stage after it before it pauses "
         "(null: twice the actors of that stage, plus one)"
     )
+    node_wait_s: float = Field(
+        300.0, ge=0, description="on a joined cluster, how long a stage whose actor fits no live node waits for "
+        "one to join before the run ends without it (a local Ray does not wait)"
+    )
 
 
 class PipelineConfig(Strict):

@@ -87,7 +87,7 @@ def execute(
             _finalize(storage, plan, name)
     log = {
         "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
-        "peak_actors": report.peak_actors, "cluster": report.cluster,
+        "peak_actors": report.peak_actors, "cluster": report.cluster, "unplaceable": report.unplaceable,
         "halted": report.halted, "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
         "blocked": [f"{s}/{n}" for s, n in report.blocked], "shards": [asdict(s) for s in report.summaries],
     }

@@ -53,6 +53,12 @@ def connect_ray(options: RayOptions) -> str | None:
 CAPACITY_REFRESH_S = 10.0
 
 
+def node_resources() -> list[dict[str, float]]:
+    """CPUs and GPUs of each live node: one actor, or one tensor-parallel group, must fit on a single node."""
+    return [{key: float(node["Resources"].get(key, 0.0)) for key in ("CPU", "GPU")}
+            for node in ray.nodes() if node.get("Alive")]
+
+
 def cluster_description() -> dict[str, Any]:
     """Which Ray the run used, for its log: its GCS address, whether it was joined (``RAY_ADDRESS``, ``ray job
     submit``) or started here, and its nodes and resources at the start."""
@@ -125,6 +131,9 @@ class RunReport:
     seconds: float = 0.0
     cluster: dict[str, Any] | None = None
     """The Ray cluster the run used (:func:`cluster_description`); None when there was nothing to run."""
+    unplaceable: dict[str, str] = field(default_factory=dict)
+    """Stages whose actors fitted no live node at some point of the run, and why (their shards, if still not run
+    at the end, are in ``blocked``)."""
 
     @property
     def ok(self) -> bool:
@@ -167,6 +176,9 @@ class Driver:
         self.costs = CostModel(calibrated=read_calibration(options.calibration) if options.calibration else {})
         self.capacity: dict[str, float] | None = None  # the cluster's CPUs and GPUs, once Ray is connected
         self.capacity_read = 0.0
+        self.nodes: list[dict[str, float]] = []  # each live node's CPUs and GPUs, read with the capacity
+        self.unplaced_since: dict[str, float] = {}  # stages with work that fits no live node, since when
+        self.node_wait_s = options.node_wait_s
         self.holding: dict[Any, dict[str, float]] = {}  # live actor -> resources it holds
         self.targets: dict[str, int] = {}
         self.resolved_count: Counter[str] = Counter()
@@ -209,6 +221,36 @@ class Driver:
         self.report.peak_actors[stage] = max(self.report.peak_actors.get(stage, 0), len(self.actors[stage]))
         self.listener("actor_started", (stage, actor))
         return actor
+
+    def _check_placeable(self) -> None:
+        """Find stages with work none of whose actors fits on any live node: Ray would keep such an actor pending
+        for ever. Each is named once (listener, run log); a joined cluster gets ``NODE_WAIT_S`` for a node
+        that fits to join (``run`` waits; ``scheduler.node_wait_s``), a local Ray none."""
+        for stage in self.graph.order:
+            need = self._per_actor(stage)
+            if not self.pending[stage] or any(fits(need, node) for node in self.nodes):
+                self.unplaced_since.pop(stage, None)
+                continue
+            if stage in self.unplaced_since:
+                continue
+            self.unplaced_since[stage] = time.monotonic()
+            largest = max(self.nodes, key=lambda n: (n["GPU"], n["CPU"]), default={"CPU": 0.0, "GPU": 0.0})
+            wait = (f"waiting up to {self.node_wait_s:g} s for a node that fits to join" if self._joined()
+                    else "this Ray was started here (set ray.num_cpus / ray.num_gpus, or run on a cluster)")
+            self.report.unplaceable[stage] = (
+                f"one actor needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs on one node, but the largest of the "
+                f"{len(self.nodes)} live nodes has {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs; {wait}; "
+                f"or lower stages.{stage}.resources"
+            )
+            self.listener("unplaceable", (stage, self.report.unplaceable[stage]))
+
+    def _joined(self) -> bool:
+        return bool(self.report.cluster and self.report.cluster.get("joined"))
+
+    def _waiting_for_nodes(self) -> bool:
+        """Nothing runs, but a stage with work waits for a node it fits on, within its time."""
+        now = time.monotonic()
+        return self._joined() and any(now - since < self.node_wait_s for since in self.unplaced_since.values())
 
     def _per_actor(self, stage: str) -> dict[str, float]:
         return self.graph.nodes[stage].resources.per_actor()
@@ -270,6 +312,8 @@ class Driver:
             # re-read: nodes that join later (an autoscaler, a worker pod that was still pulling its image) are used
             self.capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
             self.capacity_read = time.monotonic()
+            self.nodes = node_resources()
+        self._check_placeable()
         demands = self._demands()
         self.targets = plan_actors(demands, self.capacity)
         wanting = [d for d in demands if d.ready and not self.idle[d.stage]
@@ -326,7 +370,10 @@ class Driver:
             self._dispatch()
             self._retire_finished_pools()
             if not self.inflight:
-                break
+                if not self._waiting_for_nodes():
+                    break
+                time.sleep(1.0)  # the capacity and the nodes are read again every CAPACITY_REFRESH_S
+                continue
             done, _ = ray.wait(list(self.inflight), num_returns=1, timeout=self._wait_s())
             for ref in done:
                 self._collect(ref)
