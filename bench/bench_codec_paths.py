@@ -308,8 +308,7 @@ def main() -> None:
     say()
     head = (f"{'stage':26}{'n':>3} | {'dec/sample':>10}{'enc/sample':>11}{'other':>19} | {'ours CPU s':>11}"
             f"{'ff CPU s':>9}{'ratio':>7} | {'ours wall':>10}{'ff wall':>8}{'ratio':>7}")
-    say(head)
-    say("-" * len(head))
+    report.header(head)
     for r in rows:
         other = ", ".join(x for x in (f"{r.cuts} cut" if r.cuts else "", f"{r.first_frames} 1-frame" if r.first_frames
                                        else "") if x) or "-"

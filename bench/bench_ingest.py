@@ -251,6 +251,11 @@ class Report:
         print(text, flush=True)
         self.lines.append(text)
 
+    def header(self, text: str) -> None:
+        """A table's column titles, underlined."""
+        self.say(text)
+        self.say("-" * len(text))
+
     def append_to(self, path: Path | None, script: str) -> None:
         """Add the lines, under the command that made them, to a results file."""
         if path is None:
@@ -481,8 +486,7 @@ def main() -> None:
     say()
     head = (f"{'preset':9}{'thr':>4}{'clips':>6} | {'ours s':>7}{'ffmpeg s':>9}{'ratio':>7} | "
             f"{'ours CPU':>9}{'ff CPU':>8}{'ratio':>7} | {'clips/CPU-s ours':>17}{'ffmpeg':>7} | PSNR ours-ff")
-    say(head)
-    say("-" * len(head))
+    report.header(head)
     for r in rows:
         say(f"{r.preset:9}{r.threads:>4}{r.clips:>6} | {r.ours.wall:7.2f}{r.ffmpeg.wall:9.2f}"
             f"{r.ours.wall / r.ffmpeg.wall:7.3f} | {r.ours.cpu:9.2f}{r.ffmpeg.cpu:8.2f}"
@@ -494,8 +498,7 @@ def main() -> None:
         say("split (best of each; wall s / CPU s):")
         head = (f"{'preset':9}{'thr':>4} | {'phase':7}| {'ours wall':>10}{'ff wall':>9}{'ratio':>7} | "
                 f"{'ours CPU':>9}{'ff CPU':>8}{'ratio':>7}")
-        say(head)
-        say("-" * len(head))
+        report.header(head)
         for r in rows:
             for phase, a, b in (("decode", r.dec_ours, r.dec_ff), ("encode", r.enc_ours, r.enc_ff)):
                 assert a is not None and b is not None

@@ -92,8 +92,7 @@ def main() -> None:
         ]
         say()
         head = f"{'case':40}{'clips':>6}{'baseline MB':>12}{'peak MB':>9}{'peak-base MB':>13}{'wall s':>8}"
-        say(head)
-        say("-" * len(head))
+        report.header(head)
         for name, uri, params in cases:
             r = run_case(uri, params, tmp)
             if r["reasons"]:

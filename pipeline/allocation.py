@@ -104,8 +104,18 @@ def read_calibration_document(path: str) -> object:
 
 def read_calibration(path: str) -> dict[str, float]:
     """``{stage name or type: seconds per sample}`` from a calibration file's ``seconds_per_sample`` mapping."""
-    data = read_calibration_document(path)
-    table = data.get("seconds_per_sample") if isinstance(data, dict) else None
+    return seconds_per_sample(read_calibration_document(path), path)
+
+
+def seconds_per_sample(document: object, path: str) -> dict[str, float]:
+    """The ``seconds_per_sample`` mapping of a parsed calibration file (``path`` names it in errors)."""
+    table = document.get("seconds_per_sample") if isinstance(document, dict) else None
     if not isinstance(table, dict) or not all(isinstance(v, (int, float)) and v >= 0 for v in table.values()):
         raise ValueError(f"{path}: expected a mapping 'seconds_per_sample' of stage -> seconds (>= 0)")
     return {str(k): float(v) for k, v in table.items()}
+
+
+def items_per_clip(document: object) -> dict[str, float]:
+    """The optional ``items_per_clip`` mapping (a stage's fan-out) of a parsed calibration file."""
+    table = document.get("items_per_clip") if isinstance(document, dict) else None
+    return {str(k): float(v) for k, v in table.items()} if isinstance(table, dict) else {}

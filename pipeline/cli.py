@@ -280,7 +280,7 @@ def plan(
 
 def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: float | None, calibration: str | None,
                     *, as_json: bool) -> None:
-    from pipeline.allocation import CostModel, read_calibration
+    from pipeline.allocation import CostModel, items_per_clip, read_calibration_document, seconds_per_sample
     from pipeline.estimate import estimate
 
     path = calibration or cfg.scheduler.calibration
@@ -288,14 +288,16 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
         raise ConfigError("--estimate needs a calibration (--calibration FILE from `ffp calibrate RUN`, or "
                           "scheduler.calibration in the config)")
     try:
-        costs = CostModel(calibrated=read_calibration(path))
+        document = read_calibration_document(path)
+        costs = CostModel(calibrated=seconds_per_sample(document, path))
     except (OSError, ValueError) as exc:
         raise ConfigError(f"calibration {path}: {exc}") from None
     capacity = {"GPU": gpus if gpus is not None else cfg.ray.num_gpus or 0.0,
                 "CPU": cpus if cpus is not None else cfg.ray.num_cpus or float(os.cpu_count() or 1)}
-    missing = [stage for stage in build_graph(cfg).order if stage not in costs.calibrated
+    graph = build_graph(cfg)
+    missing = [stage for stage in graph.order if stage not in costs.calibrated
                and cfg.stages[stage].type not in costs.calibrated]
-    rows, hours = estimate(build_graph(cfg), costs, clips, capacity, items_per_clip=_items_per_clip(path))
+    rows, hours = estimate(graph, costs, clips, capacity, items_per_clip=items_per_clip(document))
     if as_json:
         print(json.dumps({"clips": clips, "capacity": capacity, "calibration": path, "wall_hours": hours,
                           "stages": [row.__dict__ for row in rows], "uncalibrated": missing}, indent=1))
@@ -310,14 +312,6 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
     console.print(f"wall time: about {hours:.3g} h ({hours * 3600:.0f} s); GPU-hours: {sum(r.gpu_hours for r in rows):.3g}")
     if missing:
         console.print(f"[yellow]not calibrated (1 s a sample assumed): {', '.join(missing)}[/yellow]")
-
-
-def _items_per_clip(path: str) -> dict[str, float]:
-    from pipeline.allocation import read_calibration_document
-
-    data = read_calibration_document(path)
-    table = data.get("items_per_clip") if isinstance(data, dict) else None
-    return {str(k): float(v) for k, v in table.items()} if isinstance(table, dict) else {}
 
 
 def _warn(n: int) -> str:

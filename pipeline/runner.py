@@ -62,12 +62,11 @@ def node_resources() -> list[dict[str, float]]:
 def cluster_description() -> dict[str, Any]:
     """Which Ray the run used, for its log: its GCS address, whether it was joined (``RAY_ADDRESS``, ``ray job
     submit``) or started here, and its nodes and resources at the start."""
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
     return {
         "address": ray.get_runtime_context().gcs_address,
         "joined": bool(os.environ.get("RAY_ADDRESS")),
         "job_id": ray.get_runtime_context().get_job_id(),
-        "nodes": len(nodes),
+        "nodes": len(node_resources()),
         "resources": {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU", "memory")},
     }
 
@@ -174,9 +173,9 @@ class Driver:
         self.finished_at_death: dict[tuple[str, int], int] = {}
         options = graph.config.scheduler
         self.costs = CostModel(calibrated=read_calibration(options.calibration) if options.calibration else {})
-        self.capacity: dict[str, float] | None = None  # the cluster's CPUs and GPUs, once Ray is connected
+        self.nodes: list[dict[str, float]] = []  # each live node's CPUs and GPUs, once Ray is connected
+        self.capacity: dict[str, float] | None = None  # their sum
         self.capacity_read = 0.0
-        self.nodes: list[dict[str, float]] = []  # each live node's CPUs and GPUs, read with the capacity
         self.unplaced_since: dict[str, float] = {}  # stages with work that fits no live node, since when
         self.node_wait_s = options.node_wait_s
         self.holding: dict[Any, dict[str, float]] = {}  # live actor -> resources it holds
@@ -224,8 +223,8 @@ class Driver:
 
     def _check_placeable(self) -> None:
         """Find stages with work none of whose actors fits on any live node: Ray would keep such an actor pending
-        for ever. Each is named once (listener, run log); a joined cluster gets ``NODE_WAIT_S`` for a node
-        that fits to join (``run`` waits; ``scheduler.node_wait_s``), a local Ray none."""
+        for ever. Each is named once (listener, run log); on a joined cluster ``run`` waits
+        ``scheduler.node_wait_s`` for a node that fits to join, on a local Ray it does not."""
         for stage in self.graph.order:
             need = self._per_actor(stage)
             if not self.pending[stage] or any(fits(need, node) for node in self.nodes):
@@ -310,9 +309,9 @@ class Driver:
             self.report.cluster = cluster_description()
         if self.capacity is None or time.monotonic() - self.capacity_read > CAPACITY_REFRESH_S:
             # re-read: nodes that join later (an autoscaler, a worker pod that was still pulling its image) are used
-            self.capacity = {k: v for k, v in ray.cluster_resources().items() if k in ("CPU", "GPU")}
-            self.capacity_read = time.monotonic()
             self.nodes = node_resources()
+            self.capacity = {key: sum(node[key] for node in self.nodes) for key in ("CPU", "GPU")}
+            self.capacity_read = time.monotonic()
         self._check_placeable()
         demands = self._demands()
         self.targets = plan_actors(demands, self.capacity)

@@ -93,20 +93,17 @@ def load_pipeline(pipeline_class: type, params: WanParams, float32: tuple[str, .
     pipe = pipeline_class.from_pretrained(params.weights(), dtype=dtype, **params.pretrained_kwargs())
     if params.flow_shift is not None:
         pipe.scheduler = with_shift(pipe.scheduler, params.flow_shift)
+    transformers = [model for model in (pipe.transformer, getattr(pipe, "transformer_2", None)) if model is not None]
     if params.attention_backend:
-        for model in (pipe.transformer, getattr(pipe, "transformer_2", None)):
-            if model is None:
-                continue
+        for model in transformers:
             if not hasattr(model, "set_attention_backend"):
                 raise ValueError("attention_backend needs a diffusers version with set_attention_backend")
             model.set_attention_backend(params.attention_backend)
     if params.vae_tiling:
         pipe.vae.enable_tiling()
     if params.storage_dtype:
-        for model in (pipe.transformer, getattr(pipe, "transformer_2", None)):
-            if model is not None:
-                model.enable_layerwise_casting(storage_dtype=getattr(torch, params.storage_dtype),
-                                               compute_dtype=model.dtype)
+        for model in transformers:
+            model.enable_layerwise_casting(storage_dtype=getattr(torch, params.storage_dtype), compute_dtype=model.dtype)
     if params.offload != "none" and device.type != "cuda":
         log.info("%s: offload=%s ignored on %s", pipeline_class.__name__, params.offload, device)
         pipe.to(device)
