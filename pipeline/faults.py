@@ -2,9 +2,10 @@
 
 Off unless the environment variable ``FFP_FAULTS`` holds a JSON list of faults; Ray actors inherit the
 driver's environment, so a test sets it on the ``ffp run`` it starts. Each fault is
-``{"at": "setup" | "process" | "commit", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow"}``:
-``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once, and
-``slow`` sleeps ``"seconds"`` then goes on (a fast stage made slow enough for a test to kill it mid-shard).
+``{"at": "setup" | "process" | "commit", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow" | "hold"}``:
+``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once,
+``slow`` sleeps ``"seconds"`` then goes on (a fast stage made slow enough for a test to kill it mid-shard), and
+``hold`` waits until the file ``"path"`` exists (a gate the test opens: a run that must not end yet).
 Production runs never set the variable; the check costs one dictionary lookup.
 """
 
@@ -49,5 +50,9 @@ def inject(at: str, stage: str, sample_id: str | None = None) -> None:
             os._exit(13)
         if action == "slow":
             time.sleep(float(fault.get("seconds", 1.0)))
+            continue
+        if action == "hold":
+            while not os.path.exists(fault["path"]):
+                time.sleep(0.05)
             continue
         raise InjectedFault(f"injected fault at {at} of {stage}" + (f" for {sample_id}" if sample_id else ""))

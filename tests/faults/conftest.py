@@ -9,7 +9,9 @@
   itself at an exact instant (``crash_at.py``) instead of polling for a moment that lasts long enough.
 * ``launcher``: starts ``ffp`` subprocesses whose environment carries a unique tag. Every process of the
   local Ray they start (GCS, raylet, dashboard, workers, actors) inherits it, so a test can find *its* Ray
-  processes (and only those: other sessions may run Ray on the same machine) and check none is left.
+  processes (and only those: other sessions may run Ray on the same machine) and check none is left. Ray's
+  two node agents blank their whole environment when they set their process title, so they are found by the
+  files they hold open in the launcher's own ``RAY_TMPDIR`` instead.
 
 Each ``ffp run`` starts and stops its own local Ray (``RAY_ADDRESS`` is removed from its environment) in a
 short private ``RAY_TMPDIR``; the pytest process itself never initialises Ray.
@@ -259,8 +261,10 @@ class Launcher:
 
     def __init__(self, ray_tmpdir: Path) -> None:
         self.tag = uuid.uuid4().hex
+        self.ray_tmpdir = ray_tmpdir / self.tag[:8]  # its own: Ray's agents are told apart by files held in it
+        self.ray_tmpdir.mkdir()
         self.env = {
-            **os.environ, TAG_VAR: self.tag, "RAY_TMPDIR": str(ray_tmpdir), "COLUMNS": "250", "NO_COLOR": "1",
+            **os.environ, TAG_VAR: self.tag, "RAY_TMPDIR": str(self.ray_tmpdir), "COLUMNS": "250", "NO_COLOR": "1",
             "TERM": "dumb", "RAY_USAGE_STATS_ENABLED": "0",
         }
         self.env.pop("RAY_ADDRESS", None)  # always a local Ray of our own, never someone's cluster
@@ -277,11 +281,21 @@ class Launcher:
         found = []
         for proc in psutil.process_iter():
             try:
-                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(TAG_VAR) == self.tag:
+                if proc.status() == psutil.STATUS_ZOMBIE:
+                    continue
+                env = proc.environ()
+                if env.get(TAG_VAR) == self.tag or (TAG_VAR not in env and self._titled_ray_process(proc)):
                     found.append(proc)
             except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
                 continue
         return found
+
+    def _titled_ray_process(self, proc: Any) -> bool:
+        """A Ray process whose title overwrote its environment (the agents' long titles blank all of it),
+        holding a file in this launcher's ``RAY_TMPDIR`` (its logs)."""
+        if not proc.cmdline()[:1] or not proc.cmdline()[0].startswith("ray::"):
+            return False
+        return any(Path(f.path).is_relative_to(self.ray_tmpdir) for f in proc.open_files())
 
     def own(self, pid: int) -> Any:
         """The process ``pid``, refusing any process these tests did not start."""
@@ -291,26 +305,57 @@ class Launcher:
         return proc
 
     def wait_gone(self, timeout: float = RAY_EXIT_TIMEOUT_S) -> list[str]:
-        """Wait for every tagged process to exit; returns a description of those still alive at the deadline."""
+        """Wait for every process of this launcher to exit; returns a description of those still alive at the
+        deadline. Ray's node agents are the exception: once everything else is gone they are orphans (their
+        raylet is dead) that Ray lets linger for a minute (``_stop_orphaned_agents``), so they are killed."""
         deadline = time.monotonic() + timeout
         while True:
-            alive = self.processes()
-            if not alive or time.monotonic() > deadline:
+            alive = [proc for proc in self.processes() if not _is_ray_agent(proc)]
+            if not alive:
+                self._stop_orphaned_agents()
+                return []
+            if time.monotonic() > deadline:
                 return [_describe(proc) for proc in alive]
             time.sleep(0.1)
 
+    def _stop_orphaned_agents(self) -> None:
+        """Kill the DashboardAgent and RuntimeEnvAgent left by a raylet that died. Left alone they exit a
+        minute later: each notices its raylet is gone, tries to report that to the dead GCS, and the runtime-env
+        agent then waits out aiohttp's 60 s graceful shutdown (measured here: 60-70 s after a killed driver).
+        They hold no shard, no lock and no file of the run, so nothing a test checks depends on them."""
+        agents = [proc for proc in self.processes() if _is_ray_agent(proc)]
+        _kill_all(agents)
+        psutil.wait_procs(agents, timeout=10)
+
     def cleanup(self) -> list[str]:
-        """Kill what this launcher started and is still running (the ffp commands, then tagged leftovers)."""
+        """Kill what this launcher started and is still running (the ffp commands, then tagged leftovers);
+        returns those leftovers, orphaned Ray agents excepted (see ``_stop_orphaned_agents``)."""
         for process in self.started:
             if process.running():
                 process.sigkill()
         leftovers = self.processes()
-        for proc in leftovers:
-            try:
-                proc.kill()
-            except psutil.NoSuchProcess:
-                pass
-        return [_describe(proc) for proc in leftovers]
+        _kill_all(leftovers)
+        return [_describe(proc) for proc in leftovers if not _is_ray_agent(proc)]
+
+
+RAY_AGENTS = ("ray::DashboardAgent", "ray::RuntimeEnvAgent")
+RAY_AGENT_SCRIPTS = ("dashboard/agent.py", "runtime_env/agent/main.py")  # before they set their title
+
+
+def _is_ray_agent(proc: Any) -> bool:
+    try:
+        cmdline = proc.cmdline()
+    except psutil.Error:
+        return False
+    return bool(cmdline) and (cmdline[0].startswith(RAY_AGENTS) or any(a.endswith(RAY_AGENT_SCRIPTS) for a in cmdline))
+
+
+def _kill_all(procs: list[Any]) -> None:
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
 
 
 def _describe(proc: Any) -> str:

@@ -7,6 +7,10 @@ random delay of up to 0.3 s, so kills land in the middle of decoding, encoding, 
 committing. The delay is the thing being randomised, not a wait for some state: once it has passed, the
 actor is frozen (SIGSTOP), what it had finished and what it had in flight are read from ``_partial/`` while
 nothing can move, and only then is it killed, so every expectation is exact.
+
+How many kills fit in a run depends on the machine's speed, so the stage actors' run is held open: export's
+actors wait in setup behind a gate file until the third kill has landed (or nothing but export is left to
+hit), and only then can the run finish. The test never waits on a clock for enough kills.
 """
 
 from __future__ import annotations
@@ -45,6 +49,8 @@ from tests.faults.test_kills import _freeze_workers, _signal_all
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 KILLS_PER_RUN = 5
+MIN_KILLS = 3  # the gate (module docstring) stays shut until this many have landed
+HELD_STAGE = "export"
 # export copies bytes (0.1 s a shard here): slowed to ~1 s a shard, so that it can be hit mid-shard too
 SLOW_EXPORT = json.dumps([{"at": "process", "stage": "export", "sample": "*", "do": "slow", "seconds": 0.25}])
 MAX_ATTEMPTS = 3  # the default: a sample may be in flight at 2 kills, a third would quarantine it (on purpose)
@@ -95,16 +101,21 @@ def _stages_left(run_dir: Path, reference: RunState) -> list[str]:
 
 def _kill_at_random_point(
     run_dir: Path, run: FfpProcess, launcher: Launcher, rng: random.Random, in_flight_kills: Counter[str],
-    reference: RunState,
+    reference: RunState, gate: Path,
 ) -> Kill | None:
-    """One random-point kill of a random stage's actor (among stages with work left); None when the run ends
-    first."""
+    """One random-point kill of a random stage's actor (among stages with work left; not the held stage while
+    ``gate`` is shut, which opens if nothing else is left); None when the run ends first."""
     min_finished, delay = rng.randint(0, 3), rng.uniform(0.0, 0.3)
     target, drawn = rng.choice(sorted(reference.statuses)), time.monotonic()
     deadline = drawn + 120
     while run.running():
         assert time.monotonic() < deadline, "no shard in progress to kill within 120 s"
         left = _stages_left(run_dir, reference)
+        if not gate.exists():
+            if set(left) <= {HELD_STAGE}:
+                gate.touch()
+            else:
+                left = [stage for stage in left if stage != HELD_STAGE]
         if left and (target not in left or time.monotonic() > drawn + 5):  # nothing of it to hit (soon)
             target, drawn = rng.choice(left), time.monotonic()
         candidates = [(stage, shard, folder) for stage, shard, folder in _uncommitted_partials(run_dir)
@@ -140,15 +151,20 @@ def test_stage_actors_killed_at_random_points(
     rng = random.Random(seed)
     run_dir = tmp_path / "run"
     config = write_fault_config(fault_inputs, run_dir, tmp_path / "config.yaml")
-    run = launcher.start(["run", str(config)], tmp_path / "ffp-run.log", env={"FFP_FAULTS": SLOW_EXPORT})
+    gate = tmp_path / "gate"
+    hold = {"at": "setup", "stage": HELD_STAGE, "do": "hold", "path": str(gate)}
+    faults = json.dumps([*json.loads(SLOW_EXPORT), hold])
+    run = launcher.start(["run", str(config)], tmp_path / "ffp-run.log", env={"FFP_FAULTS": faults})
     kills: list[Kill] = []
     in_flight_kills: Counter[str] = Counter()
     while len(kills) < KILLS_PER_RUN:
-        kill = _kill_at_random_point(run_dir, run, launcher, rng, in_flight_kills, reference)
+        if len(kills) >= MIN_KILLS:
+            gate.touch()
+        kill = _kill_at_random_point(run_dir, run, launcher, rng, in_flight_kills, reference, gate)
         if kill is None:
             break
         kills.append(kill)
-    assert len(kills) >= 3, f"the run ended after {len(kills)} kills: too fast to test"
+    assert len(kills) >= MIN_KILLS, f"the run ended after {len(kills)} kills, its gate open at {gate.exists()}"
 
     code = run.wait()
     assert code == 0, f"ffp run exited {code} after kills {kills}:\n{run.output()[-4000:]}"
