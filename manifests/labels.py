@@ -24,6 +24,7 @@ from enum import StrEnum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.parquet import read_parquet
 from manifests.storage import Storage
 
 LABELS_DIR = "labels"
@@ -97,8 +98,7 @@ def read_label_history(run: Storage) -> pa.Table:
     """Every label ever saved, in save order."""
     tables = []
     for rel in label_files(run):
-        with run.open(rel) as handle:
-            table = pq.read_table(handle)
+        table = read_parquet(run, rel)
         missing = set(LABEL_SCHEMA.names) - set(table.column_names)
         if missing:
             raise LabelError(f"{rel}: not a label file (missing columns {sorted(missing)})")

@@ -24,6 +24,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.parquet import read_parquet
 from manifests.shards import TarInfo, write_shard
 from manifests.storage import Storage, StorageFull
 
@@ -181,8 +182,7 @@ def read_manifest(storage: Storage, stage: str, shard: int) -> tuple[CommitInfo,
     rel = manifest_path(stage, shard)
     if not storage.exists(rel):
         return None
-    with storage.open(rel) as handle:
-        table = pq.read_table(handle)
+    table = read_parquet(storage, rel)
     return CommitInfo.from_json((table.schema.metadata or {})[META_KEY]), table
 
 

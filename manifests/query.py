@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from manifests.labels import label_files, read_label_history
 from manifests.manifest import RACY_NS, list_manifests
+from manifests.parquet import read_parquet
 from manifests.storage import TEMP_MARKER, Storage
 
 VIEW_NAME = re.compile(r"[a-z_][a-z0-9_]*")
@@ -123,8 +124,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: di
 def _register(con: duckdb.DuckDBPyConnection, run: Storage, name: str, files: list[str], fetched: dict[str, pa.Table]) -> None:
     for rel in files:
         if rel not in fetched:
-            with run.open(rel) as handle:
-                fetched[rel] = pq.read_table(handle).replace_schema_metadata(None)
+            fetched[rel] = read_parquet(run, rel).replace_schema_metadata(None)
     con.register(name, pa.concat_tables([fetched[rel] for rel in files], promote_options="permissive"))
 
 

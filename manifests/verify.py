@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-import pyarrow.parquet as pq
-
 from manifests.manifest import Status, read_commit
+from manifests.parquet import read_parquet
 from manifests.shards import ShardError, ShardReader, sha256_of
 from manifests.storage import TEMP_MARKER, Storage
 
@@ -31,8 +30,7 @@ def verify_run(run: Storage) -> VerifyReport:
     for rel in run.list("manifests/*", pattern="shard-*.parquet"):
         try:
             info = read_commit(run, rel)
-            with run.open(rel) as handle:
-                table = pq.read_table(handle, columns=["sample_id", "status"])
+            table = read_parquet(run, rel, columns=["sample_id", "status"])
         except Exception as exc:  # noqa: BLE001 - an unreadable manifest is a finding, not a crash
             report.problems.append(f"{rel}: unreadable manifest ({exc})")
             continue

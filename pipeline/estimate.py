@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from manifests.parquet import read_parquet
 from manifests.storage import Storage
 from pipeline.allocation import CostModel, Demand, plan_actors
 from pipeline.graph import StageGraph
@@ -29,8 +29,7 @@ def measured_costs(storage: Storage, graph: StageGraph) -> dict[str, dict[str, f
     for stage in graph.order:
         seconds, items, rows = 0.0, 0, 0
         for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
-            with storage.open(rel) as handle:
-                table = pq.read_table(handle, columns=["input_id", "seconds", "attempts"])
+            table = read_parquet(storage, rel, columns=["input_id", "seconds", "attempts"])
             if table.num_rows == 0:
                 continue
             per_input = table.group_by("input_id").aggregate([("seconds", "max")])

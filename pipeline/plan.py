@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 
 from manifests.labels import Label, current_labels, labels_digest, labels_per_shard
 from manifests.manifest import CommitInfo, read_commits
+from manifests.parquet import parquet_from_bytes, read_parquet
 from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph, digest
@@ -83,8 +84,7 @@ def write_sources(storage: Storage, stage: str, rows: list[dict[str, Any]]) -> N
 
 
 def read_sources(storage: Storage, stage: str) -> list[dict[str, Any]]:
-    with storage.open(sources_path(stage)) as handle:
-        table = pq.read_table(handle, columns=["shard", "source"])
+    table = read_parquet(storage, sources_path(stage), columns=["shard", "source"])
     sources = table.column("source").to_pylist()
     return [{**json.loads(source), "shard": shard} for source, shard in zip(sources, table.column("shard").to_pylist())]
 
@@ -100,7 +100,7 @@ class FrozenSources(Mapping[int, list[dict[str, Any]]]):
         self.storage, self.stage = storage, stage
         data = storage.read_bytes(sources_path(stage))
         self._sha256 = hashlib.sha256(data).hexdigest()
-        table = pq.read_table(pa.BufferReader(data), columns=["shard", "source"])
+        table = parquet_from_bytes(data, columns=["shard", "source"])
         self._raw: dict[int, list[str]] = {}
         for shard, source in zip(table.column("shard").to_pylist(), table.column("source").to_pylist()):
             self._raw.setdefault(shard, []).append(source)
