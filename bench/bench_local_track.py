@@ -23,9 +23,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import pyarrow.parquet as pq  # noqa: E402
 
 from manifests.manifest import read_commit  # noqa: E402
+from manifests.parquet import read_parquet  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import execute  # noqa: E402
@@ -77,8 +77,7 @@ def print_table(storage: Storage, stages: list[str], wall: float) -> None:
         for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
             info = read_commit(storage, rel)
             shard_wall += float(info.extra.get("seconds", 0.0)) if info else 0.0
-            with storage.open(rel) as handle:
-                rows += pq.read_table(handle).to_pylist()
+            rows += read_parquet(storage, rel).to_pylist()
         per_input = {r["input_id"]: r for r in rows if r["attempts"]}  # fanned-out rows share their input's time
         inputs = len(per_input) or 1
         process = sum(r["seconds"] or 0.0 for r in per_input.values())

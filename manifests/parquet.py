@@ -16,11 +16,16 @@ def read_parquet(storage: Storage, rel: str, columns: Sequence[str] | None = Non
 
 
 def parquet_from_bytes(data: bytes, columns: Sequence[str] | None = None) -> pa.Table:
-    """Parse a Parquet file from a copy of ``data`` in Arrow's own memory. Arrow releases a read's buffers on its
-    own threads, some after ``read_table`` has returned; a buffer that wraps a Python object (``bytes``, a file
+    """Parse a Parquet file from a copy of ``data`` in Arrow's memory (``arrow_owned``)."""
+    return pq.read_table(pa.BufferReader(arrow_owned(data)), columns=list(columns) if columns else None)
+
+
+def arrow_owned(data: bytes) -> pa.Buffer:
+    """A copy of ``data`` in Arrow's own memory, for Arrow's readers to parse. Arrow releases a read's buffers on
+    its own threads, some after the read has returned; a buffer that wraps a Python object (``bytes``, a file
     object) needs the GIL to be released, and if Python is shutting down by then the process aborts after its
     work is done ("terminate called without an active exception", exit 134: seen here in 1 of 20-40 `ffp
     verify` runs on a loaded machine; apache/arrow#34314). Arrow's own memory needs no GIL."""
     sink = pa.BufferOutputStream()
     sink.write(data)
-    return pq.read_table(pa.BufferReader(sink.getvalue()), columns=list(columns) if columns else None)
+    return sink.getvalue()

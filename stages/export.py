@@ -23,6 +23,7 @@ import pyarrow.parquet as pq
 from pydantic import Field
 
 from manifests.manifest import Status
+from manifests.parquet import read_parquet
 from manifests.storage import Storage
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.arrays import json_bytes
@@ -138,8 +139,7 @@ class Export(Stage):
         files = run.list(f"manifests/{name}", pattern="shard-*.parquet")
         tables = []
         for rel in files:
-            with run.open(rel) as handle:
-                tables.append(pq.read_table(handle).replace_schema_metadata(None))
+            tables.append(read_parquet(run, rel).replace_schema_metadata(None))
         everything = pa.concat_tables(tables) if tables else pa.table({})
         table = everything.filter(pads.field("status") == Status.OK.value) if tables else everything
         buffer = io.BytesIO()

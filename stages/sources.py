@@ -7,7 +7,6 @@ becomes one source row with a stable ``source_id`` (a readable slug plus a short
 from __future__ import annotations
 
 import hashlib
-import io
 import posixpath
 import re
 from collections.abc import Sequence
@@ -19,6 +18,7 @@ import pyarrow.parquet as pq
 from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
 
+from manifests.parquet import arrow_owned
 from manifests.storage import CREDENTIALS_HINT, credential_in_url, without_credentials
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".avi", ".webm", ".m4v", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp")
@@ -92,7 +92,8 @@ def read_table(path: str, required: Sequence[str]) -> pa.Table:
     with fs.open(root, "rb") as handle:
         data = handle.read()
     try:
-        table = pq.read_table(io.BytesIO(data)) if root.lower().endswith(".parquet") else pacsv.read_csv(io.BytesIO(data))
+        source = pa.BufferReader(arrow_owned(data))
+        table = pq.read_table(source) if root.lower().endswith(".parquet") else pacsv.read_csv(source)
     except (pa.ArrowInvalid, OSError) as exc:
         raise InputListError(f"list input {path!r}: cannot read it as a table ({exc})") from exc
     missing = [column for column in required if column not in table.column_names]
