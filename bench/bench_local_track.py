@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-
 from manifests.manifest import read_commit  # noqa: E402
 from manifests.parquet import read_parquet  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
