@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the comma
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Generate FFP video-editing training pairs.")
 config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
 app.add_typer(config_app, name="config")
+models_app = typer.Typer(no_args_is_help=True, help="The models of a config at their real size.")
+app.add_typer(models_app, name="models")
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error line stays one line in CI logs
 
@@ -44,6 +46,10 @@ OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: KEY.PATH=VALUE (repeatable)")]
 RunArg = Annotated[str, typer.Argument(help="run folder (local path or fsspec URL)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="GPU type: a100, h100 or h200 (80, 80, 141 GiB); applies "
+                                                "the config's gpu_plans for it (default: the config's gpu, else h100)")]
+MfuOpt = Annotated[float, typer.Option("--mfu", min=0.01, max=1.0, help="model FLOPs utilisation assumed for the "
+                                       "physics prior")]
 
 
 def main() -> None:
@@ -247,13 +253,16 @@ def plan(
     gpus: Annotated[Optional[float], typer.Option(help="--estimate: GPUs of the cluster (default: ray.num_gpus)")] = None,
     cpus: Annotated[Optional[float], typer.Option(help="--estimate: CPUs of the cluster (default: ray.num_cpus)")] = None,
     calibration: Annotated[Optional[str], typer.Option(help="--estimate: `ffp calibrate` output (default: scheduler.calibration)")] = None,
+    gpu: GpuOpt = None, mfu: MfuOpt = 0.4,
 ) -> None:
     """Stages, resources, shard counts, fingerprints, and what is done / stale / to do. Writes nothing.
-    With --estimate N: GPU-hours and wall time per stage for N clips on a cluster shape, from a calibration."""
-    cfg = _resolve_config(config, preset, out, set_)
+    With --estimate N: GPU-hours and wall time per stage for N clips on a cluster shape, from the models' FLOPs
+    (`ffp models check`) and, where given, a calibration measured on real hardware."""
     if estimate_clips is not None:
-        _print_estimate(cfg, estimate_clips, gpus, cpus, calibration, as_json=as_json)
+        cfg, card = _config_for_gpu(config, preset, out, set_, gpu)
+        _print_estimate(cfg, estimate_clips, gpus, cpus, calibration, card, mfu, as_json=as_json)
         return
+    cfg = _resolve_config(config, preset, out, set_)
     storage, graph, run_plan = open_run(cfg)
     rows = []
     for node in graph.nodes.values():
@@ -279,39 +288,89 @@ def plan(
 
 
 def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: float | None, calibration: str | None,
-                    *, as_json: bool) -> None:
+                    card: Any, mfu: float, *, as_json: bool) -> None:
     from pipeline.allocation import CostModel, items_per_clip, read_calibration_document, seconds_per_sample
-    from pipeline.estimate import estimate
+    from pipeline.estimate import estimate, physics
+    from stages.realsize.check import CheckError, check_config, samples_per_clip
 
-    path = calibration or cfg.scheduler.calibration
-    if path is None:
-        raise ConfigError("--estimate needs a calibration (--calibration FILE from `ffp calibrate RUN`, or "
-                          "scheduler.calibration in the config)")
-    try:
-        document = read_calibration_document(path)
-        costs = CostModel(calibrated=seconds_per_sample(document, path))
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"calibration {path}: {exc}") from None
-    capacity = {"GPU": gpus if gpus is not None else cfg.ray.num_gpus or 0.0,
-                "CPU": cpus if cpus is not None else cfg.ray.num_cpus or float(os.cpu_count() or 1)}
     graph = build_graph(cfg)
-    missing = [stage for stage in graph.order if stage not in costs.calibrated
-               and cfg.stages[stage].type not in costs.calibrated]
-    rows, hours = estimate(graph, costs, clips, capacity, items_per_clip=items_per_clip(document))
+    path = calibration or cfg.scheduler.calibration
+    document: object = None
+    if path is not None:
+        try:
+            document = read_calibration_document(path)
+            seconds_per_sample(document, path)
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"calibration {path}: {exc}") from None
+    try:
+        with _check_progress(as_json) as progress:
+            checks = list(check_config(graph, progress=progress))
+    except CheckError as exc:
+        raise ConfigError(f"{exc} (the estimate's physics prior needs every model stage checked)") from None
+    prior = physics(graph, checks, card, mfu)
+    fanout = samples_per_clip(graph)
+    calibrated = seconds_per_sample(document, path) if document is not None else {}
+    if not prior and not calibrated:
+        raise ConfigError("--estimate needs a calibration for a config without GPU model stages (--calibration FILE "
+                          "from `ffp calibrate RUN`, or scheduler.calibration in the config)")
+    costs = CostModel(calibrated={**{s: p.seconds_at_mfu for s, p in prior.items()}, **calibrated})
+    per_clip = {**fanout, **(items_per_clip(document) if document is not None else {})}
+    capacity = _capacity(cfg, gpus, cpus)
+    rows, hours = estimate(graph, costs, clips, capacity, items_per_clip=per_clip)
+    unknown = [s for s in graph.order if s not in calibrated and s not in prior
+               and s not in costs.calibrated and cfg.stages[s].type not in calibrated]
+    source = {s: "calibrated" if (s in calibrated or cfg.stages[s].type in calibrated) else
+              ("physics" if s in prior else "default 1 s") for s in graph.order}
     if as_json:
-        print(json.dumps({"clips": clips, "capacity": capacity, "calibration": path, "wall_hours": hours,
-                          "stages": [row.__dict__ for row in rows], "uncalibrated": missing}, indent=1))
+        print(json.dumps({
+            "clips": clips, "capacity": capacity, "calibration": path, "gpu": card.name, "mfu": mfu,
+            "wall_hours": hours, "gpu_hours": sum(r.gpu_hours for r in rows),
+            "stages": [{**row.__dict__, "source": source[row.stage], "samples_per_clip": per_clip.get(row.stage, 1.0),
+                        **({"tflops_per_sample": prior[row.stage].tflops_per_sample,
+                            "physics_seconds_at_peak": prior[row.stage].seconds_at_peak,
+                            "physics_seconds_at_mfu": prior[row.stage].seconds_at_mfu} if row.stage in prior else {})}
+                       for row in rows], "unestimated": unknown}, indent=1))
         return
-    table = Table(title=f"estimate for {clips} clips on {capacity['GPU']:g} GPUs, {capacity['CPU']:g} CPUs")
-    for column in ("stage", "s/sample", "actors", "GPUs/actor", "GPU-hours", "stage hours"):
+    table = Table(title=f"{clips:,} clips on {capacity['GPU']:g} x {card.name}, {capacity['CPU']:g} CPUs: physics at "
+                        f"{mfu:.0%} MFU" + (f", calibration {path}" if path else ""))
+    for column in ("stage", "TFLOP", "/clip", "s peak", f"s {mfu:.0%}", "s used", "actors", "GPU-hours", "hours"):
         table.add_column(column, justify="left" if column == "stage" else "right")
+    short = {"calibrated": "cal", "physics": "phys", "default 1 s": "dflt"}
     for row in rows:
-        table.add_row(row.stage, f"{row.seconds_per_sample:.3g}", str(row.actors), f"{row.gpus_per_actor:g}",
-                      f"{row.gpu_hours:.3g}", f"{row.hours:.3g}")
+        p = prior.get(row.stage)
+        table.add_row(row.stage, f"{p.tflops_per_sample:,.0f}" if p else "-", f"{per_clip.get(row.stage, 1.0):g}",
+                      f"{p.seconds_at_peak:,.1f}" if p else "-", f"{p.seconds_at_mfu:,.1f}" if p else "-",
+                      f"{row.seconds_per_sample:,.3g} {short[source[row.stage]]}",
+                      f"{row.actors}x{row.gpus_per_actor:g}" if row.gpus_per_actor else str(row.actors),
+                      f"{row.gpu_hours:,.0f}", f"{row.hours:,.1f}")
     console.print(table)
-    console.print(f"wall time: about {hours:.3g} h ({hours * 3600:.0f} s); GPU-hours: {sum(r.gpu_hours for r in rows):.3g}")
-    if missing:
-        console.print(f"[yellow]not calibrated (1 s a sample assumed): {', '.join(missing)}[/yellow]")
+    console.print(f"wall time: about {hours:,.1f} h ({hours / 24:,.1f} days); GPU-hours: "
+                  f"{sum(r.gpu_hours for r in rows):,.0f}")
+    console.print(f"TFLOP per sample and seconds per sample on an actor's GPUs at their bf16 peak (s peak) and at "
+                  f"{mfu:.0%} of it come from `ffp models check`; s used is what the estimate takes (cal: calibration, "
+                  f"phys: physics, dflt: 1 s assumed); actors: per stage at the start, x GPUs each.")
+    capped = [row for row in rows if row.gpus_per_actor and row.actors >= cfg.stages[row.stage].resources.actors
+              and row.hours >= 0.5 * hours and capacity["GPU"] > sum(r.actors * r.gpus_per_actor for r in rows)]
+    for row in capped:
+        console.print(f"[yellow]{row.stage} is capped at {row.actors} actors (resources.actors) with GPUs to spare:[/yellow]"
+                      f" --set stages.{row.stage}.resources.actors=N lets it use more of the cluster")
+    cpu_only = [s for s in graph.order if source[s] == "default 1 s"]
+    if cpu_only:
+        console.print(f"[yellow]no physics or calibration for {', '.join(cpu_only)} (CPU work: 1 s a sample "
+                      "assumed)[/yellow]; `ffp calibrate` a short run to include them.")
+
+
+def _capacity(cfg: PipelineConfig, gpus: float | None, cpus: float | None) -> dict[str, float]:
+    """The cluster an estimate sizes pools for: ``--gpus``/``--cpus``, else the config's local Ray, else this machine;
+    ``--gpus`` alone assumes :data:`CPUS_PER_GPU` CPUs per GPU (a GPU node's usual ratio)."""
+    gpu_count = gpus if gpus is not None else cfg.ray.num_gpus or 0.0
+    if cpus is None and gpus is not None:
+        cpus = CPUS_PER_GPU * gpus
+        err.print(f"assuming {CPUS_PER_GPU} CPUs per GPU ({cpus:g}); --cpus sets them")
+    return {"GPU": gpu_count, "CPU": cpus if cpus is not None else cfg.ray.num_cpus or float(os.cpu_count() or 1)}
+
+
+CPUS_PER_GPU = 8
 
 
 def _warn(n: int) -> str:
@@ -526,6 +585,160 @@ def review(
         console.print("stopped")
     finally:
         server.close()
+
+
+# Models --------------------------------------------------------------------------------------------------
+
+
+@models_app.command("check")
+def models_check(
+    config: ConfigArg = None,
+    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="a config shipped with ffp (repeatable)")] = None,
+    out: OutOpt = None, set_: SetOpt = None, gpu: GpuOpt = None, mfu: MfuOpt = 0.4, as_json: JsonOpt = False,
+    stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
+    write_calibration: Annotated[Optional[str], typer.Option(
+        "--write-calibration", help="write the physics prior as a calibration file (scheduler.calibration)")] = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="run every stage again, even if checked before")] = False,
+) -> None:
+    """Build every model stage at its real size on the meta device (no weights, no GPU) and run one clip at the
+    config's size through its own code: parameters, weight and activation memory, FLOPs per clip, and whether it
+    fits the GPU. Exits 1 if a stage breaks or does not fit, 2 on a config it cannot check."""
+    if write_calibration and len(preset or []) > 1:
+        raise ConfigError("--write-calibration needs one config")
+    rows, refused = [], False
+    for name in preset or [None]:  # type: ignore[list-item]
+        cfg, card = _config_for_gpu(config, name, out, set_, gpu)
+        found, failed = _check_models(cfg, card, mfu, stage, write_calibration, not no_cache, as_json)
+        rows += found
+        refused = refused or failed
+    if as_json:
+        print(json.dumps(rows, indent=1, default=str))
+    raise typer.Exit(1 if refused else 0)
+
+
+def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] | None, write_calibration: str | None,
+                  use_cache: bool, as_json: bool) -> tuple[list[dict[str, Any]], bool]:
+    """One config's check: its JSON rows, and whether a stage does not fit (errors printed)."""
+    from pipeline.estimate import physics, physics_calibration
+    from stages.realsize.check import CheckError, check_config, fits
+    from stages.realsize.gpus import GIB
+
+    graph = build_graph(cfg)
+    unknown = sorted(set(stages or []) - set(graph.nodes))
+    if unknown:
+        raise ConfigError(f"unknown stages {unknown}; stages: {', '.join(graph.order)}")
+    reports = []
+    try:
+        with _check_progress(as_json) as progress:
+            reports = list(check_config(graph, stages=stages, use_cache=use_cache, progress=progress))
+    except CheckError as exc:
+        err.print(f"[red]error:[/red] {cfg.name}: {escape(str(exc))}")
+        raise typer.Exit(1 if "breaks at real size" in str(exc) else 2) from None
+    fitted = {r.stage: fits(r, graph.nodes[r.stage], card) for r in reports}
+    costs = physics(graph, reports, card, mfu)
+    if write_calibration:
+        document = physics_calibration(costs, card, mfu, cfg.name)
+        text = json.dumps(document, indent=1) if write_calibration.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
+        Path(write_calibration).write_text(text)
+    rows = [{**r.to_json(), "config": cfg.name, "gpu": card.name, "fits": fitted[r.stage][0].fits,
+             "fit_options": [f.__dict__ for f in fitted[r.stage]], "mfu": mfu,
+             "seconds_at_peak": costs[r.stage].seconds_at_peak if r.stage in costs else None,
+             "seconds_at_mfu": costs[r.stage].seconds_at_mfu if r.stage in costs else None} for r in reports]
+    if not as_json:
+        _print_checks(cfg, reports, fitted, costs, card, mfu, GIB)
+        if write_calibration:
+            console.print(f"physics prior written to {escape(write_calibration)} (use it as scheduler.calibration)")
+    too_big = [(r.stage, fitted[r.stage]) for r in reports if not fitted[r.stage][0].fits]
+    for name, options in too_big:
+        fit, others = options[0], [f.option for f in options[1:] if f.fits]
+        hint = (f"; it fits with {' or '.join(others)}" if others else
+                "; give it a larger share (resources.gpus), more tensor-parallel GPUs or a smaller model")
+        err.print(f"[red]error:[/red] {cfg.name}: stage {name!r} does not fit {card.label} ({card.memory_gib:g} GiB): "
+                  f"it needs {fit.needed_gib:.1f} GiB where its share is {fit.limit_gib:.1f} GiB ({escape(fit.note)})"
+                  f"{hint}")
+    return rows, bool(too_big)
+
+
+def _config_for_gpu(config: str | None, preset: str | None, out: str | None, sets: list[str] | None,
+                    gpu: str | None) -> tuple[PipelineConfig, Any]:
+    """The config with ``gpu`` set (its gpu_plans entry applied) and that GPU type; without ``gpu`` the config's own
+    type, else the default."""
+    from stages.realsize.gpus import DEFAULT_GPU
+    from stages.realsize.gpus import gpu as gpu_type
+
+    if gpu is not None:
+        try:
+            gpu_type(gpu)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+        if config and Storage(config).exists(RUN_YAML):
+            cfg = load_run_config(config)
+            cfg = load_config(text=yaml.safe_dump(cfg.model_dump(mode="json")), overrides=[f"gpu={gpu}"])
+        else:
+            cfg = _resolve_config(config, preset, out, [*(sets or []), f"gpu={gpu}"])
+    else:
+        cfg = _resolve_config(config, preset, out, sets)
+    return cfg, gpu_type(cfg.gpu or DEFAULT_GPU)
+
+
+def _check_progress(quiet: bool) -> Any:
+    """A context manager giving ``check_config``'s progress callback: a spinner per stage on stderr."""
+    from contextlib import contextmanager
+
+    @contextmanager
+    def manager() -> Any:
+        status = err.status("checking models at real size")
+        if not quiet:
+            status.start()
+
+        def progress(name: str, report: Any) -> None:
+            if report is None:
+                status.update(f"checking stage {name} at real size (meta device, no weights)")
+            elif not quiet:
+                took = f"{report.seconds:.1f} s" if report.seconds else "cached"
+                err.print(f"  checked {name} ({took})")
+
+        try:
+            yield progress
+        finally:
+            status.stop()
+
+    return manager()
+
+
+def _print_checks(cfg: PipelineConfig, reports: list[Any], fitted: dict[str, Any], costs: dict[str, Any], card: Any,
+                  mfu: float, gib: int) -> None:
+    table = Table(title=f"{cfg.name} at real size on {card.name} ({card.memory_gib:g} GiB, {card.bf16_tflops:g} "
+                        "TFLOP/s bf16), per sample")
+    for column in ("stage", "params", "weights", "activ.", "TFLOP", "/clip", "GPU-s peak", f"GPU-s {mfu:.0%}",
+                   "fits GiB"):
+        table.add_column(column, justify="left" if column in ("stage", "fits GiB") else "right")
+    for r in reports:
+        fit = fitted[r.stage][0]
+        cost = costs.get(r.stage)
+        verdict = ("[green]yes[/green]" if fit.fits else "[red]no[/red]") + f" {fit.needed_gib:.0f}/{fit.limit_gib:.0f}"
+        table.add_row(r.stage, f"{r.params / 1e9:.2f}B", f"{r.weight_bytes / gib:.1f}", f"{r.activation_bytes / gib:.1f}",
+                      f"{r.flops_per_sample / 1e12:,.0f}", f"{r.samples_per_clip:g}",
+                      f"{cost.seconds_at_peak * cost.gpus_per_actor:,.1f}" if cost else "-",
+                      f"{cost.seconds_at_mfu * cost.gpus_per_actor:,.1f}" if cost else "-", verdict)
+    console.print(table)
+    for r in reports:
+        lines = [f"models: {', '.join(r.models)} ({r.dtype})"]
+        if r.tflops_per_forward is not None:
+            lines.append(f"{r.tflops_per_forward:,.0f} TFLOP per transformer forward x {r.forwards_per_step} per step "
+                         f"x {r.steps} steps; activation peak in {r.peak_in}")
+        if r.prefill_tflops is not None:
+            lines.append(f"prefill {r.prefill_tokens} tokens {r.prefill_tflops:,.1f} TFLOP, decode "
+                         f"{r.decode_tflops_per_token:.3f} TFLOP/token x {r.new_tokens}")
+        lines += [f"memory: {f.option}: {f.needed_gib:.1f} of {f.limit_gib:.1f} GiB"
+                  f"{'' if f.fits else ' (does not fit)'}: {f.note}" for f in fitted[r.stage]]
+        lines += [f"not checked: {note}" for note in r.not_checked]
+        if r.value_reads:
+            lines.append("read values inside a model (the stand-in was used): " + ", ".join(sorted(r.value_reads)))
+        lines.append(f"the stage's own code returned: {r.result}")
+        console.print(f"[bold]{r.stage}[/bold]")
+        for line in lines:
+            console.print(f"  {escape(line)}")
 
 
 # Config ------------------------------------------------------------------------------------------------

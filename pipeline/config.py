@@ -150,6 +150,30 @@ class PipelineConfig(Strict):
     stages: dict[str, StageSpec]
     ray: RayOptions = Field(default_factory=RayOptions)
     scheduler: SchedulerOptions = Field(default_factory=lambda: SchedulerOptions())
+    gpu: str | None = Field(None, description="GPU type the run uses (a100, h100, h200): selects gpu_plans[gpu]; the "
+                            "default of `ffp models check --gpu` and `ffp plan --estimate --gpu`")
+    gpu_plans: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="GPU type -> {KEY.PATH: value} overrides (as --set takes them) applied when "
+        "gpu is that type: a resource plan per GPU type, which `ffp models check --gpu TYPE` proves fits")
+
+    @field_validator("gpu")
+    @classmethod
+    def _known_gpu(cls, value: str | None) -> str | None:
+        from stages.realsize.gpus import GPUS
+
+        if value is not None and value not in GPUS:
+            raise ValueError(f"unknown GPU type {value!r}; known: {', '.join(GPUS)}")
+        return value
+
+    @field_validator("gpu_plans")
+    @classmethod
+    def _known_gpus(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from stages.realsize.gpus import GPUS
+
+        unknown = sorted(set(value) - set(GPUS))
+        if unknown:
+            raise ValueError(f"plans for unknown GPU types {unknown}; known: {', '.join(GPUS)}")
+        return value
 
     @field_validator("run_dir")
     @classmethod
@@ -212,6 +236,9 @@ def load_config(
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the config must be a mapping of keys")
     data = apply_overrides(data, overrides)
+    plan = (data.get("gpu_plans") or {}).get(data.get("gpu")) if isinstance(data.get("gpu_plans"), dict) else None
+    if isinstance(plan, dict):  # the GPU type's plan, then the user's overrides again: theirs win
+        data = apply_overrides(_assigned(data, plan), overrides)
     if run_dir is not None:
         data["run_dir"] = run_dir
     return validate_config(data, source=source, node=node)
@@ -283,22 +310,34 @@ def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str,
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        *path, last = key.split(".")
-        target: Any = data
-        for part in path:
-            if isinstance(target, list) and part.isdigit() and int(part) < len(target):
-                target = target[int(part)]
-            elif isinstance(target, dict):
-                target = target.setdefault(part, {})
-            else:
-                raise ConfigError(f"--set {item!r}: cannot go into {part!r}")
-        if isinstance(target, list) and last.isdigit() and int(last) < len(target):
-            target[int(last)] = yaml.safe_load(raw)
-        elif isinstance(target, dict):
-            target[last] = yaml.safe_load(raw)
-        else:
-            raise ConfigError(f"--set {item!r}: cannot set {last!r}")
+        _assign(data, key, yaml.safe_load(raw), f"--set {item!r}")
     return data
+
+
+def _assigned(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
+    """``data`` with ``{KEY.PATH: value}`` assigned (a GPU plan)."""
+    data = copy.deepcopy(data)
+    for key, value in values.items():
+        _assign(data, str(key), copy.deepcopy(value), f"gpu_plans.{data.get('gpu')}.{key}")
+    return data
+
+
+def _assign(data: dict[str, Any], key: str, value: Any, what: str) -> None:
+    *path, last = key.split(".")
+    target: Any = data
+    for part in path:
+        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
+            target = target[int(part)]
+        elif isinstance(target, dict):
+            target = target.setdefault(part, {})
+        else:
+            raise ConfigError(f"{what}: cannot go into {part!r}")
+    if isinstance(target, list) and last.isdigit() and int(last) < len(target):
+        target[int(last)] = value
+    elif isinstance(target, dict):
+        target[last] = value
+    else:
+        raise ConfigError(f"{what}: cannot set {last!r}")
 
 
 def _format(exc: ValidationError, prefix: tuple[str, ...], source: str, node: yaml.Node | None) -> str:

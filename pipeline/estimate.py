@@ -107,3 +107,44 @@ def estimate(
     busiest = max((held[kind] / capacity[kind] for kind in held if capacity[kind] > 0), default=0.0)
     fill = sum(demand.seconds_per_shard for demand in demands[:-1]) / 3600
     return rows, max(slowest, busiest) + fill
+
+
+@dataclass(frozen=True)
+class Physics:
+    """A model stage's cost from its FLOPs (``ffp models check``) on a GPU type, before anything is measured."""
+
+    stage: str
+    tflops_per_sample: float
+    samples_per_clip: float
+    gpus_per_actor: float
+    seconds_at_peak: float
+    """Per sample, on the actor's share of GPUs at their bf16 peak: the physical limit."""
+    seconds_at_mfu: float
+    """Per sample at the assumed model FLOPs utilisation."""
+
+
+def physics(graph: StageGraph, checks: Any, gpu: Any, mfu: float) -> dict[str, Physics]:
+    """Per checked model stage: seconds per sample from its FLOPs. An actor holding ``g`` GPUs (a tensor-parallel
+    group, or a share of one) computes at ``g`` times one GPU's rate, so its GPU-seconds are FLOPs / rate whatever
+    ``g`` is."""
+    out = {}
+    for check in checks:
+        gpus = graph.nodes[check.stage].resources.gpus_needed()
+        if not gpus:
+            continue
+        peak = gpus * gpu.bf16_tflops * 1e12
+        out[check.stage] = Physics(check.stage, check.flops_per_sample / 1e12, check.samples_per_clip, gpus,
+                                   check.flops_per_sample / peak, check.flops_per_sample / (peak * mfu))
+    return out
+
+
+def physics_calibration(physics_costs: dict[str, Physics], gpu: Any, mfu: float, config: str) -> dict[str, Any]:
+    """A calibration document (the format ``ffp calibrate`` writes, which the scheduler and ``--estimate`` read) of
+    the physics prior: seconds per sample at ``mfu`` on ``gpu``, and each stage's samples per clip."""
+    return {
+        "seconds_per_sample": {s: round(p.seconds_at_mfu, 6) for s, p in physics_costs.items()},
+        "samples_measured": {s: 0 for s in physics_costs},
+        "items_per_clip": {s: p.samples_per_clip for s, p in physics_costs.items()},
+        "measured_on": {"device": f"physics: {gpu.label} at {mfu:.0%} MFU (ffp models check)", "config": config,
+                        "host": socket.gethostname(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+    }

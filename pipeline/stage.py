@@ -168,6 +168,12 @@ class Stage:
         """Upper bound of samples one source yields, used to size source shards."""
         return 1
 
+    @classmethod
+    def samples_per_input(cls, params: Params) -> float:
+        """Samples one input of this stage becomes at most (a planner's swap and removal of one clip): what the stages
+        after it see per clip, for cost estimates before anything is measured."""
+        return 1.0
+
     # Optional hook --------------------------------------------------------------------------------------
     finalize_outputs: ClassVar[tuple[str, ...]] = ()
     """Files ``finalize`` writes (relative to the run folder); a missing one makes it run again."""

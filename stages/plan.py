@@ -164,6 +164,10 @@ class Plan(VLMStage):
     def reads_for(cls, params: PlanParams) -> tuple[str, ...]:  # type: ignore[override]
         return cls.reads + (("clip.mp4", "fps") if params.frames > 1 else ())
 
+    @classmethod
+    def samples_per_input(cls, params: PlanParams) -> float:  # type: ignore[override]
+        return float(len(params.tasks))
+
     def unreadable(self, sample: Sample, exc: Exception) -> Result:
         return Result.failed(sample.sample_id, f"cannot read the clip: {exc}")
 

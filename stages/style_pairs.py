@@ -108,6 +108,10 @@ class StylePairs(Stage):
     params: StylePairsParams
 
     @classmethod
+    def samples_per_input(cls, params: StylePairsParams) -> float:  # type: ignore[override]
+        return float(params.per_sample)
+
+    @classmethod
     def fingerprint_extra(cls, params: Params) -> dict[str, Any]:
         assert isinstance(params, StylePairsParams)
         return {"styles": digest(list(_listed(params.styles)))}

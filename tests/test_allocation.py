@@ -135,7 +135,7 @@ def test_calibrate_then_estimate_from_a_real_run(tmp_path: Path, demo_vos: Path)
     assert 8 < large / small <= 10 and wider <= large
 
 
-def test_ffp_plan_estimate_needs_a_calibration(tmp_path: Path) -> None:
+def test_ffp_plan_estimate_needs_a_calibration_without_gpu_model_stages(tmp_path: Path) -> None:
     from tests.conftest import ffp_cli
 
     done = ffp_cli("plan", "--preset", "synth-vos", "--out", str(tmp_path / "run"), "--estimate", "10")

@@ -9,6 +9,7 @@ vocabulary (about 2,600 tokens with an image and a short video).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 VERSION = "1"
@@ -48,15 +49,17 @@ _CORPUS = (
 )
 
 
-def _tokenizer():  # noqa: ANN202 - a Qwen2Tokenizer
+def _tokenizer(corpus: Sequence[str] = (_CORPUS,) * 20, vocab_size: int = 512):  # noqa: ANN202 - a Qwen2Tokenizer
+    """A Qwen2 tokenizer (byte-level BPE, Qwen's special tokens and chat template) trained on ``corpus``."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
 
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    bpe.train_from_iterator([_CORPUS] * 20, trainer=trainer)
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    bpe.train_from_iterator(corpus, trainer=trainer)
     state = bpe.model.__getstate__()
     import json
 
