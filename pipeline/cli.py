@@ -27,6 +27,7 @@ from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_sc
 from pipeline.plan import State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
 from pipeline.status import stage_statuses
+from stages.realsize.gpus import DEFAULT_MFU
 from stages.sources import InputListError
 
 if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
@@ -49,7 +50,7 @@ JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")
 GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="GPU type: a100, h100 or h200 (80, 80, 141 GiB); applies "
                                                 "the config's gpu_plans for it (default: the config's gpu, else h100)")]
 MfuOpt = Annotated[float, typer.Option("--mfu", min=0.01, max=1.0, help="model FLOPs utilisation assumed for the "
-                                       "physics prior")]
+                                       "physics prior (default: about what Wan's published H100 time implies)")]
 
 
 def main() -> None:
@@ -253,7 +254,7 @@ def plan(
     gpus: Annotated[Optional[float], typer.Option(help="--estimate: GPUs of the cluster (default: ray.num_gpus)")] = None,
     cpus: Annotated[Optional[float], typer.Option(help="--estimate: CPUs of the cluster (default: ray.num_cpus)")] = None,
     calibration: Annotated[Optional[str], typer.Option(help="--estimate: `ffp calibrate` output (default: scheduler.calibration)")] = None,
-    gpu: GpuOpt = None, mfu: MfuOpt = 0.4,
+    gpu: GpuOpt = None, mfu: MfuOpt = DEFAULT_MFU,
 ) -> None:
     """Stages, resources, shard counts, fingerprints, and what is done / stale / to do. Writes nothing.
     With --estimate N: GPU-hours and wall time per stage for N clips on a cluster shape, from the models' FLOPs
@@ -352,8 +353,8 @@ def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: f
     capped = [row for row in rows if row.gpus_per_actor and row.actors >= cfg.stages[row.stage].resources.actors
               and row.hours >= 0.5 * hours and capacity["GPU"] > sum(r.actors * r.gpus_per_actor for r in rows)]
     for row in capped:
-        console.print(f"[yellow]{row.stage} is capped at {row.actors} actors (resources.actors) with GPUs to spare:[/yellow]"
-                      f" --set stages.{row.stage}.resources.actors=N lets it use more of the cluster")
+        console.print(f"[yellow]{row.stage} is capped at {row.actors} actors (resources.actors) with GPUs to "
+                      f"spare:[/yellow] --set stages.{row.stage}.resources.actors=N lets it use more of the cluster")
     cpu_only = [s for s in graph.order if source[s] == "default 1 s"]
     if cpu_only:
         console.print(f"[yellow]no physics or calibration for {', '.join(cpu_only)} (CPU work: 1 s a sample "
@@ -390,12 +391,17 @@ def calibrate(
     document = calibration_document(storage, graph)
     if not document["seconds_per_sample"]:
         raise ConfigError(f"{run_dir} has no committed shards to measure")
-    text = json.dumps(document, indent=1) if out and out.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
+    text = _calibration_text(document, out or "")
     if out:
         Path(out).write_text(text)
         console.print(f"calibration of {len(document['seconds_per_sample'])} stages written to {escape(out)}")
     else:
         print(text)
+
+
+def _calibration_text(document: dict[str, Any], path: str) -> str:
+    """A calibration document as ``path`` wants it: JSON for ``.json``, else YAML."""
+    return json.dumps(document, indent=1) if path.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
 
 
 @app.command()
@@ -593,8 +599,9 @@ def review(
 @models_app.command("check")
 def models_check(
     config: ConfigArg = None,
-    preset: Annotated[Optional[list[str]], typer.Option("--preset", "-p", help="a config shipped with ffp (repeatable)")] = None,
-    out: OutOpt = None, set_: SetOpt = None, gpu: GpuOpt = None, mfu: MfuOpt = 0.4, as_json: JsonOpt = False,
+    preset: Annotated[Optional[list[str]], typer.Option(
+        "--preset", "-p", help="a config shipped with ffp (repeatable)")] = None,
+    out: OutOpt = None, set_: SetOpt = None, gpu: GpuOpt = None, mfu: MfuOpt = DEFAULT_MFU, as_json: JsonOpt = False,
     stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
     write_calibration: Annotated[Optional[str], typer.Option(
         "--write-calibration", help="write the physics prior as a calibration file (scheduler.calibration)")] = None,
@@ -638,8 +645,7 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
     costs = physics(graph, reports, card, mfu)
     if write_calibration:
         document = physics_calibration(costs, card, mfu, cfg.name)
-        text = json.dumps(document, indent=1) if write_calibration.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
-        Path(write_calibration).write_text(text)
+        Path(write_calibration).write_text(_calibration_text(document, write_calibration))
     rows = [{**r.to_json(), "config": cfg.name, "gpu": card.name, "fits": fitted[r.stage][0].fits,
              "fit_options": [f.__dict__ for f in fitted[r.stage]], "mfu": mfu,
              "seconds_at_peak": costs[r.stage].seconds_at_peak if r.stage in costs else None,
@@ -717,7 +723,8 @@ def _print_checks(cfg: PipelineConfig, reports: list[Any], fitted: dict[str, Any
         fit = fitted[r.stage][0]
         cost = costs.get(r.stage)
         verdict = ("[green]yes[/green]" if fit.fits else "[red]no[/red]") + f" {fit.needed_gib:.0f}/{fit.limit_gib:.0f}"
-        table.add_row(r.stage, f"{r.params / 1e9:.2f}B", f"{r.weight_bytes / gib:.1f}", f"{r.activation_bytes / gib:.1f}",
+        table.add_row(r.stage, f"{r.params / 1e9:.2f}B", f"{r.weight_bytes / gib:.1f}",
+                      f"{r.activation_bytes / gib:.1f}",
                       f"{r.flops_per_sample / 1e12:,.0f}", f"{r.samples_per_clip:g}",
                       f"{cost.seconds_at_peak * cost.gpus_per_actor:,.1f}" if cost else "-",
                       f"{cost.seconds_at_mfu * cost.gpus_per_actor:,.1f}" if cost else "-", verdict)

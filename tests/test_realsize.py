@@ -77,6 +77,12 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     assert 7.5e3 < inpaint["tflops_per_forward"] < 8.3e3  # 1280x720x81 (the 480p preset: a quarter of it)
     assert by_key[("local-gpu-480p", "inpaint")]["tflops_per_forward"] < inpaint["tflops_per_forward"] / 2.5
     assert inpaint["samples_per_clip"] == 2 and by_key[("local-gpu", "plan")]["samples_per_clip"] == 1
+    for preset in ("local-gpu", "ffp300k-style"):  # the committed results bench/gpu and the docs quote are current
+        committed = json.loads((ROOT / f"bench/results/realsize-{preset}.json").read_text())
+        for old in committed:
+            new = by_key[(preset, old["stage"])]
+            for key in ("tflops_per_sample", "weights_gib", "activation_gib", "params"):
+                assert new[key] == pytest.approx(old[key], rel=1e-6), (preset, old["stage"], key)
 
 
 def independent_wan_flops(config: dict, frames: int, height: int, width: int, text_tokens: int = 512) -> float:
@@ -84,7 +90,8 @@ def independent_wan_flops(config: dict, frames: int, height: int, width: int, te
     multiply-add): patch embeddings, per block self-attention (QKV, O, scores and weighted sum), cross-attention to
     the text, the feed-forward; VACE's blocks as many again with their projections; the text embedder and head."""
     t, p_h, p_w = config["patch_size"]
-    d, ffn, c_in = config["attention_head_dim"] * config["num_attention_heads"], config["ffn_dim"], config["in_channels"]
+    d = config["attention_head_dim"] * config["num_attention_heads"]
+    ffn, c_in = config["ffn_dim"], config["in_channels"]
     latent = ((frames - 1) // 4 + 1) // t, height // 8 // p_h, width // 8 // p_w
     tokens = latent[0] * latent[1] * latent[2]
     block = (2 * tokens * d * d * 4 + 4 * tokens * tokens * d  # self-attention
@@ -125,7 +132,8 @@ def test_vace_14b_flops_per_forward_agree_with_an_independent_count() -> None:
 
 
 PUBLISHED_PARAMS = {  # model cards and papers (parameter counts of the whole checkpoint or the named part)
-    "Qwen/Qwen2.5-VL-72B-Instruct": 73.4e9, "Qwen/Qwen2.5-VL-7B-Instruct": 8.29e9, "Qwen/Qwen2.5-VL-3B-Instruct": 3.75e9,
+    "Qwen/Qwen2.5-VL-72B-Instruct": 73.4e9, "Qwen/Qwen2.5-VL-7B-Instruct": 8.29e9,
+    "Qwen/Qwen2.5-VL-3B-Instruct": 3.75e9,
     "facebook/sam2.1-hiera-large": 224.4e6, "depth-anything/Depth-Anything-V2-Large-hf": 335.3e6,
     "openai/clip-vit-large-patch14": 427.6e6, "facebook/dinov2-base": 86.6e6,
 }
@@ -214,7 +222,8 @@ def test_the_estimate_comes_from_physics_and_from_a_calibration_when_given(tmp_p
     assert inpaint["physics_seconds_at_peak"] == pytest.approx(inpaint["tflops_per_sample"] / 989, rel=1e-6)
 
     calibration = tmp_path / "cal.yaml"
-    calibration.write_text(yaml.safe_dump({"seconds_per_sample": {"inpaint": 1000.0}, "items_per_clip": {"inpaint": 2}}))
+    calibration.write_text(yaml.safe_dump({"seconds_per_sample": {"inpaint": 1000.0},
+                                           "items_per_clip": {"inpaint": 2}}))
     result = ffp_cli("plan", "--preset", "local-gpu", "--estimate", "1000", "--gpus", "64", "--json",
                      "--calibration", str(calibration))
     stages = {row["stage"]: row for row in json.loads(result.stdout)["stages"]}

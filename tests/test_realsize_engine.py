@@ -108,3 +108,36 @@ def test_a_meta_weight_keeps_its_dtype_conversions(dtype: torch.dtype) -> None:
     with ShapeOnly():
         layer.to("cuda", dtype)  # no CUDA here: a meta weight only changes dtype
     assert layer.weight.device.type == "meta" and layer.weight.dtype == dtype
+
+
+def test_a_repeated_stateless_model_call_replays_its_first_count(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A pure model call (engine.PURE_CALLS) with inputs of the same shapes runs once; its repeats give the same
+    outputs' shapes, FLOPs and activation peak, as if they had run. A call given an object (a cache, a session) is
+    never replayed."""
+    from stages.realsize import engine
+
+    class Encoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.layer = meta_linear(32, 64)
+            self.runs = 0
+
+        def forward(self, x: torch.Tensor, state: object = None) -> tuple[torch.Tensor, torch.Tensor]:
+            self.runs += 1
+            hidden = self.layer(x)
+            return hidden.relu(), hidden.sum(-1)
+
+    monkeypatch.setitem(engine.PURE_CALLS, "Encoder", ("forward",))
+    model = Encoder()
+    engine.as_model_call(model)
+    flops = []
+    with ShapeOnly() as shape_only:
+        for _ in range(3):
+            with Counters(shape_only).measure() as measured:
+                out, total = model(torch.ones(4, 32))
+            flops.append((measured.flops, measured.peak_bytes))
+            assert out.shape == (4, 64) and total.shape == (4,) and out.device.type == "meta"
+        assert model.runs == 1 and len(set(flops)) == 1 and flops[0][0] == 2 * 4 * 32 * 64
+        with Counters(shape_only).measure():
+            model(torch.ones(4, 32), state=object())
+        assert model.runs == 2

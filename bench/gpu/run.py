@@ -120,7 +120,7 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
     from manifests.storage import Storage
     from pipeline.stage import StageContext
     from stages.realsize import inputs
-    from stages.realsize.check import _language_model, _record_lengths, check_params, quiet_libraries
+    from stages.realsize.check import check_params, language_model, quiet_libraries, without_repairs
     from stages.realsize.loading import built_from_config
     from stages.vlm import VLMParams
     from stages.wan import WanParams
@@ -136,8 +136,8 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
         stage = node.cls(params, StageContext(name, Storage(folder), tensor_parallel=1))
         with built_from_config(device):
             stage.setup()
-        language_model = _language_model(stage)
-        lengths = _record_lengths(language_model) if language_model is not None else []
+        if language_model(stage) is not None:
+            without_repairs(stage)  # random weights answer nonsense; a repair is not part of a sample's cost
         if device.type == "cuda":
             torch.cuda.synchronize(device)
             torch.cuda.reset_peak_memory_stats(device)
@@ -159,12 +159,10 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
         seconds = measured - sum(denoiser) + per_step * node.params.num_inference_steps
         notes.append(f"{steps} steps run, {per_step:.2f} s a step, extrapolated to {node.params.num_inference_steps}")
     elif isinstance(node.params, VLMParams):
-        lm = [t for n, t in timer.calls if n.endswith("ForConditionalGeneration")]
-        # the first generation: its prefill, then decode steps of one token each, until the next prefill (a repair)
-        end = next((i for i in range(1, len(lengths)) if lengths[i] > 1), len(lengths))
-        first = lm[:end]
+        calls = [t for n, t in timer.calls if n.endswith("ForConditionalGeneration")]
+        first = calls  # one generation: its prefill, then decode steps of one token each
         decode = sum(first[1:]) / max(1, len(first) - 1)
-        other = measured - sum(lm)
+        other = measured - sum(calls)
         seconds = other + (first[0] + decode * node.params.max_new_tokens) * lm_scale
         if lm_scale != 1.0:
             notes.append(f"language model ran {1 / lm_scale:.0%} of its layers (too large for one GPU); its time "
@@ -189,6 +187,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2, help="denoising steps run (the last one is timed)")
     parser.add_argument("--tokens", type=int, default=8, help="tokens a VLM generates (prefill + decode steps)")
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu.txt and gpu-calibration.yaml")
+    parser.add_argument("--checks", type=Path, default=Path(__file__).resolve().parents[1] / "results",
+                        help="folder with `ffp models check --json` output per preset (realsize-PRESET.json), "
+                        "used instead of checking again (minutes of CPU on the GPU machine)")
     args = parser.parse_args()
 
     import torch
@@ -211,7 +212,7 @@ def main() -> None:
     calibration: dict[str, Any] = {"seconds_per_sample": {}, "samples_measured": {}, "items_per_clip": {}}
     for preset in args.preset or presets:
         graph = build_graph(load_config(preset=preset))
-        checks = {c.stage: c for c in check_config(graph)}
+        checks = _checks(args.checks / f"realsize-{preset}.json") or {c.stage: c for c in check_config(graph)}
         fanout = samples_per_clip(graph)
         for name in graph.order:
             node = graph.nodes[name]
@@ -229,12 +230,23 @@ def main() -> None:
                   f"(ran {timing.measured_seconds:.2f} s), peak {timing.peak_gib:.1f} GiB", flush=True)
     lines += _table(timings, peak_tflops)
     lines.append(f"# total {time.perf_counter() - started:.0f} s")
-    calibration["measured_on"] = {"device": f"1 x {label} (bench/gpu/run.py --scale {args.scale})",
-                                  "host": socket.gethostname(), "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    calibration["measured_on"] = {
+        "device": f"1 x {label} (bench/gpu/run.py --scale {args.scale})", "host": socket.gethostname(),
+        "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "gpu.txt").write_text("\n".join(lines) + "\n")
     (args.out / "gpu-calibration.yaml").write_text(yaml.safe_dump(calibration, sort_keys=False))
     print("\n".join(lines[2:]))
+
+
+def _checks(path: Path) -> dict[str, Any]:
+    """``ffp models check --json`` rows of a preset, by stage, when that file exists."""
+    from stages.realsize.check import StageCheck
+
+    if not path.is_file():
+        return {}
+    return {row["stage"]: StageCheck.from_json(row) for row in json.loads(path.read_text())}
 
 
 def _peak_tflops(label: str) -> float:
@@ -253,7 +265,8 @@ def _table(timings: list[tuple[str, Timing]], peak: float) -> list[str]:
     for preset, t in timings:
         mfu = f"{t.mfu(peak):.0%}" if peak else "-"
         out.append(f"{preset:16s} {t.stage:16s} {t.seconds_per_sample:10.2f} {t.measured_seconds:8.2f} "
-                   f"{t.peak_gib:9.1f} {t.estimated_gib:9.1f} {t.tflops_per_sample:10.1f} {mfu:>6s}  {'; '.join(t.notes)}")
+                   f"{t.peak_gib:9.1f} {t.estimated_gib:9.1f} {t.tflops_per_sample:10.4g} {mfu:>6s}  "
+                   + "; ".join(t.notes))
     return out
 
 

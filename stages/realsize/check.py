@@ -109,7 +109,8 @@ class StageCheck:
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
-        data.update(model=", ".join(self.models), params=self.params, weights_gib=self.weight_bytes / GIB, activation_gib=self.activation_bytes / GIB,
+        data.update(model=", ".join(self.models), params=self.params, weights_gib=self.weight_bytes / GIB,
+                    activation_gib=self.activation_bytes / GIB,
                     tflops_per_sample=self.flops_per_sample / 1e12, tflops_per_clip=self.flops_per_clip / 1e12)
         return data
 
@@ -250,17 +251,17 @@ def check_stage(graph: StageGraph, name: str) -> StageCheck:
     sample = inputs.sample(graph, name, "removal" if node.type == "judge" else "swap")
     shape_only = ShapeOnly()
     results: list[Any] = []
-    language_model, lengths = None, []
+    lm, lengths = None, []
     with quiet_libraries(), tempfile.TemporaryDirectory(prefix="ffp-realsize-") as folder:
         try:
             stage = node.cls(params, StageContext(name, Storage(folder), tensor_parallel=1))
             with shape_only, built_from_config("meta"):
                 stage.setup()
                 report.components = components_of(stage)
-                language_model = _language_model(stage)
-                lengths = _record_lengths(language_model) if language_model is not None else []
-                if language_model is not None:
-                    _without_repairs(stage)
+                lm = language_model(stage)
+                if lm is not None:
+                    lengths = record_lengths(lm)
+                    without_repairs(stage)
                 with Counters(shape_only).measure() as measured:
                     results = stage.process([sample])
         except Exception as exc:  # the check's purpose: any break at real shapes is the finding
@@ -269,8 +270,8 @@ def check_stage(graph: StageGraph, name: str) -> StageCheck:
             report.not_checked.append(
                 f"the code after a model call stopped on the stand-in values of the model's outputs ({_where(exc)}); "
                 "what ran before counts, model calls after that point did not run")
-    if language_model is not None:
-        report.kv_bytes_per_token = _kv_bytes_per_token(language_model)
+    if lm is not None:
+        report.kv_bytes_per_token = _kv_bytes_per_token(lm)
         report.prefill_tokens = lengths[0] if lengths else None
     report.activation_bytes, report.peak_in = measured.peak_bytes, measured.peak_in
     report.value_reads = dict(shape_only.value_reads)
@@ -370,7 +371,7 @@ def _vlm_costs(report: StageCheck, params: Any, measured: Any) -> float:
     return prefill + decode * params.max_new_tokens
 
 
-def _without_repairs(stage: Any) -> None:
+def without_repairs(stage: Any) -> None:
     """A VLM stage whose repair generations (answers that do not parse get a second one; on the stand-in values
     none parses) return empty answers instead of running the same model again on a longer prompt."""
     from stages.vlm import Generation
@@ -385,12 +386,12 @@ def _without_repairs(stage: Any) -> None:
     stage.generate = generate
 
 
-def _language_model(stage: Any) -> Any:
+def language_model(stage: Any) -> Any:
     """A VLM stage's language model (its transformers backend's), else ``None``."""
     return getattr(getattr(stage, "backend", None), "model", None)
 
 
-def _record_lengths(model: Any) -> list[int]:
+def record_lengths(model: Any) -> list[int]:
     """A list that fills with the sequence length of every call of ``model``."""
     lengths: list[int] = []
 

@@ -56,7 +56,8 @@ _METADATA = {
     torch.Tensor.size, torch.Tensor.dim, torch.Tensor.numel, torch.Tensor.stride, torch.Tensor.is_floating_point,
     torch.Tensor.element_size, torch.Tensor.__len__, torch.Tensor.is_contiguous, torch.Tensor.untyped_storage,
     torch.Tensor.storage_offset, torch.Tensor.is_complex, torch.Tensor.data_ptr, torch.Tensor.__repr__,
-    torch.Tensor.__format__, torch.Tensor.__hash__, torch.Tensor.requires_grad_, torch._has_compatible_shallow_copy_type,
+    torch.Tensor.__format__, torch.Tensor.__hash__, torch.Tensor.requires_grad_,
+    torch._has_compatible_shallow_copy_type,
 }
 _DESCRIPTORS = {"__get__", "__set__", "__delete__"}
 _MOVES = {torch.Tensor.to, torch.Tensor.cpu, torch.Tensor.cuda, torch.Tensor.type}
@@ -234,7 +235,7 @@ class ShapeOnly(TorchFunctionMode):
     def __init__(self) -> None:
         super().__init__()
         self.value_reads: Counter[str] = Counter()
-        """Places inside a model call that read values of a meta tensor (the stand-in value was used), with how often."""
+        """Places inside a model call that read values of a meta tensor (the stand-in was used), with how often."""
         self.depth = 0
         self.paused = 0
         self.finished_calls = 0
@@ -417,9 +418,14 @@ def _template(value: Any) -> Any:
     """A copy of a model call's output with every meta tensor replaced by its metadata and small real ones copied,
     or ``None`` when it returns a large real tensor."""
     try:
-        return _shaped(value)
+        return _map_tensors(value, _recorded)
     except _NotMeta:
         return None
+
+
+def _rebuilt(value: Any) -> Any:
+    """A fresh output from a template (new meta tensors of the recorded metadata, copies of the kept real ones)."""
+    return _map_tensors(value, lambda leaf: leaf.empty() if isinstance(leaf, _TensorMeta) else leaf.tensor.clone())
 
 
 class _RealKept:
@@ -429,51 +435,32 @@ class _RealKept:
         self.tensor = tensor.clone()
 
 
-def _shaped(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        if value.device.type != "meta":
-            if value.numel() > REAL_KEPT:
-                raise _NotMeta
-            return _RealKept(value)
-        return _TensorMeta(value)
+def _recorded(tensor: torch.Tensor) -> _TensorMeta | _RealKept:
+    if tensor.device.type == "meta":
+        return _TensorMeta(tensor)
+    if tensor.numel() > REAL_KEPT:
+        raise _NotMeta
+    return _RealKept(tensor)
+
+
+def _map_tensors(value: Any, fn: Any) -> Any:
+    """A copy of ``value`` (nested lists, tuples, dicts, model output dataclasses, plain objects such as a VAE's
+    latent distribution) with ``fn`` applied to each tensor or recorded tensor in it."""
+    if isinstance(value, (torch.Tensor, _TensorMeta, _RealKept)):
+        return fn(value)
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_shaped(item) for item in value)
+        return type(value)(_map_tensors(item, fn) for item in value)
     if isinstance(value, dict):
         out = copy.copy(value)
-        for k in list(value.keys()):
-            out[k] = _shaped(value[k])
-        if hasattr(value, "__dataclass_fields__"):
-            for k in value.__dataclass_fields__:
-                object.__setattr__(out, k, out.get(k, getattr(value, k)))
+        for key in list(value.keys()):
+            out[key] = _map_tensors(value[key], fn)
+        for key in getattr(value, "__dataclass_fields__", ()):  # ModelOutput / BaseOutput keep both views
+            object.__setattr__(out, key, out.get(key, getattr(value, key)))
         return out
     if hasattr(value, "__dict__") and not isinstance(value, type):
         out = copy.copy(value)
-        for k, item in vars(value).items():
-            setattr(out, k, _shaped(item))
-        return out
-    return value
-
-
-def _rebuilt(value: Any) -> Any:
-    """A fresh output from a template (new meta tensors of the recorded metadata)."""
-    if isinstance(value, _TensorMeta):
-        return value.empty()
-    if isinstance(value, _RealKept):
-        return value.tensor.clone()
-    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
-        return type(value)(_rebuilt(item) for item in value)
-    if isinstance(value, dict):
-        out = copy.copy(value)
-        for k in list(value.keys()):
-            out[k] = _rebuilt(value[k])
-        if hasattr(value, "__dataclass_fields__"):
-            for k in value.__dataclass_fields__:
-                object.__setattr__(out, k, out.get(k, getattr(value, k)))
-        return out
-    if hasattr(value, "__dict__") and not isinstance(value, type):
-        out = copy.copy(value)
-        for k, item in vars(value).items():
-            setattr(out, k, _rebuilt(item))
+        for key, item in vars(value).items():
+            setattr(out, key, _map_tensors(item, fn))
         return out
     return value
 
