@@ -109,7 +109,8 @@ def independent_wan_flops(config: dict, frames: int, height: int, width: int, te
 def test_vace_14b_flops_per_forward_agree_with_an_independent_count() -> None:
     import torch
 
-    from stages.realsize.engine import Counters, ShapeOnly
+    from stages.realsize.counting import Counters
+    from stages.realsize.engine import ShapeOnly
     from stages.realsize.folders import entry, folder_for
     from stages.realsize.loading import built_from_config
 

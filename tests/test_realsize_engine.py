@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.realsize.engine import STAND_IN, Counters, ShapeOnly
+from stages.realsize.counting import Counters
+from stages.realsize.engine import STAND_IN, ShapeOnly
 
 
 def meta_linear(inputs: int, outputs: int) -> torch.nn.Linear:
@@ -111,10 +112,10 @@ def test_a_meta_weight_keeps_its_dtype_conversions(dtype: torch.dtype) -> None:
 
 
 def test_a_repeated_stateless_model_call_replays_its_first_count(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A pure model call (engine.PURE_CALLS) with inputs of the same shapes runs once; its repeats give the same
+    """A pure model call (replay.PURE_CALLS) with inputs of the same shapes runs once; its repeats give the same
     outputs' shapes, FLOPs and activation peak, as if they had run. A call given an object (a cache, a session) is
     never replayed."""
-    from stages.realsize import engine
+    from stages.realsize import replay
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:
@@ -127,9 +128,9 @@ def test_a_repeated_stateless_model_call_replays_its_first_count(monkeypatch: py
             hidden = self.layer(x)
             return hidden.relu(), hidden.sum(-1)
 
-    monkeypatch.setitem(engine.PURE_CALLS, "Encoder", ("forward",))
+    monkeypatch.setitem(replay.PURE_CALLS, "Encoder", ("forward",))
     model = Encoder()
-    engine.as_model_call(model)
+    replay.as_model_call(model)
     flops = []
     with ShapeOnly() as shape_only:
         for _ in range(3):

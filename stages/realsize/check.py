@@ -230,7 +230,8 @@ def check_stage(graph: StageGraph, name: str) -> StageCheck:
     """Build and run one model stage shape-only at the config's sizes; :class:`CheckError` if it cannot be checked
     or its code breaks."""
     from stages.realsize import inputs
-    from stages.realsize.engine import Counters, ShapeOnly
+    from stages.realsize.counting import Counters
+    from stages.realsize.engine import ShapeOnly
     from stages.realsize.folders import known_models
     from stages.realsize.loading import built_from_config
 
@@ -317,7 +318,7 @@ def _unsupported(node: StageNode) -> str | None:
 
 def _inside_model(exc: BaseException) -> bool:
     """Whether ``exc`` was raised inside a model call (a module's forward or a VAE's encode/decode)."""
-    return any(f.filename.endswith("torch/nn/modules/module.py") or (f.filename.endswith("realsize/engine.py")
+    return any(f.filename.endswith("torch/nn/modules/module.py") or (f.filename.endswith("realsize/replay.py")
                and f.name == "call") for f in traceback.extract_tb(exc.__traceback__))
 
 

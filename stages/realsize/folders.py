@@ -6,7 +6,7 @@ component for diffusers pipelines), so a stage's own loading code opens them unc
 Tokenizers are stand-ins (the tiny profile's: vocabulary files of the real checkpoints cannot be shipped);
 image and video processors get the real sizes. The model config's special-token ids follow the stand-in
 tokenizer (they index the same embedding table, so no shape changes). Folders are cached under
-``$FFP_TINY_CACHE/../realsize`` keyed by a digest of their entry and of this module's ``VERSION``.
+``$FFP_TINY_CACHE/../realsize`` keyed by a digest of their entry and of the code that writes them.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import yaml
 
 from stages.models import TINY_PREFIX
 
-VERSION = "1"
 ARCHITECTURES = Path(__file__).with_name("architectures.yaml")
 
 
@@ -66,7 +65,7 @@ def folder_for(model: str, overrides: dict[str, Any] | None = None) -> Path:
     spec = entry(model)
     if overrides:
         spec["config"] = _merge(spec["config"], overrides)
-    digest = hashlib.sha256(json.dumps([VERSION, spec], sort_keys=True).encode()).hexdigest()[:12]
+    digest = hashlib.sha256(json.dumps([_code_digest(), spec], sort_keys=True).encode()).hexdigest()[:12]
     target = cache_root() / f"{model.replace('/', '--')}-{digest}"
     if (target / ".complete").exists():
         return target
@@ -83,6 +82,13 @@ def folder_for(model: str, overrides: dict[str, Any] | None = None) -> Path:
     finally:
         shutil.rmtree(temporary, ignore_errors=True)
     return target
+
+
+@cache
+def _code_digest() -> str:
+    """The code that writes the folders: this module and the tiny builders whose tokenizers it reuses."""
+    tiny = Path(__file__).parents[1] / "tiny"
+    return hashlib.sha256(b"".join(p.read_bytes() for p in [Path(__file__), *sorted(tiny.glob("*.py"))])).hexdigest()
 
 
 def cache_root() -> Path:
@@ -225,7 +231,6 @@ def english_corpus() -> list[str]:
     profile's 512-token one gives 1.5-1.9, which would double a prompt's text tokens)."""
     import re
     import sysconfig
-
     from pydoc_data.topics import topics
 
     strings = re.compile(r'"""(.*?)"""', re.DOTALL)

@@ -47,7 +47,8 @@ def built_from_config(device: str | torch.device = "meta") -> Iterator[None]:
     from diffusers.models.modeling_utils import ModelMixin
     from transformers import PreTrainedModel
 
-    from stages.realsize.engine import as_model_call, paused
+    from stages.realsize.engine import paused
+    from stages.realsize.replay import as_model_call
 
     target = torch.device(device)
 
