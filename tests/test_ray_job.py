@@ -72,13 +72,21 @@ class LocalCluster:
         ``ray stop`` would stop every Ray on the machine."""
         procs = self.processes()
         for proc in procs:
-            proc.send_signal(signal.SIGTERM)
+            _signal(proc, signal.SIGTERM)
         deadline = time.monotonic() + 16
         while (alive := [p for p in procs if _live(p)]) and time.monotonic() < deadline:
             psutil.wait_procs(alive, timeout=0.5)  # reaps the head (our child); an exited orphan stays a zombie
         for proc in alive:
-            proc.kill()
+            _signal(proc, signal.SIGKILL)
         psutil.wait_procs(alive, timeout=10)
+
+
+def _signal(proc: psutil.Process, sig: int) -> None:
+    """Signal a process that may have exited since it was listed (a node's worker ending with its raylet)."""
+    try:
+        proc.send_signal(sig)
+    except psutil.NoSuchProcess:
+        pass
 
 
 def _live(proc: psutil.Process) -> bool:

@@ -8,8 +8,8 @@ with every model at its real size (``stages/realsize``: the shipped configuratio
 device; compute cost does not depend on weight values) and runs one synthetic clip at the preset's size in this
 process: no Ray, no vLLM (VLM stages use the transformers backend with the same processor and prompt).
 Diffusion stages run ``--steps`` denoising steps and are extrapolated to their configured steps from the last
-step's transformer calls; VLM stages generate ``--tokens`` tokens and are extrapolated to ``max_new_tokens``
-from the mean decode step; a language model too large for one GPU (Qwen2.5-VL-72B) runs a quarter of its layers
+step's transformer calls; VLM stages generate ``--tokens`` tokens, after one warm-up generation, and are
+extrapolated to ``max_new_tokens`` from the mean decode step; a language model too large for one GPU (Qwen2.5-VL-72B) runs a quarter of its layers
 and its language-model time is scaled by the layer ratio.
 
 Writes ``gpu.txt`` (seconds per sample, peak GPU memory next to the check's estimate, MFU against the FLOPs
@@ -58,12 +58,20 @@ class Timing:
         return self.tflops_per_sample / (self.seconds_per_sample * peak_tflops) if self.seconds_per_sample else 0.0
 
 
+VISION_ENCODERS = ("VisionTransformerPretrainedModel",)
+"""Class-name suffixes of VLM vision encoders. transformers >= 5.18 runs the encoder as its own top-level call
+before the first forward of ``generate()``; 5.17 and older run it inside that forward (the prefill)."""
+
+
 class CallTimer:
     """Wall time of every top-level model call (a module called outside any other module's forward), in order;
-    synchronises the device around each so the time is the GPU's."""
+    synchronises the device around each so the time is the GPU's. A vision encoder called inside a top-level
+    call is timed too: ``nested[i]`` is its seconds inside ``calls[i]``."""
 
     def __init__(self, device: Any) -> None:
         self.device, self.depth, self.calls, self._started = device, 0, [], 0.0
+        self.nested: dict[int, float] = {}
+        self._nested_started: dict[int, float] = {}
 
     def __enter__(self) -> CallTimer:
         from torch.nn.modules.module import register_module_forward_hook, register_module_forward_pre_hook
@@ -87,9 +95,16 @@ class CallTimer:
         if self.depth == 1:
             self._sync()
             self._started = time.perf_counter()
+        elif type(module).__name__.endswith(VISION_ENCODERS):
+            self._sync()
+            self._nested_started[id(module)] = time.perf_counter()
 
     def _post(self, module: Any, args: Any, output: Any) -> None:
         self.depth -= 1
+        if self.depth > 0 and id(module) in self._nested_started:
+            self._sync()
+            index, seconds = len(self.calls), time.perf_counter() - self._nested_started.pop(id(module))
+            self.nested[index] = self.nested.get(index, 0.0) + seconds  # inside the top-level call now running
         if self.depth == 0:
             self._sync()
             self.calls.append((type(module).__name__, time.perf_counter() - self._started))
@@ -137,6 +152,10 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
         with built_from_config(device):
             stage.setup()
         if language_model(stage) is not None:
+            # a first generation warms the kernels (its first decode steps ran 10-50 times slower than later ones)
+            without_repairs(stage)
+            stage.process([sample])
+            del stage.generate  # the class's own again, then wrapped afresh for the timed run
             without_repairs(stage)  # random weights answer nonsense; a repair is not part of a sample's cost
         if device.type == "cuda":
             torch.cuda.synchronize(device)
@@ -159,7 +178,10 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
         seconds = measured - sum(denoiser) + per_step * node.params.num_inference_steps
         notes.append(f"{steps} steps run, {per_step:.2f} s a step, extrapolated to {node.params.num_inference_steps}")
     elif isinstance(node.params, VLMParams):
-        calls = [t for n, t in timer.calls if n.endswith("ForConditionalGeneration")]
+        # a vision encoder run inside the model's forward (transformers <= 5.17) counts as "other", as it does where
+        # generate() runs it as a call of its own (>= 5.18): it is not part of the language model to scale
+        calls = [t - timer.nested.get(i, 0.0) for i, (n, t) in enumerate(timer.calls)
+                 if n.endswith("ForConditionalGeneration")]
         first = calls  # one generation: its prefill, then decode steps of one token each
         decode = sum(first[1:]) / max(1, len(first) - 1)
         other = measured - sum(calls)

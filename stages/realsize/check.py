@@ -28,6 +28,7 @@ import contextlib
 import hashlib
 import inspect
 import json
+import platform
 import tempfile
 import time
 import traceback
@@ -477,7 +478,7 @@ def check_key(graph: StageGraph, name: str) -> str:
         "version": VERSION, "type": node.type, "class": node.cls.version, "params": node.params.model_dump(mode="json"),
         "sizes": sizes, "facts": {p.model: architectures().get(p.model) for p in model_params(node.params).values()},
         "code": [hashlib.sha256(path.read_bytes()).hexdigest() for path in sources],
-        "libraries": [torch.__version__, transformers.__version__, diffusers.__version__],
+        "libraries": [torch.__version__, transformers.__version__, diffusers.__version__, platform.python_version()],
     }
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:20]
 

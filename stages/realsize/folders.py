@@ -86,9 +86,13 @@ def folder_for(model: str, overrides: dict[str, Any] | None = None) -> Path:
 
 @cache
 def _code_digest() -> str:
-    """The code that writes the folders: this module and the tiny builders whose tokenizers it reuses."""
+    """The code that writes the folders: this module and the tiny builders whose tokenizers it reuses, and the Python
+    version (the VLMs' stand-in tokenizer is trained on its standard library's docstrings: :func:`english_corpus`)."""
+    import platform
+
     tiny = Path(__file__).parents[1] / "tiny"
-    return hashlib.sha256(b"".join(p.read_bytes() for p in [Path(__file__), *sorted(tiny.glob("*.py"))])).hexdigest()
+    code = b"".join(p.read_bytes() for p in [Path(__file__), *sorted(tiny.glob("*.py"))])
+    return hashlib.sha256(code + platform.python_version().encode()).hexdigest()
 
 
 def cache_root() -> Path:
@@ -228,7 +232,9 @@ def english_corpus() -> list[str]:
     """English prose to train the VLMs' stand-in tokenizer on: the triple-quoted strings of Python's standard library
     and its documentation topics (``pydoc_data``), about 2.7 MB. A 32K byte-level BPE trained on it gives 3.5-3.8
     characters per token on ffp's prompts, near what a large production vocabulary gives on English (the tiny
-    profile's 512-token one gives 1.5-1.9, which would double a prompt's text tokens)."""
+    profile's 512-token one gives 1.5-1.9, which would double a prompt's text tokens). The text differs between
+    Python versions (3.12's gives the planner's prompt 0.5 % more tokens than 3.11's), so the Python version is
+    part of the folders' and the checks' cache keys."""
     import re
     import sysconfig
     from pydoc_data.topics import topics
