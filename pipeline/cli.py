@@ -627,7 +627,8 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
                   use_cache: bool, as_json: bool) -> tuple[list[dict[str, Any]], bool]:
     """One config's check: its JSON rows, and whether a stage does not fit (errors printed)."""
     from pipeline.estimate import physics, physics_calibration
-    from stages.realsize.check import CheckError, check_config, fits
+    from stages.realsize.check import CheckError, check_config
+    from stages.realsize.fit import fits
     from stages.realsize.gpus import GIB
 
     graph = build_graph(cfg)

@@ -203,7 +203,8 @@ def test_a_stage_that_breaks_at_real_shapes_fails_the_check(monkeypatch: pytest.
 @pytest.mark.parametrize("preset", ["local-gpu", "local-gpu-480p", "ffp300k-style"])
 def test_each_gpu_presets_plan_fits_every_gpu_type(preset: str) -> None:
     """A GPU preset carries a resource plan for each GPU type (gpu_plans); each plan's stages fit that GPU."""
-    from stages.realsize.check import check_config, fits
+    from stages.realsize.check import check_config
+    from stages.realsize.fit import fits
     from stages.realsize.gpus import GPUS
 
     assert set(load_config(preset=preset).gpu_plans) == set(GPUS)

@@ -44,7 +44,7 @@ from manifests.storage import Storage
 from pipeline.graph import StageGraph, StageNode
 from pipeline.stage import Params, StageContext
 from stages.models import TINY_PREFIX, ModelParams
-from stages.realsize.gpus import GIB, GPU, RESERVED_GIB
+from stages.realsize.gpus import GIB
 
 VERSION = "1"
 CHECK_STEPS = 1
@@ -505,55 +505,3 @@ def _store(key: str, report: StageCheck) -> None:
     temporary = path.with_suffix(f".{time.time_ns()}.tmp")
     temporary.write_text(json.dumps(report.to_json()))
     temporary.replace(path)
-
-
-# Memory fit -----------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Fit:
-    option: str
-    """How the stage holds its models: as configured, or with an offload option."""
-    needed_gib: float
-    """Per GPU: weights (split over tensor-parallel GPUs) + activations + :data:`RESERVED_GIB`; a vLLM engine takes
-    its whole gpu_memory_utilization share."""
-    limit_gib: float
-    """Per GPU: the stage's share of one GPU (resources.gpus, at most 1) times the GPU's memory."""
-    fits: bool
-    note: str = ""
-
-
-def fits(report: StageCheck, node: StageNode, gpu: GPU) -> list[Fit]:
-    """Whether the stage's models fit its GPU share, as configured and (diffusion stages) with each offload option."""
-    from stages.vlm import VLMParams
-    from stages.wan import WanParams
-
-    resources, params = node.resources, node.params
-    if not resources.gpus_needed():
-        return [Fit("as configured", 0.0, 0.0, True, "no GPU in resources: the models run on CPU")]
-    parallel = max(1, resources.tensor_parallel)
-    limit = min(1.0, resources.gpus_needed() / parallel) * gpu.memory_gib
-    weights, activation = report.weight_bytes / GIB / parallel, report.activation_bytes / GIB / parallel
-    if isinstance(params, VLMParams) and params.backend == "vllm":
-        engine = params.gpu_memory_utilization * gpu.memory_gib
-        context = params.max_model_len or 32768
-        kv = (report.kv_bytes_per_token or 0) * context / GIB / parallel
-        need = weights + activation + kv + RESERVED_GIB
-        note = (f"vLLM takes gpu_memory_utilization {params.gpu_memory_utilization:g} x {gpu.memory_gib:g} GiB = "
-                f"{engine:.1f} GiB and needs {need:.1f} of it (weights {weights:.1f}, one request's activations "
-                f"{activation:.1f}, KV cache for max_model_len {context} {kv:.1f}, reserve {RESERVED_GIB:g})")
-        if engine > limit + 1e-6:
-            note += f"; that is more than the stage's share of the GPU ({limit:.1f} GiB)"
-        return [Fit("as configured", max(need, engine), limit, need <= engine and engine <= limit + 1e-6, note)]
-    resident = {"none": weights}
-    if isinstance(params, WanParams):  # what each offload mode keeps on the GPU at a time
-        resident["model"] = max((c.weight_bytes for c in report.components), default=0) / GIB
-        resident["group"] = 2 * max((c.largest_block_bytes for c in report.components), default=0) / GIB
-    configured = getattr(params, "offload", "none")
-    out = []
-    for mode, on_gpu in sorted(resident.items(), key=lambda item: item[0] != configured):
-        need = on_gpu + activation + RESERVED_GIB
-        option = "as configured" if mode == configured else f"offload: {mode}"
-        out.append(Fit(option, need, limit, need <= limit,
-                       f"weights on the GPU {on_gpu:.1f} + activations {activation:.1f} + reserve {RESERVED_GIB:g}"))
-    return out
