@@ -10,7 +10,8 @@ nothing can move, and only then is it killed, so every expectation is exact.
 
 How many kills fit in a run depends on the machine's speed, so the stage actors' run is held open: export's
 actors wait in setup behind a gate file until the third kill has landed (or nothing but export is left to
-hit), and only then can the run finish. The test never waits on a clock for enough kills.
+hit: the upstream stages can finish first on a fast machine, and the next kill then lands as soon as an export
+shard begins), and only then can the run finish. The test never waits on a clock for enough kills.
 """
 
 from __future__ import annotations
@@ -104,7 +105,8 @@ def _kill_at_random_point(
     reference: RunState, gate: Path,
 ) -> Kill | None:
     """One random-point kill of a random stage's actor (among stages with work left; not the held stage while
-    ``gate`` is shut, which opens if nothing else is left); None when the run ends first."""
+    ``gate`` is shut, which opens if nothing else is left: the kill then lands as soon as the held stage has a shard
+    in progress, since its shards are the run's last); None when the run ends first."""
     min_finished, delay = rng.randint(0, 3), rng.uniform(0.0, 0.3)
     target, drawn = rng.choice(sorted(reference.statuses)), time.monotonic()
     deadline = drawn + 120
@@ -114,6 +116,7 @@ def _kill_at_random_point(
         if not gate.exists():
             if set(left) <= {HELD_STAGE}:
                 gate.touch()
+                min_finished, delay = 0, 0.0  # the upstream stages finished first: export's shards are all there is
             else:
                 left = [stage for stage in left if stage != HELD_STAGE]
         if left and (target not in left or time.monotonic() > drawn + 5):  # nothing of it to hit (soon)
