@@ -10,7 +10,7 @@ holding the codec calls (``_pair`` of the judge, ``request`` of the VLM stages) 
 (a swap and a removal, as plan fans out) go through each stage, so a stage that keeps the decoded clip
 (``ClipDecoder``) shows it.
 
-The video_io functions (``cut_clips``, ``decode_frames``, ``encode_frames``, ``first_frame``) are wrapped, in
+The video_io functions (``cut_video``, ``decode_frames``, ``encode_frames``, ``first_frame``) are wrapped, in
 video_io and in every stage module that imported them, to count calls and keep their inputs. Each recorded call is
 then replayed ``--repeat`` times, alternating with the ffmpeg CLI doing the same work, and the best times kept:
 
@@ -18,7 +18,7 @@ then replayed ``--repeat`` times, alternating with the ffmpeg CLI doing the same
   or ``-frames:v 1``), i.e. decode plus the same YUV -> RGB conversion;
 * ``encode_frames``: ``ffmpeg -f rawvideo -pix_fmt rgb24 ... -i frames.rgb`` -> BT.709 yuv420p -> libx264 with the
   same crf, preset and automatic threads (the raw input sits in /dev/shm);
-* ``cut_clips``: the transcode command of ``bench_ingest.py`` (one decode, select, crop/scale, one encode per clip).
+* ``cut_video``: the transcode command of ``bench_ingest.py`` (one decode, select, crop/scale, one encode per clip).
 
 Columns: decodes and encodes per sample (calls that reach FFmpeg; ``ClipDecoder`` cache hits are not decodes),
 our CPU seconds per sample and ffmpeg's, their ratio, and the same for wall seconds.
@@ -54,7 +54,7 @@ from stages.arrays import npz_bytes  # noqa: E402
 from stages.registry import stage_class  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
-WRAPPED = ("cut_clips", "decode_frames", "encode_frames", "first_frame", "probe")
+WRAPPED = ("cut_video", "decode_frames", "encode_frames", "first_frame", "probe")
 STAGE_MODULES = ("stages.ingest", "stages.synth", "stages.plan", "stages.captions", "stages.track", "stages.depth",
                  "stages.wan", "stages.inpaint", "stages.stylize", "stages.animate", "stages.rubric", "stages.judge",
                  "stages.export", "stages.ground")
@@ -93,7 +93,7 @@ class Recorder:
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if name == "encode_frames":
                 args = (np.stack(list(args[0])),) + args[1:]
-            elif hasattr(args[0], "read"):  # an open file (cut_clips, probe): keep its bytes for the replay
+            elif hasattr(args[0], "read"):  # an open file (cut_video, probe): keep its bytes for the replay
                 args[0].seek(0)
                 data = args[0].read()
                 args[0].seek(0)
@@ -221,7 +221,7 @@ def ffmpeg_replay(exe: str, call: Call, tmp: Path) -> list[str]:
                 "-i", str(raw), "-vf", "scale=out_color_matrix=bt709:out_range=tv", "-c:v", "libx264",
                 "-preset", preset, "-crf", str(crf), "-pix_fmt", "yuv420p", "-colorspace", "bt709",
                 "-color_primaries", "bt709", "-color_trc", "bt709", str(tmp / "out.mp4")]
-    if call.name == "cut_clips":
+    if call.name == "cut_video":
         src = tmp / "src.mp4"
         data = call.args[0]
         src.write_bytes(data if isinstance(data, bytes) else Path(data).read_bytes())
@@ -234,7 +234,7 @@ def ffmpeg_replay(exe: str, call: Call, tmp: Path) -> list[str]:
 def replay_ours(call: Call) -> None:
     fn = getattr(vio, call.name)
     args = call.args
-    if call.name in ("cut_clips", "probe") and isinstance(args[0], bytes):
+    if call.name in ("cut_video", "probe") and isinstance(args[0], bytes):
         args = (vio.io.BytesIO(args[0]),) + args[1:]
     fn(*args, **call.kwargs)
 
@@ -267,7 +267,7 @@ def measure(name: str, calls: list[Call], samples: int, exe: str, repeat: int, t
         ours.wall, ours.cpu = ours.wall + best_o.wall, ours.cpu + best_o.cpu
         ff.wall, ff.cpu = ff.wall + best_f.wall, ff.cpu + best_f.cpu
     one_frame = counts["first_frame"] + counts["probe"]
-    return StageRow(name, samples, counts["decode_frames"], counts["encode_frames"], one_frame, counts["cut_clips"],
+    return StageRow(name, samples, counts["decode_frames"], counts["encode_frames"], one_frame, counts["cut_video"],
                     ours, ff)
 
 
@@ -322,7 +322,7 @@ def main() -> None:
     total_o = sum(r.ours.cpu for r in rows)
     total_f = sum(r.ffmpeg.cpu for r in rows)
     say(f"{'all stages':26}    | {'':10}{'':11}{'':>19} | {total_o:11.2f}{total_f:9.2f}{total_o / total_f if total_f else float('nan'):7.3f} |")
-    say("dec/sample counts cut_clips' source decode; '1-frame' = probe/first_frame calls (one frame decoded). "
+    say("dec/sample counts cut_video's source decode; '1-frame' = probe/first_frame calls (one frame decoded). "
         "Seconds are per sample.")
     say(f"load average (1 min) at start {load0:.1f}, at end {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     report.append_to(args.out, "bench_codec_paths.py")

@@ -2,7 +2,9 @@
 
 Views: ``manifests`` (every stage, columns unioned by name), one view per stage (``ingest``,
 ``augment``, ...), and the review labels: ``labels`` (the current decision per judged pair) and
-``label_history`` (every decision, see ``manifests.labels``). The same data reads without our code:
+``label_history`` (every decision, see ``manifests.labels``). A stage of the run's config with no manifest yet
+has its view too, empty and typed (as are the columns it adds to ``manifests``), so a query over a run that has
+committed nothing yet answers with no rows. The same data reads without our code:
 ``duckdb.sql("select * from read_parquet('RUN/manifests/**/*.parquet', union_by_name=true)")``.
 
 Local manifests are read by DuckDB itself (``read_parquet``, multi-threaded), through a derived copy of
@@ -19,13 +21,15 @@ import logging
 import os
 import re
 import uuid
+from collections.abc import Collection
 
 import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from manifests.labels import label_files, read_label_history
-from manifests.manifest import RACY_NS, list_manifests
+from manifests.manifest import RACY_NS, list_manifests, manifest_schema
 from manifests.parquet import read_parquet
 from manifests.storage import TEMP_MARKER, Storage
 
@@ -144,31 +148,76 @@ def _register_labels(con: duckdb.DuckDBPyConnection, run: Storage) -> None:
                 "(partition by stage, sample_id order by seq desc) as rank from label_history) where rank = 1")
 
 
+RUN_YAML = "run.yaml"
+
+
+def declared_schemas(run: Storage, committed: Collection[str] = ()) -> dict[str, pa.Schema]:
+    """The manifest schema of each stage of the run's config (``run.yaml``) but the ``committed`` ones, from its
+    stage type's columns (a stage module is imported only for a stage with no manifest yet); empty when the
+    config cannot be read (the views then hold what the manifests have)."""
+    try:
+        stages = yaml.safe_load(run.read_bytes(RUN_YAML))["stages"]
+        wanted = {name: spec["type"] for name, spec in stages.items() if name not in committed}
+        if not wanted:
+            return {}
+        from stages.registry import stage_class  # the stage types declare their columns
+
+        return {name: manifest_schema(stage_class(type_name).columns) for name, type_name in wanted.items()}
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError, ImportError, AttributeError) as exc:
+        log.debug("no declared stage columns for %s: %s", run.root, exc)
+        return {}
+
+
+def _empty_relation(schema: pa.Schema) -> str:
+    """SQL for no rows with the columns (and types) of ``schema``."""
+    columns = ", ".join(f'null::{_sql_type(field.type)} as "{field.name}"' for field in schema)
+    return f"select {columns} where false"
+
+
+def _sql_type(arrow: pa.DataType) -> str:
+    if pa.types.is_list(arrow) or pa.types.is_large_list(arrow):
+        return f"{_sql_type(arrow.value_type)}[]"
+    if pa.types.is_timestamp(arrow):
+        return "timestamptz" if arrow.tz else "timestamp"
+    names = {pa.bool_(): "boolean", pa.int8(): "tinyint", pa.int16(): "smallint", pa.int32(): "integer",
+             pa.int64(): "bigint", pa.float32(): "float", pa.float64(): "double", pa.binary(): "blob"}
+    return names.get(arrow, "varchar")
+
+
 def connect(run: Storage) -> duckdb.DuckDBPyConnection:
     con = duckdb.connect()
     _register_labels(con, run)
     if run.is_local:
         relations = {stage: _stage_relation(con, run, stage) for stage in stage_names(run)}
-        relations = {stage: sql for stage, sql in relations.items() if sql is not None}
-        if relations:
-            for stage, sql in relations.items():
-                if VIEW_NAME.fullmatch(stage):
-                    con.execute(f'create view "{stage}" as {sql}')
-            union = " union all by name ".join(f"({sql})" for sql in relations.values())
-            con.execute(f"create view manifests as {union}")
-            return con
-    everything = [] if run.is_local else _manifest_files(run, None)
-    if not everything:
-        con.execute("create view manifests as select null::varchar as sample_id, null::varchar as stage, "
-                    "null::varchar as status where false")
+        found = {stage: sql for stage, sql in relations.items() if sql is not None}
+        _create_views(con, found, declared_schemas(run, committed=found))
         return con
+    everything = _manifest_files(run, None)
     fetched: dict[str, pa.Table] = {}  # remote manifests, each fetched once
-    _register(con, run, "manifests", everything, fetched)
+    committed: dict[str, str] = {}
+    if everything:
+        _register(con, run, "_ffp_manifests", everything, fetched)
     for stage in stage_names(run):
         files = _manifest_files(run, stage)
         if files and VIEW_NAME.fullmatch(stage):
-            _register(con, run, stage, files, fetched)
+            _register(con, run, f"_ffp_{stage}", files, fetched)
+            committed[stage] = f'select * from "_ffp_{stage}"'
+    declared = declared_schemas(run, committed=committed)
+    _create_views(con, committed, declared, everything="select * from _ffp_manifests" if everything else None)
     return con
+
+
+def _create_views(con: duckdb.DuckDBPyConnection, committed: dict[str, str], declared: dict[str, pa.Schema],
+                  everything: str | None = None) -> None:
+    """One view per stage (its committed rows, or none with its declared columns) and ``manifests`` over them all
+    (``everything``: the rows of every manifest, when given as one relation)."""
+    empty = {stage: _empty_relation(schema) for stage, schema in declared.items() if stage not in committed}
+    for stage, sql in {**committed, **empty}.items():
+        if VIEW_NAME.fullmatch(stage):
+            con.execute(f'create view "{stage}" as {sql}')
+    parts = ([everything] if everything else list(committed.values())) + list(empty.values())
+    union = " union all by name ".join(f"({sql})" for sql in parts) or _empty_relation(manifest_schema({}))
+    con.execute(f"create view manifests as {union}")
 
 
 def query(run: Storage, sql: str, params: list[object] | None = None) -> pa.Table:

@@ -98,7 +98,8 @@ class Timeouts(Strict):
 
     sample_s: float | None = Field(
         None, gt=0, description="most seconds one sample may spend in process(); past it the actor exits, the "
-        "sample is retried and, after max_attempts, quarantined with the reason (none: no limit)",
+        "sample is retried and, after max_attempts, quarantined with the reason (none: the stage type's default, "
+        "which is no limit except for source stages: ingest 600, ingest_images 120)",
     )
     shard_s: float | None = Field(
         None, gt=0, description="most seconds one try at a shard may take; past it the driver kills the actor and "
@@ -191,6 +192,14 @@ class PipelineConfig(Strict):
         if unused:
             raise ValueError(f"stages {unused} are in no track")
         return self
+
+    def sample_timeout_s(self, name: str) -> float | None:
+        """``stages.<name>.timeouts.sample_s``, or the stage type's default when the config sets none (source stages
+        have one: ``Stage.sample_timeout_default``)."""
+        from stages.registry import stage_class
+
+        spec = self.stages[name]
+        return spec.timeouts.sample_s if spec.timeouts.sample_s is not None else stage_class(spec.type).sample_timeout_default()
 
     def stage_params(self, name: str) -> Params:
         from stages.registry import stage_class
@@ -367,10 +376,11 @@ def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> str:
 
 
 def config_to_yaml(config: PipelineConfig) -> str:
-    """The resolved config, every stage's params with their defaults filled in."""
+    """The resolved config, every stage's params and default time limit filled in."""
     data = config.model_dump(mode="json")
     for name in config.stages:
         data["stages"][name]["params"] = config.stage_params(name).model_dump(mode="json")
+        data["stages"][name]["timeouts"]["sample_s"] = config.sample_timeout_s(name)
     return yaml.safe_dump(data, sort_keys=False)
 
 

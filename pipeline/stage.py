@@ -20,6 +20,9 @@ from pydantic import BaseModel, ConfigDict
 from manifests.manifest import Status
 from manifests.storage import Storage
 
+SOURCE_SAMPLE_TIMEOUT_S = 600.0
+"""``timeouts.sample_s`` of a source stage whose config and type set none: a source reads files and URLs from
+outside the run, where a stream that never ends or a server that stalls would otherwise hang it for ever."""
 
 RUNTIME_ONLY = {"fingerprint": False}
 """``Field(..., json_schema_extra=RUNTIME_ONLY)`` marks a param that changes speed or memory, not the output
@@ -110,6 +113,8 @@ class Stage:
     uses_labels: ClassVar[bool] = False
     """The stage reads review labels (export): each sample gets the columns ``label``, ``label_reviewer`` and
     ``label_note`` from the nearest ``labelled`` stage before it, and a changed label redoes that sample."""
+    default_sample_timeout_s: ClassVar[float | None] = None
+    """``timeouts.sample_s`` when the config sets none (see ``sample_timeout_default``)."""
     batch_size: int = 1
     """Items handed to one ``process`` call; each batch is checkpointed to ``_partial/`` as it finishes.
     A class default; an instance may set its own from its params (e.g. a whole shard per vLLM batch)."""
@@ -132,6 +137,21 @@ class Stage:
     def reads_for(cls, params: Params) -> tuple[str, ...]:
         """What this stage reads with these params (``reads`` unless params choose the inputs)."""
         return cls.reads
+
+    @classmethod
+    def sample_timeout_default(cls) -> float | None:
+        """The per-sample time limit when the config sets none: ``default_sample_timeout_s``, else
+        ``SOURCE_SAMPLE_TIMEOUT_S`` for a source stage (no input may hang a run) and none for the others."""
+        if cls.default_sample_timeout_s is not None:
+            return cls.default_sample_timeout_s
+        return SOURCE_SAMPLE_TIMEOUT_S if cls.is_source else None
+
+    @classmethod
+    def input_columns(cls, row: Mapping[str, Any]) -> dict[str, Any]:
+        """What a row this stage did not make (a quarantined input) can still say about its input. Rows of other
+        stages join their inputs by ``sample_id``; a source stage's inputs are in no manifest, so a source stage
+        returns the declared columns its source row fills (``source_id``, ``source_uri``, ...)."""
+        return {}
 
     @classmethod
     def fingerprint_extra(cls, params: Params) -> dict[str, Any]:

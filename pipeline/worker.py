@@ -85,7 +85,7 @@ class ShardWorker:
         cannot be stopped from outside."""
         self.storage, self.graph = storage, graph
         self.node: StageNode = graph.nodes[stage_name]
-        self.sample_timeout = graph.config.stages[stage_name].timeouts.sample_s if exit_on_timeout else None
+        self.sample_timeout = graph.config.sample_timeout_s(stage_name) if exit_on_timeout else None
         context = StageContext(
             name=stage_name, run=storage, lineage=self.node.lineage(graph), models=self.node.models(graph),
             tensor_parallel=self.node.resources.tensor_parallel,
@@ -299,7 +299,8 @@ class ShardWorker:
         }
 
     def _quarantine(self, sample: Sample, partial: PartialStore, reason: str) -> ItemResult:
-        result = Result(sample.sample_id, Status.QUARANTINED, reason=reason)
+        result = Result(sample.sample_id, Status.QUARANTINED, columns=self.node.cls.input_columns(sample.columns),
+                        reason=reason)
         rows = [self._row(result, sample, partial.attempts(sample.sample_id), 0.0)]
         partial.save(sample.sample_id, rows, {})
         return ItemResult(rows, {})

@@ -1,29 +1,46 @@
 """Ingest: real videos (or VOS image sequences with instance masks) in, fixed-size clips out.
 
 Each source is probed, cut into up to ``max_clips`` clips of ``num_frames`` frames at ``fps`` (decoded once,
-streaming), resized and centre-cropped, and encoded as H.264. A VOS sequence also gives the per-instance
-masks of the kept frames, losslessly (``masks.npz``, palette ids, unchanged when no resize is needed).
+streaming), resized and centre-cropped on the displayed picture, converted to one colour (BT.709 limited unless
+configured) and encoded as H.264; docs/media.md says what is done to which source and which columns say so. A
+VOS sequence also gives the per-instance masks of the kept frames, losslessly (``masks.npz``, palette ids,
+unchanged when no resize is needed).
 """
 
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any, Literal
 
 import cv2
 import numpy as np
 import pyarrow as pa
-from fsspec.core import url_to_fs
 from fsspec.implementations.local import LocalFileSystem
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.arrays import json_bytes, npz_bytes
-from stages.sources import list_frames, list_inputs
-from stages.video_io import Clip, ClipSpec, VideoError, cut_clips, cut_clips_from_frames, png_bytes, probe
+from stages.colour import OutputColour
+from stages.sources import NotRegularFile, display_uri, input_fs, list_frames, list_inputs, source_columns
+from stages.video_io import (
+    Clip,
+    ClipSpec,
+    Cut,
+    VideoError,
+    VideoInfo,
+    cut_clips_from_frames,
+    cut_video,
+    png_bytes,
+    probe,
+    rewound,
+)
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
+
+
+RGB = tuple[int, int, int]
 
 
 class IngestParams(Params):
@@ -39,17 +56,35 @@ class IngestParams(Params):
     threads: int = Field(0, ge=0, description="x264 threads per clip; 0 = automatic")
     allow_upscale: bool = Field(False, description="keep sources smaller than the clip size (else filtered)")
     max_pixels: int = Field(4096 * 4096, ge=1, description="refuse larger frames before decoding")
+    output_matrix: Literal["bt709", "bt601"] = Field("bt709", description="the clips' YUV matrix (and tags)")
+    output_range: Literal["tv", "pc"] = Field("tv", description="the clips' range: tv (limited, 16-235) or pc (full)")
+    hdr: Literal["tonemap", "filter"] = Field(
+        "tonemap", description="PQ/HLG sources: tone-mapped to SDR BT.709 (docs/media.md), or filtered")
+    interlaced: Literal["deinterlace", "filter", "keep"] = Field(
+        "deinterlace", description="interlaced sources: deinterlaced with bwdif, filtered, or kept as they are")
+    alpha: Literal["composite", "filter"] = Field(
+        "composite", description="sources with transparency: composited on alpha_background, or filtered")
+    alpha_background: RGB = Field((0, 0, 0), description="RGB that transparent pixels are composited on")
+
+    @field_validator("alpha_background")
+    @classmethod
+    def _rgb_levels(cls, value: RGB) -> RGB:
+        if any(not 0 <= c <= 255 for c in value):
+            raise ValueError(f"alpha_background must be three levels 0-255, got {list(value)}")
+        return value
 
     def clip_spec(self) -> ClipSpec:
         return ClipSpec(
             num_frames=self.num_frames, fps=self.fps, width=self.width, height=self.height, stride_s=self.stride_s,
             max_clips=self.max_clips, start_s=self.start_s, crf=self.crf, preset=self.preset,
-            max_pixels=self.max_pixels, threads=self.threads,
+            max_pixels=self.max_pixels, threads=self.threads, output=OutputColour(self.output_matrix, self.output_range),
+            deinterlace=self.interlaced == "deinterlace", tonemap=self.hdr == "tonemap",
+            background=self.alpha_background,
         )
 
 
 class Ingest(Stage):
-    version = "1"
+    version = "2"
     Params = IngestParams
     is_source = True
     writes = ("clip.mp4", "frame0.png", "masks.npz", "meta.json")
@@ -67,12 +102,30 @@ class Ingest(Stage):
         "src_height": pa.int32(),
         "src_frames": pa.int32(),
         "num_instances": pa.int16(),
+        "src_stream": pa.int16(),
+        "src_codec": pa.string(),
+        "src_pix_fmt": pa.string(),
+        "src_matrix": pa.string(),
+        "src_range": pa.string(),
+        "src_primaries": pa.string(),
+        "src_transfer": pa.string(),
+        "src_sar": pa.string(),
+        "src_rotation": pa.int16(),
+        "src_interlaced": pa.bool_(),
+        "src_alpha": pa.bool_(),
+        "src_fixes": pa.string(),
+        "timestamps_repaired": pa.int32(),
+        "identical_to": pa.string(),
     }
     params: IngestParams
 
     @classmethod
     def list_sources(cls, inputs: Sequence[Any], params: Params) -> list[dict[str, Any]]:
         return list_inputs(inputs)
+
+    @classmethod
+    def input_columns(cls, row: Mapping[str, Any]) -> dict[str, Any]:
+        return source_columns(row, cls.columns)
 
     @classmethod
     def samples_per_source(cls, params: Params) -> int:
@@ -84,27 +137,35 @@ class Ingest(Stage):
 
     def _one(self, source: dict[str, Any]) -> list[Result]:
         source_id = source["source_id"]
+        base = {"source_id": source_id, "source_uri": display_uri(source["uri"])}
+        if source.get("identical_to"):
+            base["identical_to"] = source["identical_to"]
         spec = self.params.clip_spec()
         try:
             if source["kind"] == "vos":
-                clips, src = self._cut_vos(source, spec)
+                made = self._cut_vos(source, spec)
             else:
-                clips, src = self._cut_video(source["uri"], spec)
-        except VideoError as exc:
-            return [Result.failed(source_id, str(exc), source_id=source_id, source_uri=source["uri"])]
+                made = self._cut_video(source["uri"], spec)
+        except (VideoError, NotRegularFile, _UnreachableUrl) as exc:
+            return [Result.failed(source_id, str(exc), **base)]
         except FileNotFoundError as exc:
-            return [Result.failed(source_id, f"not found: {exc}", source_id=source_id, source_uri=source["uri"])]
-        except _UnreachableUrl as exc:
-            return [Result.failed(source_id, str(exc), source_id=source_id, source_uri=source["uri"])]
-        if isinstance(src, str):
-            return [Result.filtered(source_id, src, source_id=source_id, source_uri=source["uri"])]
-        if not clips:
-            needed = self.params.num_frames / (self.params.fps or src["fps"]) + self.params.start_s
-            reason = f"too short: {src['frames']} frames at {src['fps']:.3g} fps, a clip needs {needed:.2f} s"
-            return [Result.filtered(source_id, reason, source_id=source_id, source_uri=source["uri"], **_src_columns(src))]
-        return [self._result(source, src, clip) for clip in clips]
+            return [Result.failed(source_id, f"not found: {exc}", **base)]
+        if isinstance(made, str):
+            return [Result.filtered(source_id, made, **base)]
+        facts, cut = made
+        base |= facts.columns()
+        if not cut.clips and not cut.lost:
+            needed = self.params.num_frames / (self.params.fps or facts.fps) + self.params.start_s
+            reason = f"too short: {facts.frames} frames at {facts.fps:.3g} fps, a clip needs {needed:.2f} s"
+            return [Result.filtered(source_id, reason, **base)]
+        if not cut.clips:  # nothing usable: one row for the source, as for any unreadable file
+            return [Result.failed(source_id, cut.lost[0].reason, **base)]
+        lost = [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **base) for c in cut.lost]
+        return [*(self._result(source, facts, clip, base) for clip in cut.clips), *lost]
 
     def _too_small(self, width: int, height: int) -> str | None:
+        if width < 2 or height < 2:
+            return f"too small: {width}x{height}: a 4:2:0 clip needs at least 2x2 pixels"
         target_w, target_h = self.params.width, self.params.height
         if self.params.allow_upscale or target_w is None or target_h is None:
             return None
@@ -112,32 +173,50 @@ class Ingest(Stage):
             return f"too small: {width}x{height} cannot fill {target_w}x{target_h} without upscaling"
         return None
 
-    def _cut_video(self, uri: str, spec: ClipSpec) -> tuple[list[Clip], dict[str, Any] | str]:
-        fs, path = _url_to_fs(uri)
+    def _refusal(self, info: VideoInfo) -> str | None:
+        """Why a source is filtered before decoding, by the params that choose to filter such sources."""
+        colour = info.colour
+        if colour is not None and colour.hdr and self.params.hdr == "filter":
+            return (f"hdr: the source is HDR ({colour.hdr.upper()} transfer {colour.columns()['src_transfer']}); "
+                    "set hdr: tonemap to convert it to SDR")
+        if info.interlaced and self.params.interlaced == "filter":
+            return "interlaced: the source's frames are interlaced; set interlaced: deinterlace to keep it"
+        if colour is not None and colour.transparent and self.params.alpha == "filter":
+            return (f"alpha: the source has transparency ({colour.pix_fmt}); set alpha: composite to keep it on "
+                    "alpha_background")
+        return self._too_small(info.width, info.height)
+
+    def _cut_video(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, Cut] | str:
+        fs, path = _input_fs(uri)
         with fs.open(path, "rb") as handle:
             info = probe(handle, max_pixels=spec.max_pixels)
-            src = {"fps": info.fps, "width": info.width, "height": info.height, "frames": info.num_frames}
-            small = self._too_small(info.width, info.height)
-            if small:
-                return [], small
-            return cut_clips(handle, spec, info), src
+            refusal = self._refusal(info)
+            if refusal:
+                return refusal
+            if rewound(handle):
+                cut = cut_video(handle, spec, info)
+            else:  # a stream (an HTTP answer without a length): read it again from the start
+                with fs.open(path, "rb") as again:
+                    cut = cut_video(again, spec, info)
+        return _SourceFacts.of_video(info, cut, self.params), cut
 
-    def _cut_vos(self, source: dict[str, Any], spec: ClipSpec) -> tuple[list[Clip], dict[str, Any] | str]:
+    def _cut_vos(self, source: dict[str, Any], spec: ClipSpec) -> tuple[_SourceFacts, Cut] | str:
         frames = list_frames(source["uri"])
         if not frames:
-            raise VideoError(f"no frames in {source['uri']}")
-        fs, _ = _url_to_fs(source["uri"])
+            raise VideoError(f"no frames in {display_uri(source['uri'])}")
+        fs, _ = _input_fs(source["uri"])
         frame_sources = [_image_loader(fs, f) for f in frames]
         masks = _mask_files(fs, source.get("annotations"), frames)
         first = frame_sources[0]()
         frame_sources[0] = lambda: first  # decoded once: the cutter asks for frame 0 again
-        src = {"fps": source["fps"], "width": first.shape[1], "height": first.shape[0], "frames": len(frames)}
         small = self._too_small(first.shape[1], first.shape[0])
         if small:
-            return [], small
-        return cut_clips_from_frames(frame_sources, source["fps"], spec, masks), src
+            return small
+        clips = cut_clips_from_frames(frame_sources, source["fps"], spec, masks)
+        facts = _SourceFacts(source["fps"], first.shape[1], first.shape[0], len(frames), {"src_codec": "images"})
+        return facts, Cut(clips, [], len(frames), True, False, 0, len(clips))
 
-    def _result(self, source: dict[str, Any], src: dict[str, Any], clip: Clip) -> Result:
+    def _result(self, source: dict[str, Any], facts: _SourceFacts, clip: Clip, base: dict[str, Any]) -> Result:
         source_id = source["source_id"]
         files = {"clip.mp4": clip.mp4, "frame0.png": png_bytes(clip.first_frame)}
         instances: list[int] = []
@@ -145,29 +224,68 @@ class Ingest(Stage):
             files["masks.npz"] = npz_bytes(masks=clip.masks)
             instances = [int(i) for i in np.unique(clip.masks) if i != 0]
         meta = {
-            "source_id": source_id, "source_uri": source["uri"], "clip_index": clip.index,
+            "source_id": source_id, "source_uri": base["source_uri"], "clip_index": clip.index,
             "source_frames": clip.source_frames, "fps": clip.fps, "width": clip.width, "height": clip.height,
-            "instance_ids": instances, "source": src,
+            "instance_ids": instances, "source": facts.meta(),
         }
         files["meta.json"] = json_bytes(meta)
         return Result.ok(
-            f"{source_id}-c{clip.index:03d}", files, source_id=source_id, source_uri=source["uri"],
-            clip_index=clip.index, start_frame=clip.source_frames[0], num_frames=len(clip.source_frames),
-            fps=clip.fps, width=clip.width, height=clip.height, num_instances=len(instances), **_src_columns(src),
+            _clip_id(source_id, clip.index), files, clip_index=clip.index, start_frame=clip.source_frames[0],
+            num_frames=len(clip.source_frames), fps=clip.fps, width=clip.width, height=clip.height,
+            num_instances=len(instances), **base,
         )
 
 
-def _src_columns(src: dict[str, Any]) -> dict[str, Any]:
-    return {"src_fps": src["fps"], "src_width": src["width"], "src_height": src["height"], "src_frames": src["frames"]}
+def _clip_id(source_id: str, index: int) -> str:
+    return f"{source_id}-c{index:03d}"
+
+
+@dataclass(frozen=True)
+class _SourceFacts:
+    """What ingest learnt about a source, for its rows' ``src_*`` columns and meta.json."""
+
+    fps: float
+    width: int
+    height: int
+    frames: int  # decoded when decoding reached the end, else what the container states (at least those decoded)
+    extra: dict[str, Any]
+
+    @classmethod
+    def of_video(cls, info: VideoInfo, cut: Cut, params: IngestParams) -> _SourceFacts:
+        extra: dict[str, Any] = {"src_stream": info.stream_index, "src_codec": info.codec,
+                                 "src_sar": f"{info.sample_aspect.numerator}:{info.sample_aspect.denominator}",
+                                 "src_rotation": info.rotation, "src_interlaced": info.interlaced,
+                                 "timestamps_repaired": cut.repaired_timestamps}
+        fixes: list[str] = []
+        if info.colour is not None:
+            extra |= info.colour.columns() | {"src_alpha": info.colour.transparent}
+            fixes += info.colour.fixes(OutputColour(params.output_matrix, params.output_range), params.hdr == "tonemap")
+        if info.sample_aspect != 1:
+            fixes.append("sar")
+        if info.interlaced and params.interlaced == "deinterlace":
+            fixes.append("deinterlace")
+        if cut.repaired_timestamps:
+            fixes.append("timestamps")
+        extra["src_fixes"] = ",".join(fixes)
+        frames = cut.decoded if cut.ended else max(info.num_frames, cut.decoded)
+        return cls(info.fps, info.width, info.height, frames, extra)
+
+    def columns(self) -> dict[str, Any]:
+        return {"src_fps": self.fps, "src_width": self.width, "src_height": self.height, "src_frames": self.frames,
+                **self.extra}
+
+    def meta(self) -> dict[str, Any]:
+        return {"fps": self.fps, "width": self.width, "height": self.height, "frames": self.frames,
+                **{k.removeprefix("src_"): v for k, v in self.extra.items()}}
 
 
 class _UnreachableUrl(Exception):
     """A source URL that no filesystem can open (unknown protocol, a missing fsspec backend)."""
 
 
-def _url_to_fs(uri: str) -> tuple[Any, str]:
+def _input_fs(uri: str) -> tuple[Any, str]:
     try:
-        return url_to_fs(uri)
+        return input_fs(uri)
     except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
         raise _UnreachableUrl(f"cannot open {uri}: {exc}") from exc
 
@@ -187,7 +305,7 @@ def _mask_files(fs: Any, annotations: str | None, frames: list[str]) -> list[Any
     """The annotation PNG of each frame (same stem), or None when the sequence has no annotations."""
     if not annotations:
         return None
-    _, ann_root = url_to_fs(annotations)
+    _, ann_root = input_fs(annotations)
     paths = [posixpath.join(ann_root, posixpath.splitext(posixpath.basename(f))[0] + ".png") for f in frames]
     missing = [p for p in paths if not fs.exists(p)]
     if missing:

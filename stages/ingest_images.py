@@ -16,16 +16,17 @@ one smaller than ``min_side`` makes it ``filtered``, both with the file and the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pyarrow as pa
-from fsspec.core import url_to_fs
 from pydantic import Field
 
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.images import IMAGE_EXTENSIONS, ImageError
-from stages.sources import IMAGE_KINDS, InputListError, inputs_of, list_files, read_table, resolve, source_id_for
+from stages.sources import (
+    IMAGE_KINDS, InputListError, input_fs, inputs_of, list_files, read_table, resolve, source_columns, source_id_for,
+)
 from stages.style_pairs import (
     STYLE_COLUMNS, ImageLimits, image_problem, pick_styles, png_reader, read_image_file, style_id_for, style_name_for,
 )
@@ -73,6 +74,7 @@ class IngestImages(Stage):
     version = "1"
     Params = IngestImagesParams
     is_source = True
+    default_sample_timeout_s = 120.0  # a few images per sample
     writes = ("content.png", "style.png", "stylized.png")
     columns = {
         "source_id": pa.string(), "content_uri": pa.string(), **STYLE_COLUMNS,
@@ -85,6 +87,10 @@ class IngestImages(Stage):
     def list_sources(cls, inputs: Sequence[Any], params: Params) -> list[dict[str, Any]]:
         assert isinstance(params, IngestImagesParams)
         return list_pairs(inputs, params)
+
+    @classmethod
+    def input_columns(cls, row: Mapping[str, Any]) -> dict[str, Any]:
+        return source_columns(row, cls.columns)
 
     def setup(self) -> None:
         self.png = png_reader(self.params)
@@ -121,7 +127,7 @@ class IngestImages(Stage):
 def _protocol_problem(uri: str) -> str | None:
     """Why no filesystem can open ``uri`` (an unknown protocol, a missing fsspec backend), or None."""
     try:
-        url_to_fs(uri)
+        input_fs(uri)
     except (ValueError, ImportError) as exc:  # fsspec: "Protocol not known: foo", "Install s3fs to access S3"
         return f"cannot open: {exc}"
     return None

@@ -18,14 +18,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-from fsspec.core import url_to_fs
 from pydantic import Field
 
 from pipeline.graph import digest
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.images import IMAGE_EXTENSIONS, ImageError, ImageTooSmall, decode_image, fit_within
 from stages.seeds import sample_key
-from stages.sources import list_files, source_id_for
+from stages.sources import input_fs, list_files, source_id_for
 from stages.video_io import png_bytes
 
 STYLE_COLUMNS: dict[str, pa.DataType] = {"style_uri": pa.string(), "style_name": pa.string(), "style_id": pa.string()}
@@ -60,7 +59,7 @@ class ImageLimits(Params):
 def read_image_file(uri: str, limits: ImageLimits) -> np.ndarray:
     """The image at ``uri`` decoded (``decode_image``) and shrunk to ``max_side``. Raises ``ImageError``
     (unreadable, too large), ``ImageTooSmall`` or ``FileNotFoundError``."""
-    fs, path = url_to_fs(uri)
+    fs, path = input_fs(uri)
     size = fs.size(path)
     if size is not None and size > limits.max_bytes:
         raise ImageError(f"{size} bytes is over max_bytes {limits.max_bytes}")

@@ -1,33 +1,35 @@
 """Video I/O for the ingest stage: probe, plan, cut clips, encode, decode, PNG masks.
 
-Design (see ``cut_clips``): a source video is decoded once, front to back; every source frame that
-some clip needs is cropped/resized once and handed to the open H.264 encoder of every clip that uses
-it. Frames stay in YUV 4:2:0 from the decoder to the encoder (as the ffmpeg CLI does), so there is no
-RGB round trip on the hot path; RGB is produced only for ``Clip.first_frame``.
+Design (see ``cut_video``): a source video is decoded once, front to back; every source frame that
+some clip needs is converted once (``_picture_from_frame``) and handed to the open H.264 encoder of every
+clip that uses it. YUV 4:2:0 sources stay in YUV from the decoder to the encoder (as the ffmpeg CLI does), so
+there is no RGB round trip on the hot path; RGB is produced only for ``Clip.first_frame`` and for the sources
+that need it (RGB, alpha, HDR). docs/media.md is the user's view of all this.
 
 Conventions the callers can rely on:
 
 * Frame selection: clips are planned on the average frame rate ``src_fps`` (``plan_clips``): clip
   starts are snapped to a source frame ``s``, and output frame ``j`` is shown at ``s / src_fps + j / fps``
-  seconds. ``cut_clips`` takes the decoded frame whose timestamp (from the first frame) is nearest to
+  seconds. ``cut_video`` takes the decoded frame whose timestamp (from the first frame) is nearest to
   that time, the later one on a tie (exact rational arithmetic). For a constant-rate file that is
   source frame ``s + round(j * src_fps / fps)`` (rounding half up), so with ``fps == src_fps`` the
-  frames are exactly consecutive; a variable-frame-rate file keeps its real timing.
-* Geometry: ``resize_center_crop`` crops the largest centred box with the target aspect ratio, then
-  resizes it to the target size. The box has even offsets and even size so that it maps exactly
-  onto 4:2:0 chroma; both the YUV path and the RGB path use the same box.
+  frames are exactly consecutive; a variable-frame-rate file keeps its real timing. Missing or repeated
+  timestamps are repaired from the average rate.
+* Lengths: the container's frame count is a hint; clips come from what decodes (``cut_video``).
+* Geometry: ``resize_center_crop`` crops the largest centred box with the target aspect ratio of the
+  displayed picture (rotation and sample aspect ratio applied), then resizes it to the target size. The
+  box has even offsets and even size so that it maps exactly onto 4:2:0 chroma; both the YUV path and the
+  RGB path use the same box. ``VideoInfo.width/height`` are the displayed size.
 * Sizes: output width and height must be even (yuv420p); odd requested sizes raise ``ValueError``.
   ``encode_frames`` raises ``VideoError`` for odd-sized frames (it never pads). With
   ``width=height=None`` the native size is kept, minus one row/column when it is odd (centre crop).
-* Rotation: display-matrix rotation (phone videos) is applied; ``VideoInfo.width/height`` are the
-  displayed (rotated) size.
-* Colour: the source's colour tags (matrix, range, primaries, transfer) are copied onto clip mp4s;
-  RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged BT.709.
+* Colour: every clip is converted to and tagged with ``ClipSpec.output`` (BT.709 limited by default;
+  ``stages/colour.py``); RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged
+  BT.709.
 * Threads: the decoder uses FFmpeg's automatic threading; each open clip encoder runs on its own
   Python thread (PyAV releases the GIL) with libx264 ``threads=spec.threads`` (0 = x264 auto).
-* Damaged input: a file that cannot be opened raises ``VideoError`` from ``probe``; if decoding stops
-  early (truncated ``mdat``, corrupt data), ``cut_clips`` returns the clips that were completed and
-  raises ``VideoError`` only if none was (or if ``strict=True`` and any planned clip is missing).
+* Damaged input: a file that cannot be opened raises ``VideoError`` from ``probe``; ``cut_video`` reports
+  clips lost to decode errors, corrupt frames or truncation (``Cut.lost``) beside the good ones.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ import struct
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from fractions import Fraction
 from pathlib import Path
 from typing import BinaryIO, Union
@@ -48,12 +50,9 @@ import av
 import cv2
 import numpy as np
 
-Source = Union[str, "os.PathLike[str]", BinaryIO]
+from stages.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
 
-_BT709 = 1  # AVCOL_SPC / AVCOL_PRI / AVCOL_TRC value for BT.709
-_MPEG_RANGE = 1  # AVCOL_RANGE_MPEG (limited, 16-235)
-_JPEG_RANGE = 2  # AVCOL_RANGE_JPEG (full)
-_UNSPECIFIED = 2  # AVCOL_SPC/PRI/TRC_UNSPECIFIED
+Source = Union[str, "os.PathLike[str]", BinaryIO]
 
 
 class VideoError(Exception):
@@ -64,13 +63,23 @@ class VideoError(Exception):
 
 @dataclass(frozen=True)
 class VideoInfo:
-    width: int  # displayed size (after rotation)
+    width: int  # displayed size: rotation and the sample aspect ratio applied
     height: int
     fps: float  # average frame rate
-    num_frames: int  # from the container, else estimated as round(duration_s * fps)
+    num_frames: int  # what the container states, else round(duration_s * fps): a hint, clips come from decoding
     duration_s: float
     codec: str
     rotation: int = 0  # degrees counter-clockwise applied for display (0, 90, 180, 270)
+    sample_aspect: Fraction = Fraction(1)  # width:height of one stored pixel on screen (before rotation)
+    stream_index: int = 0  # the container's index of the video stream used (``_video_stream``)
+    colour: SourceColour | None = None  # from the first frame
+    interlaced: bool = False  # the first frame is interlaced
+    indexed_frames: int = 0  # frames the container's sample index lists (mp4/mov); 0 where it has none
+
+    @property
+    def pixel_aspect(self) -> Fraction:
+        """Display width:height of one pixel of the rotated picture (the planes the geometry works on)."""
+        return 1 / self.sample_aspect if self.rotation in (90, 270) else self.sample_aspect
 
 
 @dataclass(frozen=True)
@@ -86,6 +95,10 @@ class ClipSpec:
     preset: str = "veryfast"
     max_pixels: int = 4096 * 4096  # decode-bomb guard, checked on the probe before decoding
     threads: int = 0  # libx264 threads; 0 = x264's automatic choice (1.5 x cores)
+    output: OutputColour = field(default_factory=OutputColour)
+    deinterlace: bool = True  # interlaced frames go through bwdif (each frame flagged interlaced; others untouched)
+    tonemap: bool = True  # HDR (PQ, HLG) sources are tone-mapped to SDR (``colour.tonemap``)
+    background: tuple[int, int, int] = (0, 0, 0)  # what transparent pixels are composited on
 
 
 @dataclass
@@ -123,12 +136,12 @@ def _open(source: Source | bytes, max_pixels: int | None = None, *, header_only:
             raise VideoError(f"not found: {path}")
         if os.path.getsize(path) == 0:
             raise VideoError(f"empty file: {path}")
-    elif getattr(source, "seekable", lambda: False)():
-        source.seek(0, io.SEEK_END)
-        size = source.tell()
-        source.seek(0)  # probe() and cut_clips() each read the file object from the start
+    elif not isinstance(source, (str, os.PathLike)):
+        size = _size(source)  # probe() and cut_video() each read the file object from the start
         if size == 0:
             raise VideoError("empty file")
+        if size is None:  # a stream: read forward only (FFmpeg would otherwise try to seek it)
+            source = _ForwardOnly(source)
     try:
         options = {} if max_pixels is None else {"max_pixels": str(max_pixels)}
         if header_only:
@@ -138,10 +151,76 @@ def _open(source: Source | bytes, max_pixels: int | None = None, *, header_only:
         raise VideoError(f"cannot open: not a video or damaged container ({e})") from e
 
 
+def _size(handle: BinaryIO) -> int | None:
+    """The size of a file object, which is left at its start; None for a stream that cannot seek (some say
+    they can and then raise, like fsspec's file for an HTTP answer without a length)."""
+    try:
+        if not handle.seekable():
+            return None
+        handle.seek(0, io.SEEK_END)
+        size = handle.tell()
+        handle.seek(0)
+        return size
+    except (OSError, ValueError):
+        return None
+
+
+def rewound(handle: BinaryIO) -> bool:
+    """Seek a file object back to its start; False for a stream that cannot."""
+    return _size(handle) is not None
+
+
+class _ForwardOnly(io.RawIOBase):
+    """A file object that FFmpeg reads front to back and never tries to seek."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self._handle = handle
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return False
+
+    def readinto(self, buffer: bytearray | memoryview) -> int:  # type: ignore[override]
+        data = self._handle.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
+_ATTACHED_PIC = 0x400  # AV_DISPOSITION_ATTACHED_PIC: a cover image, not a video
+
+
 def _video_stream(container: av.container.InputContainer) -> av.VideoStream:
-    if not container.streams.video:
-        raise VideoError("not a video: no video stream")
-    return container.streams.video[0]
+    """The video stream to cut: of the streams that are not cover pictures, the longest (by the frame counts of
+    an index, else by packets near the start); on a tie the one marked default, then the first."""
+    streams = [s for s in container.streams.video if not int(s.disposition) & _ATTACHED_PIC]
+    if not streams:
+        raise VideoError("not a video: no video stream" if not container.streams.video else
+                         "not a video: its only video stream is a cover picture")
+    if len(streams) == 1:
+        return streams[0]
+    if all(s.frames for s in streams):  # an index lists every frame of each (mp4, mov)
+        lengths = {s.index: s.frames for s in streams}
+    else:  # headers may give one duration for all: count each stream's packets near the start instead
+        lengths = _packets_near_start(container, streams)
+    return max(streams, key=lambda s: (lengths[s.index], int(s.disposition) & 1, -s.index))
+
+
+def _packets_near_start(container: av.container.InputContainer, streams: list[av.VideoStream],
+                        packets: int = 256) -> dict[int, int]:
+    """Packets of each stream among the first ``packets`` (a still has one, a video many); the container is
+    rewound to its start afterwards."""
+    counts = dict.fromkeys((s.index for s in streams), 0)
+    try:
+        for n, packet in enumerate(container.demux(*streams)):
+            counts[packet.stream.index] += packet.size > 0
+            if n + 1 >= packets:
+                break
+        container.seek(0, any_frame=True, backward=True, stream=None)
+    except av.FFmpegError as e:
+        raise VideoError(f"cannot decode: {e}") from e
+    return counts
 
 
 def _first_frame_of(container: av.container.InputContainer, stream: av.VideoStream) -> av.VideoFrame:
@@ -154,9 +233,13 @@ def _first_frame_of(container: av.container.InputContainer, stream: av.VideoStre
     return first
 
 
+_INDEXED_FORMATS = ("mov", "mp4", "m4a", "3gp", "3g2", "mj2")  # containers whose sample table lists every frame
+
+
 def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
     """Read the stream header and decode the first frame (proves the file is decodable and gives
-    the rotation). With ``max_pixels``, an oversized frame is refused before anything is decoded."""
+    the rotation, colour and interlacing). With ``max_pixels``, an oversized frame is refused before anything
+    is decoded."""
     with _open(source, max_pixels) as container:
         stream = _video_stream(container)
         ctx = stream.codec_context
@@ -172,12 +255,19 @@ def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
         else:
             duration = 0.0
         num_frames = stream.frames or int(round(duration * fps))
-        rotation = _rotation(_first_frame_of(container, stream))
+        first = _first_frame_of(container, stream)
+        rotation = _rotation(first)
+        sar = stream.sample_aspect_ratio or ctx.sample_aspect_ratio
+        sample_aspect = Fraction(sar) if sar and sar > 0 else Fraction(1)
+        shown_w = max(1, round(width * sample_aspect))
         if rotation in (90, 270):
-            width, height = height, width
-        if num_frames <= 0:
-            raise VideoError("cannot decode: unknown number of frames")
-        return VideoInfo(width, height, fps, num_frames, duration or num_frames / fps, ctx.name, rotation)
+            shown_w, height = height, shown_w
+        indexed = set(container.format.name.split(",")) & set(_INDEXED_FORMATS)
+        return VideoInfo(
+            shown_w, height, fps, max(num_frames, 1), duration or num_frames / fps, ctx.name, rotation,
+            sample_aspect, stream.index, describe(first), bool(first.interlaced_frame),
+            int(stream.frames or 0) if indexed else 0,
+        )
 
 
 def _frame_size(ctx: av.CodecContext, source: Source | bytes, max_pixels: int | None, *, required: bool = True
@@ -194,6 +284,13 @@ def _frame_size(ctx: av.CodecContext, source: Source | bytes, max_pixels: int | 
         raise VideoError("cannot decode: the stream header gives no valid frame size (damaged or oversized)")
     _check_pixels(width, height, max_pixels)
     return width, height
+
+
+def _check_cuttable(width: int, height: int, max_pixels: int | None) -> None:
+    """A picture clips can be cut from: at least 2x2 (4:2:0) and at most ``max_pixels``."""
+    if width < 2 or height < 2:
+        raise VideoError(f"too small: {width}x{height}: a 4:2:0 clip needs at least 2x2 pixels")
+    _check_pixels(width, height, max_pixels)
 
 
 def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
@@ -265,12 +362,13 @@ def _output_size(width: int, height: int, spec: ClipSpec) -> tuple[int, int]:
     return w, h
 
 
-def _crop_box(w: int, h: int, out_w: int, out_h: int) -> tuple[int, int, int, int]:
-    """Centred box (x0, y0, cw, ch) with the aspect ratio out_w:out_h, even offsets and size."""
-    if w * out_h > out_w * h:  # source wider than target: full height
-        ch, cw = h, round(h * out_w / out_h)
+def _crop_box(w: int, h: int, out_w: int, out_h: int, pixel_aspect: Fraction = Fraction(1)) -> tuple[int, int, int, int]:
+    """Centred box (x0, y0, cw, ch) of stored pixels whose displayed shape (``pixel_aspect``: display width of a
+    stored pixel over its height) has the aspect ratio out_w:out_h, with even offsets and size."""
+    if w * pixel_aspect * out_h > out_w * h:  # source wider than target: full height
+        ch, cw = h, round(Fraction(h * out_w) / (out_h * pixel_aspect))
     else:
-        cw, ch = w, round(w * out_h / out_w)
+        cw, ch = w, round(w * pixel_aspect * out_h / out_w)
     cw, ch = max(2, min(cw, w) & ~1), max(2, min(ch, h) & ~1)
     x0, y0 = ((w - cw) // 2) & ~1, ((h - ch) // 2) & ~1
     return x0, y0, cw, ch
@@ -282,14 +380,15 @@ def _interp(src_w: int, out_w: int, nearest: bool) -> int:
     return cv2.INTER_AREA if src_w > out_w else cv2.INTER_CUBIC
 
 
-def resize_center_crop(frame: np.ndarray, width: int, height: int, *, nearest: bool = False) -> np.ndarray:
-    """Cover (width, height) keeping the aspect ratio, centre-cropping the excess. Returns
-    ``frame`` itself when it already has that size. INTER_NEAREST with ``nearest=True`` (label
-    masks), else INTER_AREA when shrinking and INTER_CUBIC when growing."""
+def resize_center_crop(frame: np.ndarray, width: int, height: int, *, nearest: bool = False,
+                       pixel_aspect: Fraction = Fraction(1)) -> np.ndarray:
+    """Cover (width, height) keeping the displayed aspect ratio, centre-cropping the excess. Returns
+    ``frame`` itself when it already has that size (and square pixels). INTER_NEAREST with ``nearest=True``
+    (label masks), else INTER_AREA when shrinking and INTER_CUBIC when growing."""
     h, w = frame.shape[:2]
-    if (w, h) == (width, height):
+    if (w, h) == (width, height) and pixel_aspect == 1:
         return frame
-    x0, y0, cw, ch = _crop_box(w, h, width, height)
+    x0, y0, cw, ch = _crop_box(w, h, width, height, pixel_aspect)
     crop = frame[y0 : y0 + ch, x0 : x0 + cw]
     if (cw, ch) == (width, height):
         return np.ascontiguousarray(crop)
@@ -300,25 +399,15 @@ def resize_center_crop(frame: np.ndarray, width: int, height: int, *, nearest: b
 # YUV 4:2:0 pictures and encoders
 
 
-@dataclass(frozen=True)
-class _Colour:
-    """Colour tags (AVColorSpace, AVColorRange, AVColorPrimaries, AVColorTransferCharacteristic)."""
-
-    space: int = _UNSPECIFIED
-    range: int = _MPEG_RANGE
-    primaries: int = _UNSPECIFIED
-    trc: int = _UNSPECIFIED
-
-
-_RGB_COLOUR = _Colour(_BT709, _MPEG_RANGE, _BT709, _BT709)
+_RGB_COLOUR = OutputColour()  # what encode_frames and image sequences are tagged (and converted to)
 
 
 @dataclass
 class _Picture:
-    """One prepared source frame at output size: I420 planes packed as (H*3/2, W)."""
+    """One prepared source frame at output size: I420 planes packed as (H*3/2, W), in ``colour``."""
 
     i420: np.ndarray
-    colour: _Colour
+    colour: OutputColour
     rgb: np.ndarray | None = None  # known when the input was RGB
     mask: np.ndarray | None = None
 
@@ -329,7 +418,7 @@ class _Picture:
 
     def frame(self) -> av.VideoFrame:
         frame = av.VideoFrame.from_ndarray(self.i420, format="yuv420p")
-        frame.colorspace, frame.color_range = self.colour.space, self.colour.range
+        frame.colorspace, frame.color_range = self.colour.space, self.colour.range_id
         return frame
 
 
@@ -346,21 +435,36 @@ def _planes(frame: av.VideoFrame) -> list[np.ndarray]:
 _ROTATE = {90: cv2.ROTATE_90_COUNTERCLOCKWISE, 180: cv2.ROTATE_180, 270: cv2.ROTATE_90_CLOCKWISE}
 
 
-def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, rotation: int) -> _Picture:
-    """Rotate, centre-crop and resize a decoded frame in YUV 4:2:0 (each plane with OpenCV)."""
-    fmt = frame.format.name
-    colour = _Colour(frame.colorspace, frame.color_range or _MPEG_RANGE, frame.color_primaries, frame.color_trc)
-    if fmt == "yuvj420p":
-        colour = _Colour(colour.space, _JPEG_RANGE, colour.primaries, colour.trc)
-    elif fmt != "yuv420p":
-        if colour.space == 0:  # RGB sources (gbrp, rgb24...): convert with BT.601, leave untagged
-            colour = _Colour()
-        frame = frame.reformat(format="yuv420p")
+@dataclass(frozen=True)
+class _Conversion:
+    """How every frame of one source becomes an output picture: its colour, geometry and target."""
+
+    source: SourceColour
+    output: OutputColour
+    rotation: int
+    pixel_aspect: Fraction
+    tonemap: bool
+    background: tuple[int, int, int]
+
+
+def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, conv: _Conversion) -> _Picture:
+    """Rotate, centre-crop (by the displayed shape) and resize a decoded frame, converted to the output colour:
+    YUV sources on their 4:2:0 planes (each with OpenCV, then one conversion at the output size if the colour
+    differs); RGB, alpha and HDR sources through RGB."""
+    if conv.source.path(conv.tonemap) == "rgb":
+        rgb = rgb_of(frame, conv.source, conv.background)
+        if conv.rotation:
+            rgb = cv2.rotate(rgb, _ROTATE[conv.rotation])
+        rgb = resize_center_crop(rgb, out_w, out_h, pixel_aspect=conv.pixel_aspect)
+        if conv.source.hdr and conv.tonemap:
+            rgb = tonemap(rgb, conv.source.transfer, conv.source.primaries)
+        return _picture_from_rgb(np.ascontiguousarray(rgb), output=conv.output)
+    frame = yuv420_in_source_colour(frame, conv.source)
     planes = _planes(frame)
-    if rotation:
-        planes = [cv2.rotate(p, _ROTATE[rotation]) for p in planes]
+    if conv.rotation:
+        planes = [cv2.rotate(p, _ROTATE[conv.rotation]) for p in planes]
     h, w = planes[0].shape
-    x0, y0, cw, ch = _crop_box(w, h, out_w, out_h)
+    x0, y0, cw, ch = _crop_box(w, h, out_w, out_h, conv.pixel_aspect)
     interp = _interp(cw, out_w, nearest=False)
     out = np.empty((out_h * 3 // 2, out_w), np.uint8)
     flat = out.reshape(-1)
@@ -376,13 +480,14 @@ def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, rotation: 
             dst[...] = crop
         else:
             cv2.resize(crop, (dst.shape[1], dst.shape[0]), dst=dst, interpolation=interp)
-    return _Picture(out, colour)
+    return _Picture(convert_yuv420(out, conv.source, conv.output), conv.output)
 
 
-def _picture_from_rgb(rgb: np.ndarray, mask: np.ndarray | None = None) -> _Picture:
+def _picture_from_rgb(rgb: np.ndarray, mask: np.ndarray | None = None, output: OutputColour = _RGB_COLOUR) -> _Picture:
     frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")
-    yuv = frame.reformat(format="yuv420p", dst_colorspace="ITU709", dst_color_range="MPEG")
-    return _Picture(yuv.to_ndarray(), _RGB_COLOUR, rgb=rgb, mask=mask)
+    yuv = frame.reformat(format="yuv420p", src_color_range="JPEG", dst_colorspace="ITU709" if output.matrix == "bt709"
+                         else "ITU601", dst_color_range="MPEG" if output.range == "tv" else "JPEG")
+    return _Picture(yuv.to_ndarray(), output, rgb=rgb, mask=mask)
 
 
 class _Encoder:
@@ -392,15 +497,15 @@ class _Encoder:
     encoders (overlapping clips) run in parallel, as in the ffmpeg CLI. The queue is bounded, so
     a slow encoder throttles the decoder instead of buffering frames."""
 
-    def __init__(self, width: int, height: int, fps: Fraction, colour: _Colour, crf: int, preset: str,
+    def __init__(self, width: int, height: int, fps: Fraction, colour: OutputColour, crf: int, preset: str,
                  threads: int, queue_size: int = 8):
         self._buf = io.BytesIO()
         self._container = av.open(self._buf, mode="w", format="mp4")
         self._stream = self._container.add_stream("libx264", rate=fps)
         self._stream.width, self._stream.height, self._stream.pix_fmt = width, height, "yuv420p"
         ctx = self._stream.codec_context
-        ctx.colorspace, ctx.color_range = colour.space, colour.range
-        ctx.color_primaries, ctx.color_trc = colour.primaries, colour.trc
+        ctx.colorspace, ctx.color_range = colour.space, colour.range_id
+        ctx.color_primaries, ctx.color_trc = colour.primaries, colour.transfer
         self._stream.options = {"crf": str(crf), "preset": preset, "threads": str(threads)}
         self._time_base = 1 / fps
         self._queue: queue.Queue[_Picture | None] = queue.Queue(maxsize=queue_size)
@@ -503,29 +608,140 @@ def _run_plans(
     return [done[k] for k in sorted(done)]
 
 
-def _decoded(container: av.container.InputContainer, stream: av.VideoStream, errors: list[str]) -> Iterator[av.VideoFrame]:
-    """Frames in presentation order; a decode/demux error ends the iteration (recorded)."""
+_MAX_FAILED_PACKETS = 64  # packets in a row the decoder refuses before the stream is taken as ended
+
+
+@dataclass
+class _Damage:
+    """What went wrong while decoding one source, by decoded-frame index."""
+
+    errors: list[tuple[int, str]] = field(default_factory=list)  # (frames decoded before it, message)
+    corrupt: list[int] = field(default_factory=list)  # frames the decoder flagged corrupt
+    packets: int = 0  # packets with data read
+    ended: bool = False  # the demuxer reached the end of the stream
+    demux_error: bool = False  # the demuxer stopped on an error
+
+    def within(self, first: int, last: int) -> list[int]:
+        """Damaged frame indices in [first, last]: flagged frames, and the frame after each decode error."""
+        hit = {i for i in self.corrupt if first <= i <= last}
+        hit |= {i for i, _ in self.after_start if first <= i <= last}
+        return sorted(hit)
+
+    @property
+    def after_start(self) -> list[tuple[int, str]]:
+        """Errors after the first frame: those before it (a stream cut before its first keyframe, common in TS)
+        only mean decoding starts at that keyframe."""
+        return [(i, message) for i, message in self.errors if i > 0]
+
+
+def _decoded(container: av.container.InputContainer, stream: av.VideoStream, damage: _Damage
+             ) -> Iterator[av.VideoFrame]:
+    """Frames in presentation order, packet by packet: a packet the decoder refuses is recorded and skipped (the
+    decoder resynchronises at the next keyframe), a demuxer error ends the iteration (recorded)."""
+    index, refused = 0, 0
     try:
-        yield from container.decode(stream)
+        for packet in container.demux(stream):
+            damage.packets += packet.size > 0
+            try:
+                frames = packet.decode()
+            except av.FFmpegError as e:
+                damage.errors.append((index, str(e)))
+                refused += 1
+                if refused >= _MAX_FAILED_PACKETS:
+                    return
+                continue
+            refused = 0
+            for frame in frames:
+                if frame.is_corrupt:
+                    damage.corrupt.append(index)
+                index += 1
+                yield frame
+        damage.ended = True
     except av.FFmpegError as e:
-        errors.append(str(e))
+        damage.errors.append((index, str(e)))
+        damage.demux_error = True
+
+
+_PARITY = {2: "tff", 4: "tff", 3: "bff", 5: "bff"}  # AVFieldOrder TT, TB, BB, BT -> which field comes first
+
+
+def _deinterlaced(frames: Iterator[av.VideoFrame], stream: av.VideoStream) -> Iterator[av.VideoFrame]:
+    """bwdif (FFmpeg's motion-adaptive deinterlacer), one output frame per input frame; frames not flagged
+    interlaced pass unchanged."""
+    graph = av.filter.Graph()
+    source = graph.add_buffer(template=stream)
+    # the stream's field order: frames do not always carry it to the filter (bwdif then takes the wrong field)
+    parity = _PARITY.get(int(stream.codec_context.field_order or 0), "auto")
+    bwdif = graph.add("bwdif", f"mode=send_frame:parity={parity}:deint=interlaced")
+    sink = graph.add("buffersink")
+    source.link_to(bwdif)
+    bwdif.link_to(sink)
+    graph.configure()
+
+    def drained() -> Iterator[av.VideoFrame]:
+        while True:
+            try:
+                yield sink.pull()
+            except (av.BlockingIOError, av.EOFError):
+                return
+
+    for frame in frames:
+        source.push(frame)
+        yield from drained()
+    source.push(None)
+    yield from drained()
+
+
+@dataclass
+class LostClip:
+    """A planned clip that has no usable output: its index, the source frames it would have used, and why."""
+
+    index: int
+    reason: str
+
+
+@dataclass
+class Cut:
+    """What ``cut_video`` made of a source."""
+
+    clips: list[Clip]
+    lost: list[LostClip]
+    decoded: int  # frames decoded (all of the stream when ``ended``)
+    ended: bool  # decoding reached the end of the stream
+    damaged: bool  # decode errors, or a container that holds fewer frames than its index lists
+    repaired_timestamps: int  # frames whose time came from the frame rate (missing or repeated timestamps)
+    planned: int  # clips the container's stated length allows
 
 
 def cut_clips(source: Source, spec: ClipSpec, info: VideoInfo | None = None, *, strict: bool = False) -> list[Clip]:
-    """Cut ``plan_clips(info, spec)`` out of a video, decoding it once (streaming, stops after the
-    last needed frame). Each needed frame is cropped/resized once (in YUV) and fed to the encoder
-    of every clip that uses it; at most the overlapping clips' encoders are open at a time.
+    """The clips of ``cut_video``. ``VideoError`` if the stream is damaged and no clip was completed, or with
+    ``strict=True`` if any clip was lost to damage."""
+    cut = cut_video(source, spec, info)
+    if cut.damaged and (not cut.clips or (strict and cut.lost)):
+        raise VideoError(cut.lost[0].reason if cut.lost else "cannot decode: damaged stream")
+    return cut.clips
 
-    Returns the completed clips. If decoding ends early (truncated or corrupt file) the incomplete
-    clips are dropped; ``VideoError`` is raised if no clip was completed, or with ``strict=True``
-    if any planned clip is missing."""
+
+def cut_video(source: Source, spec: ClipSpec, info: VideoInfo | None = None) -> Cut:
+    """Cut up to ``spec.max_clips`` clips out of a video, decoding it once (streaming, stops after the last
+    needed frame). Each needed frame is converted once (``_picture_from_frame``) and fed to the encoder of every
+    clip that uses it; at most the overlapping clips' encoders are open at a time.
+
+    Lengths come from decoding, not from headers: clips are planned as if the video were long enough (up to the
+    frame count of an mp4/mov sample index, which lists every frame) and those the stream ends before are not
+    made. A clip showing a frame the decoder flagged corrupt, or spanning a decode
+    error, is lost (``Cut.lost``, with the frame indices), as are the clips the headers promised when the stream
+    was damaged (decode errors, or an mp4/mov holding fewer frames than its index: truncated)."""
     _check_spec(spec)
     if info is None:
         info = probe(source, max_pixels=spec.max_pixels)
-    _check_pixels(info.width, info.height, spec.max_pixels)
-    plans = plan_clips(info, spec)
+    _check_cuttable(info.width, info.height, spec.max_pixels)
+    stated = len(plan_clips(info, spec))
+    # an mp4/mov sample index lists every frame there is (a file holding fewer is truncated): trust it, and do
+    # not decode a tail that no clip can use; other containers' counts are hints (durations, stated totals)
+    plans = plan_clips(info if info.indexed_frames else replace(info, num_frames=1 << 40), spec)
     if not plans:
-        return []
+        return Cut([], [], 0, False, False, 0, 0)
     out_w, out_h = _output_size(info.width, info.height, spec)
     src, fps = _rate(info.fps), (_rate(info.fps) if spec.fps is None else _rate(spec.fps))
     # output frame j of a clip starting at nominal frame s is shown at s / src + j / fps (seconds after frame 0)
@@ -534,67 +750,114 @@ def cut_clips(source: Source, spec: ClipSpec, info: VideoInfo | None = None, *, 
     slot = {t: i for i, t in enumerate(times)}
     slots = [[slot[t] for t in ts] for ts in clip_times]
     picked: dict[int, int] = {}  # slot -> index of the decoded frame shown then
-    errors: list[str] = []
-    decoded = 0
+    damage = _Damage()
+    decoded, repaired = 0, 0
+    colour = info.colour
+    conv = _Conversion(colour, spec.output, info.rotation, info.pixel_aspect, spec.tonemap, spec.background
+                       ) if colour is not None else None
     with _open(source, spec.max_pixels) as container:
-        stream = container.streams.video[0]
+        stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
+        frames: Iterator[av.VideoFrame] = _decoded(container, stream, damage)
+        if info.interlaced and spec.deinterlace:
+            frames = _deinterlaced(frames, stream)
 
         def timed() -> Iterator[tuple[int, Fraction, av.VideoFrame]]:
-            nonlocal decoded
-            first: Fraction | None = None
-            for idx, frame in enumerate(_decoded(container, stream, errors)):
+            """Frames with their time after the first frame. A frame without a timestamp, or with one not later
+            than the previous frame's, is placed one frame interval (at the average rate) after that frame."""
+            nonlocal decoded, repaired
+            origin: Fraction | None = None  # the timestamp of time 0
+            previous: Fraction | None = None
+            for idx, frame in enumerate(frames):
                 decoded = idx + 1
                 time_base = frame.time_base or stream.time_base
-                if frame.pts is None or time_base is None:
-                    yield idx, Fraction(idx) / src, frame
-                    continue
-                pts = frame.pts * Fraction(time_base)
-                first = pts if first is None else first
-                yield idx, pts - first, frame
+                stamp = frame.pts * Fraction(time_base) if frame.pts is not None and time_base else None
+                expected = Fraction(0) if previous is None else previous + 1 / src
+                if stamp is not None and origin is None:
+                    origin = stamp - expected
+                time = None if stamp is None or origin is None else stamp - origin
+                if time is None or (previous is not None and time <= previous):
+                    time = expected
+                    repaired += 1
+                previous = time
+                yield idx, time, frame
 
         def pictures() -> Iterator[tuple[int, Callable[[], _Picture]]]:
             cache: dict[int, _Picture] = {}  # the last decoded frame's picture (several slots may show it)
 
             def prepare(idx: int, frame: av.VideoFrame) -> _Picture:
+                nonlocal conv
                 if idx not in cache:
                     cache.clear()
-                    cache[idx] = _picture_from_frame(frame, out_w, out_h, info.rotation)
+                    if conv is None:
+                        conv = _Conversion(describe(frame), spec.output, info.rotation, info.pixel_aspect,
+                                           spec.tonemap, spec.background)
+                    cache[idx] = _picture_from_frame(frame, out_w, out_h, conv)
                 return cache[idx]
 
-            def complete() -> bool:  # every frame the container announced was decoded
-                return not errors and decoded >= info.num_frames
+            def tail(last: av.VideoFrame) -> Fraction:  # how long the last decoded frame is shown
+                if not damage.ended or damage.after_start:
+                    return 1 / (2 * src)
+                if last.duration and last.time_base:
+                    return max(Fraction(last.duration) * Fraction(last.time_base), 1 / (2 * src))
+                return 1 / src
 
-            for k, idx, frame in _nearest_frames(timed(), times, 1 / (2 * src), complete):
+            for k, idx, frame in _nearest_frames(timed(), times, tail):
                 picked[k] = idx
                 yield k, lambda idx=idx, frame=frame: prepare(idx, frame)
 
-        clips = _run_plans(slots, pictures(), out_w, out_h, fps, spec, with_masks=False)
-    for clip in clips:
+        made = _run_plans(slots, pictures(), out_w, out_h, fps, spec, with_masks=False)
+    truncated = damage.ended and 0 < info.indexed_frames and damage.packets < info.indexed_frames
+    damaged = bool(damage.after_start) or damage.demux_error or truncated
+    clips, lost = [], []
+    for clip in made:
         clip.source_frames = [picked[k] for k in slots[clip.index]]
-    if not clips or (strict and len(clips) < len(plans)):
-        reason = f" ({errors[0]})" if errors else ""
-        raise VideoError(
-            f"cannot decode: stream ended after {decoded} of {info.num_frames} frames{reason}; "
-            f"{len(clips)} of {len(plans)} planned clips completed (truncated or corrupt file?)"
-        )
-    return clips
+        bad = damage.within(clip.source_frames[0], clip.source_frames[-1])
+        if bad:
+            lost.append(LostClip(clip.index, f"corrupt frames: source frames {_ranges(bad)} of this clip are damaged "
+                                             f"({_first_error(damage, bad)})"))
+        else:
+            clips.append(clip)
+    if damaged:
+        done = {clip.index for clip in made}
+        why = f" ({damage.errors[0][1]})" if damage.errors else ""
+        for k in range(stated):
+            if k not in done:
+                lost.append(LostClip(k, f"cannot decode: stream ended after {decoded} of {info.num_frames} frames"
+                                        f"{why}; {len(made)} of {stated} planned clips completed (truncated or corrupt "
+                                        f"file?)"))
+    return Cut(clips, sorted(lost, key=lambda c: c.index), decoded, damage.ended, damaged, repaired, stated)
+
+
+def _ranges(indices: list[int]) -> str:
+    """[3, 4, 5, 9] -> '3-5, 9'."""
+    groups: list[list[int]] = []
+    for i in indices:
+        if groups and i == groups[-1][1] + 1:
+            groups[-1][1] = i
+        else:
+            groups.append([i, i])
+    return ", ".join(f"{a}-{b}" if b > a else f"{a}" for a, b in groups)
+
+
+def _first_error(damage: _Damage, bad: list[int]) -> str:
+    messages = [message for index, message in damage.after_start if index in bad]
+    return f"decoder: {messages[0]}" if messages else "the decoder flagged them corrupt"
 
 
 def _nearest_frames(
     frames: Iterator[tuple[int, Fraction, av.VideoFrame]],
     times: list[Fraction],
-    tail: Fraction,
-    complete: Callable[[], bool],
+    tail: Callable[[av.VideoFrame], Fraction],
 ) -> Iterator[tuple[int, int, av.VideoFrame]]:
     """For each of the increasing ``times`` (seconds after the first frame) the decoded frame whose timestamp is
     nearest (ties: the later one), as (time index, frame index, frame), streaming with one frame of look-ahead.
-    After the last frame, the remaining times get it when the stream was ``complete()``, else only within
-    ``tail`` seconds of it (a truncated stream never pads a clip)."""
+    After the last frame, the remaining times get it while they are within ``tail(last frame)`` seconds of it
+    (the time it is shown; a truncated stream never pads a clip)."""
     k, prev = 0, None
     for idx, time, frame in frames:
         if prev is not None:
-            time = max(time, prev[1])  # timestamps going backwards (broken files): keep the order
+            time = max(time, prev[1])
             middle = (prev[1] + time) / 2
             while k < len(times) and times[k] < middle:
                 yield k, prev[0], prev[2]
@@ -604,8 +867,8 @@ def _nearest_frames(
         prev = (idx, time, frame)
     if prev is None:
         return
-    whole = complete()
-    while k < len(times) and (whole or times[k] - prev[1] < tail):
+    shown = tail(prev[2])
+    while k < len(times) and times[k] - prev[1] < shown:
         yield k, prev[0], prev[2]
         k += 1
 
@@ -642,7 +905,7 @@ def cut_clips_from_frames(
         return []
     first = _load_rgb(frames[0])
     h, w = first.shape[:2]
-    _check_pixels(w, h, spec.max_pixels)
+    _check_cuttable(w, h, spec.max_pixels)
     info = VideoInfo(w, h, float(src_fps), len(frames), len(frames) / src_fps, "images")
     plans = plan_clips(info, spec)
     if not plans:

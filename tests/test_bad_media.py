@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 import subprocess
 import sys
@@ -48,6 +49,27 @@ EXPECTED_VIDEOS: dict[str, tuple[str, str]] = {
     "vfr.mp4": ("ok", ""),
     "rotated.mp4": ("ok", ""),
     "odd_321x241.mp4": ("ok", ""),
+    "one_pixel_wide.avi": ("filtered", r"^too small: 1x96: a 4:2:0 clip needs at least 2x2 pixels$"),
+    # issue 22, the card videos (media.CARD_VIDEOS): their pixels are checked in tests/test_media_correctness.py
+    "rgb_png.mov": ("ok", ""),
+    "rgb_qtrle.mov": ("ok", ""),
+    "rgb_x264rgb.mp4": ("ok", ""),
+    "rgb_hevc_gbrp.mp4": ("ok", ""),
+    "grey_png.mov": ("ok", ""),
+    "bgr24.avi": ("ok", ""),
+    "grey_limited.mkv": ("ok", ""),
+    "full_range.mp4": ("ok", ""),
+    "bt601.mp4": ("ok", ""),
+    "sar_2to1.mp4": ("ok", ""),
+    "corrupt_frames.ts": ("failed", r"^corrupt frames: "),
+    "interlaced.mp4": ("ok", ""),
+    "alpha.mov": ("ok", ""),
+    "hdr10.mp4": ("ok", ""),
+    "still_first.mkv": ("ok", ""),
+    "header_understates.mkv": ("ok", ""),
+    "header_overstates.avi": ("ok", ""),
+    "no_pts_start.ts": ("ok", ""),
+    "duplicate_pts.mkv": ("ok", ""),
 }
 EXPECTED_SEQUENCES: dict[str, tuple[str, str]] = {
     "void_255": ("ok", ""),
@@ -127,7 +149,7 @@ def test_each_bad_mask_sequence_has_its_row(corpus, corpus_run, sequence):
 def test_each_bad_url_of_a_list_has_its_own_row(corpus, corpus_run, name):
     lists = corpus / "lists"
     cell = {"good": "clips/good.mp4", **media.bad_urls(lists)}[name]
-    uri = cell if "://" in cell else f"{lists}/{cell}"  # relative to the list's folder, as written
+    uri = cell if "://" in cell else os.path.normpath(f"{lists}/{cell}")  # relative to the list's folder, normalised
     status, pattern = EXPECTED_URLS[name]
     _check(_row(corpus_run, uri), status, pattern.replace("{uri}", re.escape(uri)))
 
@@ -161,7 +183,7 @@ def test_the_whole_corpus_run_completes_with_one_row_per_input_and_verifies(corp
     statuses = sorted(r["status"] for r in corpus_run["rows"])
     table = [*EXPECTED_VIDEOS.values(), *EXPECTED_SEQUENCES.values(), *EXPECTED_URLS.values(), ("ok", "")]
     assert statuses == sorted(status for status, _ in table)
-    assert statuses.count("ok") == 7
+    assert statuses.count("ok") == 7 + 18  # + the ok card videos of issue 22
     report = verify_run(Storage(str(corpus_run["run_dir"])))
     assert report.ok, report.problems
     samples = committed_samples(corpus_run["run_dir"])
@@ -210,6 +232,12 @@ def test_rotated_video_becomes_upright_with_swapped_dimensions(corpus, tmp_path)
     (small,) = _ingest_one(tmp_path, corpus / "videos/rotated.mp4")
     first = decode_frames(small.files["clip.mp4"])[0]
     assert np.abs(first.astype(int) - resize_center_crop(upright, 96, 64)).mean() < 3
+
+
+def test_a_one_pixel_wide_video_is_filtered_even_when_upscaling_is_allowed(corpus, tmp_path):
+    (result,) = _ingest_one(tmp_path, corpus / "videos/one_pixel_wide.avi", allow_upscale=True)
+    assert (result.status, result.reason) == ("filtered", "too small: 1x96: a 4:2:0 clip needs at least 2x2 pixels")
+    assert result.columns["source_uri"] == str(corpus / "videos/one_pixel_wide.avi")
 
 
 def test_odd_dimensions_give_an_even_clip_of_the_centre(corpus, tmp_path):

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from tests.data.bad import media, texts
+from tests.data.bad import media, paths, texts
 
 
 def main(argv: list[str]) -> int:
@@ -14,7 +14,8 @@ def main(argv: list[str]) -> int:
         return 2
     folder = Path(argv[0])
     folder.mkdir(parents=True, exist_ok=True)
-    for path in [*media.generate(folder / "media"), *texts.generate(folder / "texts")]:
+    written = [*media.generate(folder / "media"), *paths.generate(folder / "paths"), *texts.generate(folder / "texts")]
+    for path in written:
         print(path.relative_to(folder))
     return 0
 
