@@ -24,10 +24,10 @@ from enum import StrEnum
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests.layout import LABELS_DIR, label_file
 from manifests.parquet import read_parquet
 from manifests.storage import Storage
 
-LABELS_DIR = "labels"
 LABEL_SCHEMA = pa.schema([
     pa.field("stage", pa.string()),
     pa.field("sample_id", pa.string()),
@@ -85,7 +85,7 @@ def save_labels(run: Storage, labels: Iterable[Label]) -> str:
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     # time first, so file order is save order; the random part keeps concurrent savers apart
-    rel = f"{LABELS_DIR}/labels-{time.time_ns():020d}-{uuid.uuid4().hex[:8]}.parquet"
+    rel = label_file(f"{time.time_ns():020d}-{uuid.uuid4().hex[:8]}")
     run.write_bytes(rel, buffer.getvalue())
     return rel
 

@@ -24,15 +24,19 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from manifests import layout
+from manifests.layout import (
+    COMMIT_CACHE,
+    MANIFEST_PATTERN,
+    manifest_path,
+    shard_name,
+)
 from manifests.parquet import read_parquet
 from manifests.shards import TarInfo, write_shard
 from manifests.storage import Storage, StorageFull
 
 FORMAT_VERSION = 1
 META_KEY = b"ffp"
-MANIFEST_PATTERN = "shard-*.parquet"
-COMMIT_CACHE = "index/commits.parquet"
-"""Derived copy of the commit info of every manifest of a local run folder (see :func:`read_commits`)."""
 COMMIT_CACHE_VERSION = b"1"
 RACY_NS = 2_000_000_000
 """A manifest changed this close to (or after) the cache's own write is read again, however its stat looks: a
@@ -61,18 +65,6 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "model_seconds": pa.float32(),
     "finished_at": pa.timestamp("ms", tz="UTC"),
 }
-
-
-def shard_name(shard: int) -> str:
-    return f"shard-{shard:06d}"
-
-
-def manifest_path(stage: str, shard: int) -> str:
-    return f"manifests/{stage}/{shard_name(shard)}.parquet"
-
-
-def partial_dir(stage: str, shard: int) -> str:
-    return f"stages/{stage}/_partial/{shard_name(shard)}"
 
 
 @dataclass(frozen=True)
@@ -189,10 +181,15 @@ def read_manifest(storage: Storage, stage: str, shard: int) -> tuple[CommitInfo,
 def committed_shards(storage: Storage, stage: str) -> dict[int, CommitInfo]:
     """Commit info of every committed shard of a stage, reading only Parquet footers."""
     found: dict[int, CommitInfo] = {}
-    for rel in storage.list(f"manifests/{stage}", pattern=MANIFEST_PATTERN):
+    for rel in storage.list(layout.manifests_dir(stage), pattern=MANIFEST_PATTERN):
         info = read_commit(storage, rel)
         found[info.shard] = info
     return found
+
+
+def committed_tables(storage: Storage, stage: str) -> list[pa.Table]:
+    """The committed manifest of every shard of a stage, in shard order (what a stage's ``finalize`` publishes)."""
+    return [read_parquet(storage, rel) for rel in storage.list(layout.manifests_dir(stage), pattern=MANIFEST_PATTERN)]
 
 
 def read_commits(storage: Storage, stages: Iterable[str]) -> dict[tuple[str, int], CommitInfo]:
@@ -229,14 +226,14 @@ def read_commits(storage: Storage, stages: Iterable[str]) -> dict[tuple[str, int
 def list_manifests(storage: Storage, stage: str) -> list[tuple[str, tuple[int, int, int]]]:
     """``(rel, (inode, size, mtime_ns))`` of a local stage's manifests, sorted, from one directory listing."""
     try:
-        entries = list(os.scandir(storage.path("manifests", stage)))
+        entries = list(os.scandir(storage.path(layout.manifests_dir(stage))))
     except (FileNotFoundError, NotADirectoryError):
         return []
     found = []
     for entry in entries:
         if fnmatch.fnmatchcase(entry.name, MANIFEST_PATTERN) and entry.is_file():
             stat = entry.stat()
-            found.append((f"manifests/{stage}/{entry.name}", (stat.st_ino, stat.st_size, stat.st_mtime_ns)))
+            found.append((layout.manifest_file(stage, entry.name), (stat.st_ino, stat.st_size, stat.st_mtime_ns)))
     return sorted(found)
 
 

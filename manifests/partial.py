@@ -13,10 +13,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from manifests.manifest import partial_dir
+from manifests.layout import partial_dir
 from manifests.shards import ShardReader, write_shard
 from manifests.storage import Storage, StorageFull
-
 
 SHARD_TIMEOUT = "shard-timeout.json"
 

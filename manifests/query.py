@@ -28,14 +28,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from manifests import layout
 from manifests.labels import label_files, read_label_history
+from manifests.layout import RUN_YAML
 from manifests.manifest import RACY_NS, list_manifests, manifest_schema
 from manifests.parquet import read_parquet
 from manifests.storage import TEMP_MARKER, Storage
 
 VIEW_NAME = re.compile(r"[a-z_][a-z0-9_]*")
-ROWS_CACHE = "index/rows"
-"""Derived copies of each stage's manifest rows (local run folders); delete them freely."""
 SOURCE_COLUMN = "_ffp_manifest"
 SOURCES_KEY = b"ffp_sources"
 PATCH_LIMIT = 256
@@ -44,12 +44,12 @@ log = logging.getLogger("ffp.query")
 
 
 def stage_names(run: Storage) -> list[str]:
-    return sorted(p.rsplit("/", 1)[-1] for p in run.fs.ls(run.path("manifests"), detail=False)) if run.exists("manifests") else []
+    return sorted(p.rsplit("/", 1)[-1] for p in run.fs.ls(run.path(layout.MANIFESTS_DIR), detail=False)) \
+        if run.exists(layout.MANIFESTS_DIR) else []
 
 
 def _manifest_files(run: Storage, stage: str | None) -> list[str]:
-    pattern = f"manifests/{stage}" if stage else "manifests/*"
-    return run.list(pattern, pattern="shard-*.parquet")
+    return run.list(layout.manifests_dir(stage or None), pattern=layout.MANIFEST_PATTERN)
 
 
 def _quote(text: str) -> str:
@@ -71,7 +71,7 @@ def _stage_relation(con: duckdb.DuckDBPyConnection, run: Storage, stage: str) ->
     listed = dict(list_manifests(run, stage))
     if not listed:
         return None
-    copy = f"{ROWS_CACHE}/{stage}.parquet"
+    copy = layout.rows_cache(stage)
     held, copy_mtime = _copy_sources(run, copy)
     stale = sorted(rel for rel, stat in listed.items() if held.get(rel) != stat or stat[2] >= copy_mtime - RACY_NS)
     gone = sorted(set(held) - set(listed))
@@ -146,9 +146,6 @@ def _register_labels(con: duckdb.DuckDBPyConnection, run: Storage) -> None:
     con.register("label_history", history.append_column("seq", pa.array(range(history.num_rows), pa.int64())))
     con.execute("create view labels as select * exclude (rank, seq) from (select *, row_number() over "
                 "(partition by stage, sample_id order by seq desc) as rank from label_history) where rank = 1")
-
-
-RUN_YAML = "run.yaml"
 
 
 def declared_schemas(run: Storage, committed: Collection[str] = ()) -> dict[str, pa.Schema]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
+from manifests import layout
 from manifests.manifest import Status, read_commit
 from manifests.parquet import read_parquet
 from manifests.shards import ShardError, ShardReader, sha256_of
@@ -27,7 +28,7 @@ def verify_run(run: Storage) -> VerifyReport:
     report = VerifyReport()
     committed_tars: set[str] = set()
     ids_by_stage: dict[str, Counter[str]] = {}
-    for rel in run.list("manifests/*", pattern="shard-*.parquet"):
+    for rel in run.list(layout.manifests_dir(), pattern=layout.MANIFEST_PATTERN):
         try:
             info = read_commit(run, rel)
             table = read_parquet(run, rel, columns=["sample_id", "status"])
@@ -48,9 +49,9 @@ def verify_run(run: Storage) -> VerifyReport:
     for rel in run.walk_files():
         if TEMP_MARKER in rel.rsplit("/", 1)[-1]:
             report.problems.append(f"{rel}: orphan temporary file (an interrupted write); safe to delete")
-        elif rel.endswith(".tar") and "/_partial/" not in rel and rel not in committed_tars:
+        elif rel.endswith(".tar") and not layout.is_checkpoint(rel) and rel not in committed_tars:
             report.problems.append(f"{rel}: tar without a manifest (not committed)")
-        elif "/_partial/" in rel and rel.endswith("rows.json"):
+        elif layout.is_checkpoint(rel) and rel.endswith("rows.json"):
             report.warnings.append(f"{rel}: result of an unfinished shard (rerun the run to finish it)")
     return report
 

@@ -22,9 +22,9 @@ from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
-from pipeline.graph import GraphError, build_graph
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
-from pipeline.plan import State
+from pipeline.graph import GraphError, build_graph
+from pipeline.plan import RunPlan, State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
 from pipeline.status import stage_statuses
 from stages.realsize.gpus import DEFAULT_MFU
@@ -104,8 +104,8 @@ def run(
 ) -> None:
     """Run or resume a pipeline: committed shards are skipped, interrupted ones finish from _partial/."""
     cfg = _resolve_config(config, preset, out, set_)
-    report = _execute(cfg, rerun_stale=rerun_stale)
-    _print_status(cfg.run_dir)
+    report, plan = _execute(cfg, rerun_stale=rerun_stale)
+    _print_status(cfg.run_dir, plan=plan)
     raise typer.Exit(_exit_code(report, cfg.run_dir))
 
 
@@ -121,13 +121,15 @@ def retry(
     unknown = stages - set(cfg.stages)
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
-    report = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined)
-    _print_status(run_dir)
+    report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined)
+    _print_status(run_dir, plan=plan)
     raise typer.Exit(_exit_code(report, run_dir))
 
 
-def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
-    storage, graph, plan = open_run(cfg)
+def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
+    """Run with progress bars: the run is opened once here and handed down (``execute``, then the status)."""
+    opened = open_run(cfg)
+    graph, plan = opened.graph, opened.plan
     totals = {name: plan.num_shards(name) for name in graph.order}
     console.print(f"[bold]ffp[/bold] run [cyan]{cfg.run_dir}[/cyan]: " + " -> ".join(graph.order))
     with Progress(
@@ -149,10 +151,10 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> RunReport:
                 stage, shard, error = data
                 progress.console.print(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
 
-        _, report = execute(cfg, listener=listener, **kwargs)
+        plan, report = execute(opened, listener=listener, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
                   + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")")
-    return report
+    return report, plan
 
 
 def _exit_code(report: RunReport, run_dir: str) -> int:
@@ -190,15 +192,15 @@ def demo(
     inputs = _demo_inputs(out, sequences)
     overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs}/content", f"inputs.2.path={inputs}/styles"]
     cfg = load_config(preset="demo", overrides=overrides, run_dir=f"{out}/run")
-    report = _execute(cfg)
-    _print_status(cfg.run_dir)
+    report, plan = _execute(cfg)
+    _print_status(cfg.run_dir, plan=plan)
     checked = verify_run(Storage(cfg.run_dir))
     console.print(f"verify: {checked.shards} shards, {checked.samples} rows, "
                   + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
     for problem in checked.problems:
         err.print(f"  {escape(problem)}")
     _demo_report(cfg.run_dir)
-    folders = [spec.params.get("folder", "export") for spec in cfg.stages.values() if spec.type == "export"]
+    folders = [node.output_dir for node in plan.graph.with_role("export")]
     console.print("pairs: " + ", ".join(f"[cyan]{cfg.run_dir}/{folder}[/cyan]" for folder in folders)
                   + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
     raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
@@ -410,8 +412,9 @@ def status(run_dir: RunArg, as_json: JsonOpt = False) -> None:
     _print_status(run_dir, as_json=as_json)
 
 
-def _print_status(run_dir: str, *, as_json: bool = False) -> None:
-    _, _, run_plan = open_run(load_run_config(run_dir))
+def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> None:
+    """``plan``: the run as the command that just ran it holds it (not opened again)."""
+    run_plan = plan if plan is not None else open_run(load_run_config(run_dir)).plan
     statuses = stage_statuses(run_plan)
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=1))

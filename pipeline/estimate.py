@@ -16,6 +16,7 @@ from typing import Any
 
 import pyarrow.compute as pc
 
+from manifests.layout import MANIFEST_PATTERN, manifests_dir
 from manifests.parquet import read_parquet
 from manifests.storage import Storage
 from pipeline.allocation import CostModel, Demand, plan_actors
@@ -28,7 +29,7 @@ def measured_costs(storage: Storage, graph: StageGraph) -> dict[str, dict[str, f
     out: dict[str, dict[str, float]] = {}
     for stage in graph.order:
         seconds, items, rows = 0.0, 0, 0
-        for rel in storage.list(f"manifests/{stage}", pattern="shard-*.parquet"):
+        for rel in storage.list(manifests_dir(stage), pattern=MANIFEST_PATTERN):
             table = read_parquet(storage, rel, columns=["input_id", "seconds", "attempts"])
             if table.num_rows == 0:
                 continue

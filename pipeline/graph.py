@@ -8,6 +8,9 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+import pyarrow as pa
+
+from manifests.layout import StageFolders, stage_folders
 from manifests.shards import check_field
 from pipeline.config import PipelineConfig, Resources
 from pipeline.stage import Params, Stage
@@ -35,6 +38,14 @@ class StageNode:
     ancestors: list[str] = field(default_factory=list)  # nearest first
     owners: dict[str, str] = field(default_factory=dict)  # field or column -> ancestor stage that writes it
     fingerprint: str = ""
+    columns: dict[str, pa.DataType] = field(default_factory=dict)
+    """The manifest columns of this stage: its type's ``columns``, and for an ``export`` the pair columns declared
+    before it that its type does not list (appended)."""
+    pair_columns: tuple[str, ...] = ()
+    """The pair columns the stages before it declare (what an ``export`` carries), nearest declaration wins."""
+    receives: frozenset[str] = frozenset()
+    """The upstream fields and columns this stage may read at run time: its ``reads``, its ``optional_reads_for``,
+    the pair columns for an ``export``, and the review label columns for a stage that uses labels."""
 
     def label_stage(self, graph: StageGraph) -> str | None:
         """The stage whose review labels this one honours: the nearest ``labelled`` stage before it."""
@@ -57,11 +68,19 @@ class StageNode:
         return {name: graph.nodes[name].fingerprint for name in [self.name, *self.ancestors]}
 
     @property
+    def folders(self) -> StageFolders:
+        """Where this stage's tars and checkpoints live (the run layout, ``manifests.layout``)."""
+        return stage_folders(self.name, self.cls.output_dir_for(self.params))
+
+    @property
     def output_dir(self) -> str:
-        return self.cls.output_dir_for(self.params) or f"stages/{self.name}"
+        return self.folders.tars
 
     def tar_path(self, shard: int) -> str:
-        return f"{self.output_dir}/shard-{shard:06d}.tar"
+        return self.folders.tar_path(shard)
+
+    def has_role(self, role: str) -> bool:
+        return role in self.cls.roles
 
 
 @dataclass
@@ -76,6 +95,10 @@ class StageGraph:
     @cached_property
     def sources(self) -> list[str]:
         return [name for name, node in self.nodes.items() if not node.deps]
+
+    def with_role(self, role: str) -> list[StageNode]:
+        """The stages that declare ``role`` (``Stage.roles``), in order: how tools find judges and exports."""
+        return [node for node in self.nodes.values() if node.has_role(role)]
 
     def downstream(self, name: str) -> list[str]:
         return [n for n, node in self.nodes.items() if name in node.deps]
@@ -112,7 +135,11 @@ def build_graph(config: PipelineConfig) -> StageGraph:
                 check_field(field_name)
             except ValueError as exc:
                 raise GraphError(f"stage {name!r} ({spec.type}) writes {exc}") from None
+        for column in cls.pair_columns:
+            if column not in cls.columns:
+                raise GraphError(f"stage {name!r} ({spec.type}) declares pair column {column!r}, not one of its columns")
         node.owners = _owners(node, nodes)
+        _contracts(node, nodes)
         node.fingerprint = digest(
             {
                 "type": spec.type, "version": cls.version, "params": node.params.fingerprint_data(),
@@ -124,6 +151,30 @@ def build_graph(config: PipelineConfig) -> StageGraph:
             raise GraphError(f"stages {clash.name!r} and {name!r} both write to {node.output_dir}/: give one another folder")
         nodes[name] = node
     return StageGraph(nodes, config)
+
+
+LABEL_COLUMNS = ("label", "label_reviewer", "label_note")
+"""What a stage that uses labels receives about each sample's review label (``Stage.uses_labels``)."""
+
+
+def _contracts(node: StageNode, built: dict[str, StageNode]) -> None:
+    """A node's manifest columns, the pair columns before it and what it receives at run time, from declarations."""
+    cls = node.cls
+    pair: dict[str, pa.DataType] = {}
+    for ancestor in reversed(node.ancestors):  # farthest first: a pair column keeps its first declaration's place
+        declared = built[ancestor].cls
+        for column in declared.pair_columns:
+            pair.setdefault(column, declared.columns[column])
+    node.pair_columns = tuple(pair)
+    node.columns = dict(cls.columns)
+    receives = set(cls.reads_for(node.params)) | set(cls.optional_reads_for(node.params))
+    if "export" in cls.roles:
+        for column, arrow in pair.items():
+            node.columns.setdefault(column, arrow)
+        receives |= set(pair)
+    if cls.uses_labels:
+        receives |= set(LABEL_COLUMNS)
+    node.receives = frozenset(receives)
 
 
 def _nested(a: str, b: str) -> bool:
@@ -164,8 +215,7 @@ def _ancestors(name: str, deps: dict[str, list[str]]) -> list[str]:
 def _owners(node: StageNode, built: dict[str, StageNode]) -> dict[str, str]:
     owners: dict[str, str] = {}
     for ancestor in node.ancestors:
-        cls = built[ancestor].cls
-        for produced in (*cls.writes, *cls.columns):
+        for produced in (*built[ancestor].cls.writes, *built[ancestor].columns):
             owners.setdefault(produced, ancestor)
     missing = [r for r in node.cls.reads_for(node.params) if r not in owners]
     if missing:

@@ -22,23 +22,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from manifests.labels import Label, current_labels, labels_digest, labels_per_shard
-from manifests.manifest import CommitInfo, read_commits
+from manifests.layout import manifest_path, source_digests_path, sources_path
+from manifests.manifest import CommitInfo, read_commit, read_commits
 from manifests.parquet import parquet_from_bytes, read_parquet
 from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig
 from pipeline.graph import StageGraph, digest
 
-
 log = logging.getLogger("ffp.plan")
-
-
-def sources_path(stage: str) -> str:
-    return f"sources/{stage}.parquet"
-
-
-def source_digests_path(stage: str) -> str:
-    """Derived: the inputs digest of each source shard, for a local run (``FrozenSources``); delete freely."""
-    return f"index/sources-{stage}.json"
 
 
 class State(StrEnum):
@@ -219,6 +210,13 @@ class RunPlan:
         self.commits: dict[tuple[str, int], CommitInfo] = Commits(read_commits(storage, graph.order))
         self._digests: dict[int, tuple[tuple[Any, ...], dict[str, str | None]]] = {}
         self._source_digests: dict[tuple[str, int], str] = {}
+
+    def record_commit(self, stage: str, shard: int) -> CommitInfo:
+        """Take a shard's commit into the plan once its manifest is written (what a driver calls when a worker
+        reports a shard committed), rather than writing into ``commits`` from outside."""
+        info = read_commit(self.storage, manifest_path(stage, shard))
+        self.commits[(stage, shard)] = info
+        return info
 
     def save_sources(self) -> None:
         for name, rows in self.unsaved_sources.items():

@@ -4,9 +4,12 @@
 What it reads (nothing is written to the run except the report folder):
 
 * the run summary and per-stage throughput (``pipeline.status.stage_statuses``);
-* every row of every judge stage (graph nodes of type ``judge``): status, verdict, ``reject_checks``,
+* every row of every judge stage (stages with the ``judge`` role, ``Stage.roles``): status, verdict, ``reject_checks``,
   ``reject_reasons``, ``judge_thresholds`` (JSON bounds per check) and every ``score_*`` column, found generically;
-* the rows of the export stages after each judge (exported, or left out and why), and the current review labels;
+* the rows of the export stages (the ``export`` role) after each judge (exported, or left out and why), and the
+  current review labels;
+* per pair, the values of the pair columns the stages before the judge declare (``Stage.pair_columns``), so a new
+  stage's column shows without the report knowing it;
 * per judge shard, the judge's input samples (``pipeline.worker.open_upstream``): instruction and captions of every
   pair, and the media of the pairs chosen for media (``max_media`` per judge stage, chosen deterministically: one
   pair of each (outcome, task) group in turn, rejected groups first; see ``choose_media``).
@@ -46,7 +49,8 @@ from manifests.query import connect, stage_names
 from manifests.storage import Storage
 from pipeline.config import ConfigError
 from pipeline.graph import GraphError, StageGraph, StageNode, build_graph
-from pipeline.run import RUN_YAML, load_run_config, open_run
+from pipeline.plan import RunPlan
+from pipeline.run import RUN_YAML, load_run_config
 from pipeline.status import stage_statuses
 from stages.arrays import read_npz
 from stages.sources import InputListError
@@ -121,12 +125,12 @@ def build_report(
         # the folder as given, even when run.yaml names where it was made (a copied or moved run)
         cfg = load_run_config(run_dir)
         graph = build_graph(cfg)
-        judges = [node for node in graph.nodes.values() if node.type == "judge"]
+        judges = graph.with_role("judge")
         if not judges:
             stages = ", ".join(f"{n.name} ({n.type})" for n in graph.nodes.values())
             raise ReportError(f"{run_dir} has no judge stage (stages: {stages}); the report shows judged pairs: "
                               "add a judge stage to the tracks (see the presets)")
-        _, graph, plan = open_run(cfg)
+        plan = RunPlan(run, graph)  # the graph built above: the run is opened once
     except (ConfigError, GraphError, InputListError) as exc:
         raise ReportError(f"{run_dir}: {exc}") from None
     target = Storage(out or default_out(run_dir))
@@ -168,6 +172,8 @@ class _Pair:
     thresholds: int
     seconds: float | None
     text: dict[str, str] = field(default_factory=dict)
+    columns: dict[str, Any] = field(default_factory=dict)
+    """The pair columns declared before the judge (``StageNode.pair_columns``) that are not text and have a value."""
     label: Label | None = None
     export: int = EXPORT_NONE
     """In the dataset export (the first after the judge that keeps accepted pairs): written, left out, or no row."""
@@ -264,11 +270,11 @@ class _Collector:
         export's row, and its ``export`` state from the first export that keeps accepted pairs (the dataset)."""
         out: list[dict[str, Any]] = []
         for node in self.graph.nodes.values():
-            if node.type != "export" or judge.name not in node.ancestors:
+            if not node.has_role("export") or judge.name not in node.ancestors:
                 continue
-            if next((a for a in node.ancestors if self.graph.nodes[a].type == "judge"), None) != judge.name:
+            if next((a for a in node.ancestors if self.graph.nodes[a].has_role("judge")), None) != judge.name:
                 continue  # a later judge is nearer: that one's pairs are what this export writes
-            select = str(getattr(node.params, "select", "accepted"))
+            select = node.cls.pair_selection(node.params)
             primary = select != "rejected" and not any(e["primary"] for e in out)
             entry = {"stage": node.name, "select": select, "folder": node.output_dir, "primary": primary,
                      "written": 0, "left_out": 0}
@@ -294,7 +300,9 @@ class _Collector:
         by_shard: dict[int, dict[str, int]] = {}
         for i, pair in enumerate(pairs):
             by_shard.setdefault(pair.shard, {})[pair.sample_id] = i
-        fields = {name: getattr(node.params, name, None) for name in ("src", "edit", "edit0", "mask")}
+        media = node.cls.pair_media_for(node.params)
+        fields = {name: media.get(name) for name in ("src", "edit", "edit0", "mask")}
+        shown = [c for c in node.pair_columns if c not in TEXT_COLUMNS and c not in node.columns]
         advance = self.progress(f"{node.name}: pairs", len(pairs))
         for shard, wanted in by_shard.items():
             try:
@@ -304,6 +312,8 @@ class _Collector:
                         if i is None:
                             continue
                         pairs[i].text = {k: _text(sample.columns[k]) for k in TEXT_COLUMNS if sample.columns.get(k)}
+                        pairs[i].columns = {k: _plain(sample.columns[k]) for k in shown
+                                            if sample.columns.get(k) is not None}
                         if pairs[i].sample_id in chosen:
                             self._add_media(pairs[i], start + i, sample, fields)
             except Exception as exc:  # a shard whose inputs are gone still has its scores in the report
@@ -409,7 +419,8 @@ class _Collector:
             scores[column[len("score_"):]] = _number(value) if math.isfinite(value) else ("inf" if value > 0 else "-inf")
         return {
             "status": pair.status, "reason": pair.reason, "reasons": pair.reasons, "scores": scores,
-            "thresholds": pair.thresholds, "text": pair.text, "exports": pair.exports, "media_note": pair.media_note,
+            "thresholds": pair.thresholds, "text": pair.text, "columns": pair.columns, "exports": pair.exports,
+            "media_note": pair.media_note,
             "seconds": pair.seconds,
         }
 
@@ -417,7 +428,7 @@ class _Collector:
         """Append the pairs' details and write every full chunk (the last, partial one when ``final``)."""
         for pair in pairs:
             self._pending.append(self._details(pair))
-            pair.text, pair.reasons = {}, []  # written; the report does not need them again
+            pair.text, pair.reasons, pair.columns = {}, [], {}  # written; the report does not need them again
         done = len(self.pairs) - len(self._pending)  # pairs already in chunk files
         while len(self._pending) >= CHUNK or (final and self._pending):
             index = done // CHUNK
@@ -571,6 +582,15 @@ def _number(value: Any) -> float | None:
     """A finite number rounded for the page (6 significant digits), else ``None``."""
     number = _float(value)
     return float(f"{number:.6g}") if math.isfinite(number) else None
+
+
+def _plain(value: Any) -> Any:
+    """A column value for the page: a bool or finite number as it is (rounded), anything else as bounded text."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, (int, float)):
+        return _number(value)
+    return _text(value, 200)
 
 
 def _optional(value: Any) -> str | None:

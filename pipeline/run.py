@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import json
-import os
 import time
 import uuid
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import yaml
 
+from manifests import layout
+from manifests.layout import RUN_YAML
 from manifests.storage import Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
@@ -18,9 +19,6 @@ from pipeline.plan import RunPlan, State, check_fixed_layout
 
 if TYPE_CHECKING:  # ray is imported only when work runs (status, plan and query stay light)
     from pipeline.runner import Listener, RunReport
-
-RUN_YAML = "run.yaml"
-
 
 class StaleError(RuntimeError):
     """Stages whose committed shards were made with other params; never mixed in silently."""
@@ -45,7 +43,21 @@ def load_run_config(run_dir: str) -> PipelineConfig:
     return validate_config(data, source=f"{run_dir}/{RUN_YAML}")
 
 
-def open_run(config: PipelineConfig) -> tuple[Storage, StageGraph, RunPlan]:
+class OpenedRun(NamedTuple):
+    """A run folder read against its config, once: the config loaded and every stage's params validated (in the
+    graph's nodes), the committed state read. Passed down to whatever acts on the run (``execute``, the status),
+    so no one opens it again. Unpacks as ``storage, graph, plan``."""
+
+    storage: Storage
+    graph: StageGraph
+    plan: RunPlan
+
+    @property
+    def config(self) -> PipelineConfig:
+        return self.graph.config
+
+
+def open_run(config: PipelineConfig) -> OpenedRun:
     """Read a run folder's state against a config, writing nothing."""
     storage = Storage(config.run_dir)
     if storage.exists(RUN_YAML):
@@ -57,19 +69,22 @@ def open_run(config: PipelineConfig) -> tuple[Storage, StageGraph, RunPlan]:
                 "shards of a run. Use a new run folder (or restore the config of run.yaml)."
             )
     graph = build_graph(config)
-    return storage, graph, RunPlan(storage, graph)
+    return OpenedRun(storage, graph, RunPlan(storage, graph))
 
 
 def execute(
-    config: PipelineConfig,
+    config: PipelineConfig | OpenedRun,
     *,
     rerun_stale: bool = False,
     retry_stages: set[str] | None = None,
     retry_quarantined: bool = False,
     listener: Listener | None = None,
 ) -> tuple[RunPlan, RunReport]:
-    """Run (or resume) a pipeline until every shard is committed or has given up."""
-    storage, graph, plan = open_run(config)
+    """Run (or resume) a pipeline until every shard is committed or has given up. ``config``: a config, or the run
+    already opened with it (``open_run``; a CLI that shows progress opens it once and hands it down)."""
+    opened = config if isinstance(config, OpenedRun) else open_run(config)
+    storage, graph, plan = opened
+    config = opened.config
     stale = plan.stale_stages()
     if stale and not rerun_stale:
         raise StaleError(stale)
@@ -85,6 +100,9 @@ def execute(
     if not report.halted:  # halted: the storage is full, no dataset files now
         for name in graph.order:
             _finalize(storage, plan, name)
+        # the committed state read afresh (same graph: nothing is validated again), which also leaves the derived
+        # caches in index/ current for the next start, as the status that follows a run always has
+        plan = RunPlan(storage, graph)
     log = {
         "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
         "peak_actors": report.peak_actors, "cluster": report.cluster, "unplaceable": report.unplaceable,
@@ -92,7 +110,7 @@ def execute(
         "blocked": [f"{s}/{n}" for s, n in report.blocked], "shards": [asdict(s) for s in report.summaries],
     }
     try:
-        storage.write_bytes(f"logs/run-{_stamp()}.json", json.dumps(log, indent=1).encode())
+        storage.write_bytes(layout.run_log(_stamp()), json.dumps(log, indent=1).encode())
     except StorageFull:
         if not report.halted:
             raise
@@ -105,7 +123,7 @@ def _write_run_yaml(storage: Storage, config: PipelineConfig) -> None:
         old = storage.read_bytes(RUN_YAML).decode()
         if old == text:
             return
-        storage.write_bytes(f"logs/run-{_stamp()}.previous.yaml", old.encode())
+        storage.write_bytes(layout.previous_run_yaml(_stamp()), old.encode())
     storage.write_bytes(RUN_YAML, text.encode())
 
 
@@ -118,12 +136,12 @@ def _clean_leftovers(storage: Storage, plan: RunPlan) -> None:
     no writer is alive now) and ``_partial/`` folders of shards that did commit."""
     storage.remove_temporaries(recursive=True)
     for stage in plan.graph.order:
-        for folder in storage.list(f"stages/{stage}/_partial", pattern="shard-*"):
-            shard = int(folder.rsplit("-", 1)[-1])
-            if plan.state(stage, shard).state == State.DONE:
+        checkpoints = plan.graph.nodes[stage].folders.checkpoints
+        for folder in storage.list(checkpoints, pattern=layout.SHARD_PATTERN):
+            if plan.state(stage, layout.shard_of(folder)).state == State.DONE:
                 storage.remove(folder, recursive=True)
-        if storage.exists(f"stages/{stage}/_partial") and not storage.walk_files(f"stages/{stage}/_partial"):
-            storage.remove(f"stages/{stage}/_partial", recursive=True)
+        if storage.exists(checkpoints) and not storage.walk_files(checkpoints):
+            storage.remove(checkpoints, recursive=True)
 
 
 def _finalize(storage: Storage, plan: RunPlan, stage: str) -> None:
@@ -132,7 +150,7 @@ def _finalize(storage: Storage, plan: RunPlan, stage: str) -> None:
     if not all(plan.state(stage, shard).state == State.DONE for shard in shards):
         return
     done = digest([plan.commits[(stage, shard)].tar_sha256 + plan.commits[(stage, shard)].fingerprint for shard in shards])
-    marker = f"logs/finalized-{stage}.txt"
+    marker = layout.finalized_marker(stage)
     node = plan.graph.nodes[stage]
     outputs_there = all(storage.exists(rel) for rel in node.cls.finalize_outputs_for(node.params))
     if outputs_there and storage.exists(marker) and storage.read_bytes(marker).decode() == done:

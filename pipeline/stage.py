@@ -65,6 +65,43 @@ class Result:
         return cls(sample_id, Status.FAILED, {}, columns, error)
 
 
+class UndeclaredRead(KeyError):
+    """A stage read an upstream field or column it did not declare (``reads``, ``optional_reads_for``): refused at
+    run time as it is when the graph is built."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class DeclaredColumns(dict):  # type: ignore[type-arg]
+    """A sample's upstream columns, holding only what the stage declared it reads. Asking for a column that a stage
+    before it writes but this one did not declare raises :class:`UndeclaredRead` (a silent ``None`` would hide the
+    missing declaration); a name no stage before it writes reads as absent, as it always did."""
+
+    def __init__(self, values: Mapping[str, Any], *, stage: str, undeclared: frozenset[str]) -> None:
+        super().__init__(values)
+        self.stage, self.undeclared = stage, undeclared
+
+    def _check(self, key: object) -> None:
+        if key in self.undeclared and not dict.__contains__(self, key):
+            raise UndeclaredRead(
+                f"stage {self.stage!r} read column {key!r}, which it does not declare: add it to its `reads` "
+                "(or `optional_reads_for` when it may be absent)"
+            )
+
+    def __getitem__(self, key: str) -> Any:
+        self._check(key)
+        return super().__getitem__(key)
+
+    def get(self, key: str, default: Any = None) -> Any:  # type: ignore[override]
+        self._check(key)
+        return super().get(key, default)
+
+    def __contains__(self, key: object) -> bool:
+        self._check(key)
+        return super().__contains__(key)
+
+
 @dataclass
 class Sample:
     """One input item of a stage: a sample from upstream stages, or a source row for a source stage."""
@@ -89,6 +126,8 @@ class StageContext:
     """Fingerprint of this stage and of every stage before it, for provenance."""
     models: dict[str, Any] = field(default_factory=dict)
     """Model ids, revisions and prompt versions of this stage and every stage before it (``StageNode.models``)."""
+    pair_columns: tuple[str, ...] = ()
+    """The pair columns the stages before this one declare (``Stage.pair_columns``): what an export carries."""
     tensor_parallel: int = 1
     """GPUs one model instance spans (``resources.tensor_parallel``); the actor holds a placement group."""
 
@@ -99,11 +138,20 @@ class Stage:
     version: ClassVar[str] = "1"
     Params: ClassVar[type[Params]] = Params
     reads: ClassVar[tuple[str, ...]] = ()
-    """Fields and columns this stage needs from the stages before it (checked when the graph is built)."""
+    """Fields and columns this stage needs from the stages before it: checked when the graph is built, and at run
+    time the stage receives only these (and ``optional_reads_for``); reading anything else raises
+    :class:`UndeclaredRead`."""
     writes: ClassVar[tuple[str, ...]] = ()
     """Tar fields an ok result may contain, e.g. ``("clip.mp4", "frame0.png")``."""
     columns: ClassVar[dict[str, pa.DataType]] = {}
     """Scalar outputs stored as manifest columns, with their Arrow types."""
+    pair_columns: ClassVar[tuple[str, ...]] = ()
+    """Those of ``columns`` that belong to the exported pair: every stage with the ``export`` role after this one
+    receives them and carries them into its rows and ``dataset.parquet`` (checked: each is in ``columns``)."""
+    roles: ClassVar[frozenset[str]] = frozenset()
+    """What tools may rely on, instead of the stage's type name: ``judge`` (rows with ``verdict``, ``score_*``,
+    ``reject_*``; see ``pair_media_for``), ``export`` (writes the pairs; receives and carries every upstream pair
+    column; see ``pair_selection``)."""
     output_dir: ClassVar[str | None] = None
     """Folder of the stage's tars inside the run; ``None`` means ``stages/<name>``."""
     is_source: ClassVar[bool] = False
@@ -137,6 +185,21 @@ class Stage:
     def reads_for(cls, params: Params) -> tuple[str, ...]:
         """What this stage reads with these params (``reads`` unless params choose the inputs)."""
         return cls.reads
+
+    @classmethod
+    def optional_reads_for(cls, params: Params) -> tuple[str, ...]:
+        """Columns this stage reads when a stage before it writes them (not required when the graph is built)."""
+        return ()
+
+    @classmethod
+    def pair_media_for(cls, params: Params) -> dict[str, str]:
+        """For a judge or export: which upstream field is each pair member (``src``, ``edit``, ``edit0``, ``mask``)."""
+        return {}
+
+    @classmethod
+    def pair_selection(cls, params: Params) -> str:
+        """For an export: the pairs it writes after a judge (``accepted``, ``rejected`` or ``all``)."""
+        return "accepted"
 
     @classmethod
     def sample_timeout_default(cls) -> float | None:

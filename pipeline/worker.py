@@ -33,7 +33,7 @@ from manifests.storage import Storage, StorageFull
 from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
 from pipeline.plan import RunPlan
-from pipeline.stage import Result, Sample, Stage, StageContext
+from pipeline.stage import DeclaredColumns, Result, Sample, Stage, StageContext, UndeclaredRead
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 TIMEOUT_EXIT_CODE = 75
@@ -88,7 +88,7 @@ class ShardWorker:
         self.sample_timeout = graph.config.sample_timeout_s(stage_name) if exit_on_timeout else None
         context = StageContext(
             name=stage_name, run=storage, lineage=self.node.lineage(graph), models=self.node.models(graph),
-            tensor_parallel=self.node.resources.tensor_parallel,
+            tensor_parallel=self.node.resources.tensor_parallel, pair_columns=self.node.pair_columns,
         )
         self.stage: Stage = self.node.cls(self.node.params, context)
         inject("setup", stage_name)
@@ -142,7 +142,7 @@ class ShardWorker:
         inject("commit", node.name)
         info = commit_shard(
             self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
-            stage_columns=node.cls.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
+            stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
             extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused},
         )
         partial.clear()
@@ -202,6 +202,9 @@ class ShardWorker:
             for sample in batch:
                 partial.forget_attempt(sample.sample_id, attempts[sample.sample_id])
             raise
+        except UndeclaredRead as exc:  # a stage bug, the same on every try: refused, not retried
+            log.error("%s/shard %s: %s", self.node.name, batch[0].shard, exc)
+            produced = [Result.failed(s.sample_id, f"refused: {exc}") for s in batch]
         except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
             if len(batch) > 1:
                 return {k: v for s in batch for k, v in self._process_batch([s], partial).items()}
@@ -277,7 +280,7 @@ class ShardWorker:
 
     def _check(self, result: Result) -> Result:
         unknown_files = set(result.files) - set(self.node.cls.writes)
-        unknown_columns = set(result.columns) - set(self.node.cls.columns)
+        unknown_columns = set(result.columns) - set(self.node.columns)
         if unknown_files or unknown_columns:
             return Result.failed(
                 result.sample_id,
@@ -306,11 +309,15 @@ class ShardWorker:
         return ItemResult(rows, {})
 
 
-def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int, readers: _LazyReaders) -> list[Sample]:
+def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int, readers: _LazyReaders, *,
+                     declared_only: bool = True) -> list[Sample]:
     """The samples a (non-source) stage gets for a shard: those ok in every stage before it, with the columns of
     their ancestors (nearest wins), their fields readable through ``readers``, and their review label when the
-    stage uses labels."""
+    stage uses labels. A stage receives only what it declared (``StageNode.receives``): reading another upstream
+    field or column raises :class:`UndeclaredRead`. ``declared_only=False`` hands over everything (for tools that
+    look at a stage's inputs, such as the report)."""
     node = graph.nodes[stage]
+    allowed = node.receives if declared_only else None
     tables: dict[str, dict[str, dict[str, Any]]] = {}
     for ancestor in node.ancestors:
         found = read_manifest(storage, ancestor, shard)
@@ -326,21 +333,24 @@ def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int
         keys = {ancestor: lineage.key_in(ancestor, sample_id) for ancestor in node.ancestors}
         for ancestor in reversed(node.ancestors):  # nearest ancestor wins
             row = tables[ancestor].get(keys[ancestor] or "") or {}
-            columns.update({k: row.get(k) for k in graph.nodes[ancestor].cls.columns})
+            columns.update({k: row.get(k) for k in graph.nodes[ancestor].columns})
         if label_stage:
             label = labels.get((label_stage, sample_id))
             columns.update(label=label and str(label.decision), label_reviewer=label and label.reviewer,
                            label_note=label and label.note)
-        samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners)))
+        if allowed is not None:
+            columns = DeclaredColumns({k: v for k, v in columns.items() if k in allowed}, stage=stage,
+                                      undeclared=frozenset(node.owners) - allowed)
+        samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners, stage, allowed)))
     return samples
 
 
 @contextmanager
 def open_upstream(storage: Storage, graph: StageGraph, stage: str, shard: int) -> Iterator[list[Sample]]:
-    """``upstream_samples`` of one shard, with their upstream tars open while the block runs (for tools that
-    look at a stage's inputs without running it, such as the report)."""
+    """``upstream_samples`` of one shard, every upstream column included, with their upstream tars open while the
+    block runs (for tools that look at a stage's inputs without running it, such as the report)."""
     with _LazyReaders(storage, graph, shard) as readers:
-        yield upstream_samples(storage, graph, stage, shard, readers)
+        yield upstream_samples(storage, graph, stage, shard, readers, declared_only=False)
 
 
 class _LazyReaders:
@@ -357,13 +367,18 @@ class _LazyReaders:
         for reader in self.open.values():
             reader.close()
 
-    def reader_for(self, keys: dict[str, str | None], owners: dict[str, str]) -> Callable[[str], bytes]:
-        """Reads a field from the stage that wrote it, under the sample's key in that stage."""
+    def reader_for(self, keys: dict[str, str | None], owners: dict[str, str], reader: str = "",
+                   allowed: frozenset[str] | None = None) -> Callable[[str], bytes]:
+        """Reads a field from the stage that wrote it, under the sample's key in that stage; a field ``reader`` did
+        not declare (not in ``allowed``) is refused."""
 
         def read(field_name: str) -> bytes:
             stage = owners.get(field_name)
             if stage is None:
                 raise KeyError(f"no stage before this one writes {field_name!r}")
+            if allowed is not None and field_name not in allowed:
+                raise UndeclaredRead(f"stage {reader!r} read field {field_name!r}, which it does not declare: add it "
+                                     "to its `reads`")
             key = keys.get(stage)
             if key is None:
                 raise KeyError(f"stage {stage} has no sample this one derives from")

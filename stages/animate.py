@@ -41,6 +41,7 @@ class Animate(WanStage):
     pipeline_class = "WanImageToVideoPipeline"
     float32 = ("vae", "image_encoder")  # as in diffusers' Wan I2V examples
     version = "1"
+    pair_columns = ('num_frames', 'width', 'height', 'animate_seed', 'fps')
     Params = AnimateParams
     reads = ("content.png", "animate_prompt")
     writes = ("clip.mp4", "frame0.png")

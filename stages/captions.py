@@ -26,7 +26,7 @@ from pipeline.stage import Result, Sample
 from stages.images import read_rgb
 from stages.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
 from stages.video_io import decode_frames
-from stages.vlm import VLMRequest, Video
+from stages.vlm import Video, VLMRequest
 
 Phrase = bounded_text(160)
 Sentence = bounded_text(300)
@@ -77,6 +77,7 @@ class CaptionContentParams(PromptParams):
 
 class CaptionContent(VLMStage):
     version = "1"
+    pair_columns = ('prompt_version',)
     Params = CaptionContentParams
     reads = ("content.png",)
     writes = ("caption_content.json",)
@@ -118,6 +119,7 @@ class CaptionStyleParams(PromptParams):
 
 class CaptionStyle(VLMStage):
     version = "1"
+    pair_columns = ('task', 'instruction', 'caption_src', 'caption_edit', 'style_caption', 'prompt_version')
     Params = CaptionStyleParams
     reads = ("style.png", "frame0.png")
     writes = ("caption_style.json",)

@@ -5,6 +5,11 @@ mask, uint8 0/255, lossless) and ``<key>.json`` (task, instruction, captions, sc
 bytes are passed through from the stages that made them: nothing is decoded or re-encoded here. Which
 upstream field becomes which pair member is config, so every track exports through this one stage.
 
+Which columns a pair carries is declared by the stages that make them (``Stage.pair_columns``): this stage receives
+every pair column declared before it and writes them into its rows and ``dataset.parquet``. ``PAIR_COLUMNS`` is the
+schema every export's rows start with (the same columns, in the same order, whatever the track, so datasets of
+different tracks read alike); pair columns of other stages are appended after it (``StageNode.columns``).
+
 After a judge, what is written follows the decision: a reviewer's label (``manifests/labels.py``) when there
 is one, else the judge's verdict. ``select: accepted`` (the default) writes accepted pairs and leaves the others
 ``filtered`` with the reasons; ``select: rejected`` writes only the rejected ones (a second export stage in
@@ -22,14 +27,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import Field
 
-from manifests.manifest import Status
-from manifests.parquet import read_parquet
+from manifests.layout import output_file
+from manifests.manifest import Status, committed_tables
 from manifests.storage import Storage
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.arrays import json_bytes
 from stages.judge import ACCEPT, CHECKS, JUDGE_COLUMNS, REJECT
 
-PAIR_COLUMNS: dict[str, pa.DataType] = {
+PAIR_COLUMNS: dict[str, pa.DataType] = {  # the schema every export starts with (not a filter: see above)
     "task": pa.string(),
     "instruction": pa.string(),
     "caption_src": pa.string(),
@@ -85,6 +90,7 @@ class Export(Stage):
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
     columns = PAIR_COLUMNS
     uses_labels = True
+    roles = frozenset({"export"})
     params: ExportParams
 
     @classmethod
@@ -95,19 +101,30 @@ class Export(Stage):
     @classmethod
     def finalize_outputs_for(cls, params: Params) -> tuple[str, ...]:
         assert isinstance(params, ExportParams)
-        return (f"{params.folder}/dataset.parquet", f"{params.folder}/README.md")
+        return (output_file(params.folder, "dataset.parquet"), output_file(params.folder, "README.md"))
 
     @classmethod
     def reads_for(cls, params: Params) -> tuple[str, ...]:
         assert isinstance(params, ExportParams)
         return (params.src, params.edit, params.edit0, params.mask, "task", "instruction")
 
+    @classmethod
+    def pair_media_for(cls, params: Params) -> dict[str, str]:
+        assert isinstance(params, ExportParams)
+        return {"src": params.src, "edit": params.edit, "edit0": params.edit0, "mask": params.mask}
+
+    @classmethod
+    def pair_selection(cls, params: Params) -> str:
+        assert isinstance(params, ExportParams)
+        return params.select
+
     def process(self, samples: Sequence[Sample]) -> list[Result]:
         return [self._one(sample) for sample in samples]
 
     def _one(self, sample: Sample) -> Result:
         p = self.params
-        columns = {name: sample.columns.get(name) for name in PAIR_COLUMNS if name in sample.columns}
+        carried = (*self.context.pair_columns, "label", "label_reviewer", "label_note")
+        columns = {name: sample.columns[name] for name in carried if name in sample.columns}
         left_out = _left_out(sample.columns, p.select)
         if left_out:
             return Result.filtered(sample.sample_id, left_out, **columns)
@@ -136,17 +153,15 @@ class Export(Stage):
         assert isinstance(params, ExportParams)
         import pyarrow.dataset as pads  # not at module level: it pulls in pandas (0.24 s for every config load)
 
-        files = run.list(f"manifests/{name}", pattern="shard-*.parquet")
-        tables = []
-        for rel in files:
-            tables.append(read_parquet(run, rel).replace_schema_metadata(None))
+        tables = [table.replace_schema_metadata(None) for table in committed_tables(run, name)]
         everything = pa.concat_tables(tables) if tables else pa.table({})
         table = everything.filter(pads.field("status") == Status.OK.value) if tables else everything
         buffer = io.BytesIO()
         pq.write_table(table, buffer, compression="zstd")
-        run.write_bytes(f"{params.folder}/dataset.parquet", buffer.getvalue())
-        card = _card(params.dataset_name, params.folder, everything, len(files), params.select)
-        run.write_bytes(f"{params.folder}/README.md", card.encode())
+        dataset, readme = cls.finalize_outputs_for(params)
+        run.write_bytes(dataset, buffer.getvalue())
+        card = _card(params.dataset_name, params.folder, everything, len(tables), params.select)
+        run.write_bytes(readme, card.encode())
 
 
 def decision_of(columns: dict[str, Any]) -> tuple[str | None, str]:

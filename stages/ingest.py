@@ -85,6 +85,7 @@ class IngestParams(Params):
 
 class Ingest(Stage):
     version = "2"
+    pair_columns = ('source_id', 'source_uri', 'clip_index', 'num_frames', 'fps', 'width', 'height')
     Params = IngestParams
     is_source = True
     writes = ("clip.mp4", "frame0.png", "masks.npz", "meta.json")

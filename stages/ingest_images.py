@@ -25,10 +25,25 @@ from pydantic import Field
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.images import IMAGE_EXTENSIONS, ImageError
 from stages.sources import (
-    IMAGE_KINDS, InputListError, input_fs, inputs_of, list_files, read_table, resolve, source_columns, source_id_for,
+    IMAGE_KINDS,
+    InputListError,
+    input_fs,
+    inputs_of,
+    list_files,
+    read_table,
+    resolve,
+    source_columns,
+    source_id_for,
 )
 from stages.style_pairs import (
-    STYLE_COLUMNS, ImageLimits, image_problem, pick_styles, png_reader, read_image_file, style_id_for, style_name_for,
+    STYLE_COLUMNS,
+    ImageLimits,
+    image_problem,
+    pick_styles,
+    png_reader,
+    read_image_file,
+    style_id_for,
+    style_name_for,
 )
 from stages.video_io import png_bytes
 
@@ -72,6 +87,7 @@ def list_pairs(inputs: Sequence[Any], params: IngestImagesParams) -> list[dict[s
 
 class IngestImages(Stage):
     version = "1"
+    pair_columns = ('source_id', 'content_uri', 'style_uri', 'style_name')
     Params = IngestImagesParams
     is_source = True
     default_sample_timeout_s = 120.0  # a few images per sample

@@ -40,6 +40,7 @@ def fit_masks(masks: np.ndarray, width: int, height: int, num_frames: int) -> np
 class Inpaint(WanStage):
     pipeline_class = "WanVACEPipeline"
     version = "1"
+    pair_columns = ('num_frames', 'width', 'height', 'inpaint_seed')
     Params = InpaintParams
     reads = ("clip.mp4", "track_masks.npz", "task", "inpaint_prompt", "fps")
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz")

@@ -160,10 +160,12 @@ class PairError(ValueError):
 
 class Judge(Stage):
     version = "1"
+    pair_columns = tuple(JUDGE_COLUMNS)
     Params = JudgeParams
     writes = ("judge.json",)
     columns: ClassVar[dict[str, pa.DataType]] = JUDGE_COLUMNS
     labelled = True
+    roles = frozenset({"judge"})
     params: JudgeParams
 
     def __init__(self, params: JudgeParams, context: Any) -> None:
@@ -178,6 +180,18 @@ class Judge(Stage):
     def reads_for(cls, params: Params) -> tuple[str, ...]:
         assert isinstance(params, JudgeParams)
         return (params.src, params.edit, params.edit0, params.mask, "task")
+
+    @classmethod
+    def optional_reads_for(cls, params: Params) -> tuple[str, ...]:
+        """The caption and target when a stage writes them, and the rubric's scores when a rubric stage ran."""
+        assert isinstance(params, JudgeParams)
+        rubric = [f"rubric_{name}" for name in CRITERIA] + ["rubric_rationale", "rubric_error", "rubric_raw"]
+        return (params.caption, "target", *rubric)
+
+    @classmethod
+    def pair_media_for(cls, params: Params) -> dict[str, str]:
+        assert isinstance(params, JudgeParams)
+        return {"src": params.src, "edit": params.edit, "edit0": params.edit0, "mask": params.mask}
 
     @classmethod
     def fingerprint_extra(cls, params: Params) -> dict[str, Any]:

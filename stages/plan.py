@@ -30,11 +30,19 @@ from pydantic import Field, create_model, field_validator
 from pipeline.stage import Result, Sample
 from stages.images import read_rgb
 from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
-    Answer, AnswerError, PromptParams, PromptTemplate, StrictAnswer, VLMStage, bounded_text, chat_request,
-    json_schema_of, parse_answer,
+    Answer,
+    AnswerError,
+    PromptParams,
+    PromptTemplate,
+    StrictAnswer,
+    VLMStage,
+    bounded_text,
+    chat_request,
+    json_schema_of,
+    parse_answer,
 )
 from stages.video_io import decode_frames
-from stages.vlm import VLMRequest, Video
+from stages.vlm import Video, VLMRequest
 
 # The plan schema -----------------------------------------------------------------------------------------
 
@@ -142,6 +150,7 @@ class PlanParams(PromptParams):
 
 class Plan(VLMStage):
     version = "1"
+    pair_columns = ('task', 'instruction', 'caption_src', 'caption_edit', 'prompt_version')
     Params = PlanParams
     reads = ("frame0.png",)
     writes = ("plan.json",)

@@ -55,6 +55,7 @@ class RubricParams(PromptParams):
 
 class Rubric(VLMStage):
     version = "1"
+    pair_columns = ('rubric_rationale',)
     Params = RubricParams
     writes = ("rubric.json",)
     columns: ClassVar[dict[str, pa.DataType]] = {

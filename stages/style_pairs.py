@@ -100,6 +100,7 @@ def _listed(path: str) -> tuple[str, ...]:
 
 class StylePairs(Stage):
     version = "1"
+    pair_columns = ('style_uri', 'style_name')
     Params = StylePairsParams
     writes = ("style.png",)
     columns = STYLE_COLUMNS

@@ -63,6 +63,7 @@ def depth_mismatch(depth: np.ndarray, clip: tuple[int, ...]) -> str | None:
 class Stylize(WanStage):
     pipeline_class = "WanVACEPipeline"
     version = "1"
+    pair_columns = ('num_frames', 'width', 'height', 'stylize_seed')
     Params = StylizeParams
     reads = ("clip.mp4", "depth.npz", "style.png", "caption_edit", "fps")
     writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz")

@@ -58,6 +58,7 @@ class SynthParams(Params):
 
 class SynthAugment(Stage):
     version = "1"
+    pair_columns = ('augmentation', 'task', 'instruction', 'donor_id', 'edit_area')
     Params = SynthParams
     reads = ("clip.mp4", "masks.npz", "fps", "source_id", "num_instances")
     writes = ("aug.mp4", "aug_mask.npz", "aug.json")

@@ -285,6 +285,7 @@ def stats_columns(stats: MaskStats) -> dict[str, Any]:
 
 class Track(Stage):
     version = "1"
+    pair_columns = ('edit_area',)
     Params = TrackParams
     reads = ("clip.mp4", "box", "task")
     writes = ("track_masks.npz",)

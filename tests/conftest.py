@@ -2,8 +2,8 @@
 
 * ``MEDIA`` / ``media()``: the real test media under ``../shared/media`` (skipped, with the reason, when a
   clone has no such folder).
-* ``make_config`` / ``run_local``: build a config and run it shard by shard through ``ShardWorker`` exactly
-  like the Ray driver does, but in this process (no Ray): most tests need nothing more.
+* ``make_config`` / ``run_local``: build a config and run it through the run's scheduler on the in-process
+  executor (``ShardWorker`` in this process, no Ray): most tests need nothing more.
 * ``ray_session``: one local Ray per test module that asks for it (Ray starts cost seconds), shut down after
   the module so that no other test finds Ray running in the pytest process; tests that use it are ``slow``.
 * ``ffp_cli``: ``ffp`` as a user runs it (a subprocess), for exit codes and messages.
@@ -22,11 +22,12 @@ from typing import Any
 
 import pytest
 
-from manifests.manifest import manifest_path, read_commit
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig, validate_config
+from pipeline.executors import InProcessExecutor
 from pipeline.graph import StageGraph, build_graph
-from pipeline.plan import RunPlan, State
+from pipeline.plan import RunPlan
+from pipeline.scheduler import RunReport, Scheduler, record_commit
 from pipeline.worker import ShardSummary, ShardTask, ShardWorker
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
@@ -92,8 +93,10 @@ def synth_config(
 
 
 class LocalRun:
-    """Runs a config's shards in this process through ShardWorker, in the driver's order, and keeps the
-    workers (one per stage, like one actor per stage) so a test can look at them."""
+    """Runs a config's shards in this process: the run's own scheduler (``pipeline.scheduler``) on the
+    in-process executor, so readiness, retries and the bookkeeping after a commit are the Ray driver's. Keeps the
+    workers (one per stage, like one actor per stage) so a test can look at or patch them; an exception of a
+    shard propagates (as it would not on Ray, where the driver retries it)."""
 
     def __init__(self, config: PipelineConfig) -> None:
         self.config = config
@@ -102,6 +105,7 @@ class LocalRun:
         self.plan = RunPlan(self.storage, self.graph)
         self.plan.save_sources()
         self.workers: dict[str, ShardWorker] = {}
+        self.report: RunReport | None = None
 
     def worker(self, stage: str) -> ShardWorker:
         if stage not in self.workers:
@@ -109,28 +113,27 @@ class LocalRun:
         return self.workers[stage]
 
     def run_shard(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardSummary:
+        """One shard on this run's worker of its stage, whatever its state, then the plan follows its commit."""
         task = ShardTask.from_plan(self.plan, stage, shard, retry=retry)
         summary = self.worker(stage).run_shard(task)
-        self.plan.commits[(stage, shard)] = read_commit(self.storage, manifest_path(stage, shard))
+        record_commit(self.storage, self.plan, stage, shard)
         return summary
 
     def run(self, *, stages: Iterable[str] | None = None, retry_stages: Iterable[str] = (),
             retry: frozenset[str] = frozenset({"failed"}), finalize: bool = False) -> list[ShardSummary]:
-        """Every shard that is to do, stale or (for ``retry_stages``) has samples to retry, stage by stage."""
+        """Every shard that is to do, stale or (for ``retry_stages``) has samples to retry, of ``stages`` (all by
+        default), as the scheduler orders them; then each such stage's finalize hook when ``finalize``."""
         wanted = list(stages or self.graph.order)
-        summaries = []
-        for stage in self.graph.order:
-            if stage not in wanted:
-                continue
-            redo = retry if stage in set(retry_stages) else frozenset()
-            for shard in self.plan.shards(stage):
-                state = self.plan.state(stage, shard, retry=redo).state
-                if state in (State.TODO, State.RETRY, State.STALE):
-                    summaries.append(self.run_shard(stage, shard, retry=redo))
-            if finalize:
-                node = self.graph.nodes[stage]
-                node.cls.finalize(stage, self.storage, node.params)
-        return summaries
+        executor = InProcessExecutor(self.storage, self.graph, workers=self.workers, raise_errors=True)
+        scheduler = Scheduler(self.storage, self.graph, self.plan, executor, stages=wanted,
+                              retry_stages=retry_stages, retry=retry)
+        self.report = scheduler.run()
+        if finalize:
+            for stage in self.graph.order:
+                if stage in wanted:
+                    node = self.graph.nodes[stage]
+                    node.cls.finalize(stage, self.storage, node.params)
+        return self.report.summaries
 
 
 def run_local(config: PipelineConfig, **kw: Any) -> LocalRun:

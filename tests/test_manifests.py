@@ -17,7 +17,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.manifest import META_KEY, Status, commit_shard, manifest_path, partial_dir, read_commit
+from manifests.layout import partial_dir
+from manifests.manifest import META_KEY, Status, commit_shard, manifest_path, read_commit
 from manifests.shards import ShardError, ShardReader, open_shard, write_shard
 from manifests.storage import TEMP_MARKER, Storage
 from manifests.verify import verify_run

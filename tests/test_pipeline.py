@@ -21,7 +21,8 @@ import pyarrow as pa
 import pytest
 import yaml
 
-from manifests.manifest import Status, partial_dir
+from manifests.layout import partial_dir
+from manifests.manifest import Status
 from manifests.query import query
 from manifests.storage import Storage
 from manifests.verify import verify_run

@@ -18,8 +18,17 @@ import pytest
 
 from manifests import manifest as mf
 from manifests.labels import Label, labels_digest, labels_per_shard
-from manifests.manifest import COMMIT_CACHE, CommitInfo, commit_shard, committed_shards, manifest_path, read_commit, read_commits
-from manifests.query import ROWS_CACHE, query
+from manifests.layout import ROWS_CACHE
+from manifests.manifest import (
+    COMMIT_CACHE,
+    CommitInfo,
+    commit_shard,
+    committed_shards,
+    manifest_path,
+    read_commit,
+    read_commits,
+)
+from manifests.query import query
 from manifests.storage import Storage
 from pipeline.graph import build_graph
 from pipeline.plan import RunPlan, State

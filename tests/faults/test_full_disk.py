@@ -21,7 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from manifests.manifest import manifest_path, partial_dir
+from manifests.layout import partial_dir
+from manifests.manifest import manifest_path
 from manifests.storage import TEMP_MARKER
 from tests.faults.conftest import (
     FFP_CMD,

@@ -25,7 +25,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from manifests.manifest import manifest_path, partial_dir, read_commit
+from manifests.layout import partial_dir
+from manifests.manifest import manifest_path, read_commit
 from manifests.storage import TEMP_MARKER, Storage
 from tests.faults.conftest import (
     POLL_S,
@@ -34,8 +35,8 @@ from tests.faults.conftest import (
     Launcher,
     RunState,
     assert_reused_bytes,
-    assert_trial_clean,
     assert_same_samples,
+    assert_trial_clean,
     check_integrity,
     ffp_verify,
     partial_files,

@@ -28,7 +28,8 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from manifests.manifest import manifest_path, partial_dir
+from manifests.layout import partial_dir
+from manifests.manifest import manifest_path
 from tests.faults.conftest import (
     POLL_S,
     FfpProcess,

@@ -1,0 +1,428 @@
+"""What to run next: the scheduling policy of a run, with no engine in it (DESIGN §5).
+
+The unit of work is (stage, shard): a shard of a stage is queued as soon as the same shard of every upstream
+stage is committed, handed to a free worker of its stage, and its commit makes the shards after it ready, so
+all stages work at once and a shard streams down the chain. The :class:`Scheduler` decides readiness,
+backpressure, how many workers each stage gets (its share of the remaining work), retries, giving up and
+forgiving tries that made progress. It drives an :class:`~pipeline.executors.Executor` (Ray actors, or
+ShardWorkers in this process) through a small protocol and reacts to the events it reports: a shard
+committed, its try failed, its worker died, or it ran past its time limit. Nothing here imports Ray.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter, deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from manifests.partial import finished_items, note_shard_timeout
+from manifests.storage import Storage
+from pipeline.allocation import CostModel, Demand, fits, plan_actors, read_calibration, take
+from pipeline.config import Resources
+from pipeline.executors import Died, Event, Executor, Failed, Finished
+from pipeline.graph import StageGraph
+from pipeline.plan import RunPlan, State
+from pipeline.worker import ShardSummary, ShardTask
+
+CAPACITY_REFRESH_S = 10.0
+
+Listener = Callable[[str, Any], None]
+
+
+@dataclass
+class RunReport:
+    summaries: list[ShardSummary] = field(default_factory=list)
+    errors: dict[tuple[str, int], str] = field(default_factory=dict)
+    blocked: list[tuple[str, int]] = field(default_factory=list)
+    actor_deaths: int = 0
+    timeouts: int = 0
+    """Shard tries the driver ended for running past ``timeouts.shard_s``."""
+    peak_actors: dict[str, int] = field(default_factory=dict)
+    """The most actors each stage had at once (its pool follows its share of the remaining work)."""
+    halted: str | None = None
+    """Why the run stopped early for every shard (the run folder's storage is full), if it did."""
+    seconds: float = 0.0
+    cluster: dict[str, Any] | None = None
+    """The cluster the run used (the executor's description); None when there was nothing to run."""
+    unplaceable: dict[str, str] = field(default_factory=dict)
+    """Stages whose actors fitted no live node at some point of the run, and why (their shards, if still not run
+    at the end, are in ``blocked``)."""
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors and not self.blocked
+
+
+def per_worker(resources: Resources) -> dict[str, float]:
+    """What one worker of a stage holds, in the allocation's terms (tensor-parallel bundles included)."""
+    return {"CPU": resources.cpus_needed(), "GPU": resources.gpus_needed()}
+
+
+def record_commit(storage: Storage, plan: RunPlan, stage: str, shard: int) -> None:
+    """After a worker committed (stage, shard): the plan follows the new commit (its downstream digests)."""
+    plan.record_commit(stage, shard)
+
+
+@dataclass
+class _Try:
+    stage: str
+    shard: int
+    worker: Any
+    started: float
+
+
+class Scheduler:
+    """Schedules (stage, shard) tasks onto per-stage worker pools of an executor and follows commits downstream.
+
+    ``stages``: run only these stages' shards (the others are only read: a committed one counts as resolved);
+    by default all of them."""
+
+    def __init__(
+        self,
+        storage: Storage,
+        graph: StageGraph,
+        plan: RunPlan,
+        executor: Executor,
+        *,
+        retry_stages: Iterable[str] | None = None,
+        retry: frozenset[str] = frozenset({"failed"}),
+        listener: Listener | None = None,
+        max_shard_attempts: int | None = None,
+        stages: Iterable[str] | None = None,
+    ) -> None:
+        self.executor = executor
+        self.storage, self.graph, self.plan = storage, graph, plan
+        self.retry_stages, self.retry = set(retry_stages or ()), retry
+        self.wanted = set(stages) if stages is not None else set(graph.order)
+        self.listener = listener or (lambda event, data: None)
+        self.max_shard_attempts = max_shard_attempts or graph.config.max_attempts + 1
+        self.pending: dict[str, deque[int]] = {name: deque() for name in graph.order}
+        self.resolved: set[tuple[str, int]] = set()
+        self.inflight: dict[Any, _Try] = {}  # the executor's ticket -> the try it stands for
+        self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.tries: Counter[tuple[str, int]] = Counter()
+        self.finished_at_death: dict[tuple[str, int], int] = {}
+        options = graph.config.scheduler
+        self.costs = CostModel(calibrated=read_calibration(options.calibration) if options.calibration else {})
+        self.nodes: list[dict[str, float]] = []  # each live node's CPUs and GPUs, once the executor is started
+        self.capacity: dict[str, float] | None = None  # their sum
+        self.capacity_read = 0.0
+        self.unplaced_since: dict[str, float] = {}  # stages with work that fits no live node, since when
+        self.node_wait_s = options.node_wait_s
+        self.holding: dict[int, dict[str, float]] = {}  # id(live worker) -> resources it holds
+        self.targets: dict[str, int] = {}
+        self.resolved_count: Counter[str] = Counter()
+        self.given_up: Counter[str] = Counter()
+        self.items_per_shard = {stage: self._mean_items(stage) for stage in graph.order}
+        self.report = RunReport()
+
+    # Readiness ------------------------------------------------------------------------------------------
+    def _consider(self, stage: str, shard: int) -> None:
+        """Queue a shard that can run now, or mark it resolved if it is already current."""
+        if (stage, shard) in self.resolved or shard in self.pending[stage]:
+            return
+        state = self.plan.state(stage, shard, retry=self._retry_for(stage)).state
+        if state == State.DONE:
+            self._resolve(stage, shard)
+        elif (state in (State.TODO, State.RETRY, State.STALE) and stage in self.wanted
+              and self.plan.expected_inputs_digest(stage, shard) is not None):
+            self.pending[stage].append(shard)
+
+    def _retry_for(self, stage: str) -> frozenset[str]:
+        return self.retry if stage in self.retry_stages else frozenset()
+
+    def _resolve(self, stage: str, shard: int) -> None:
+        self.resolved.add((stage, shard))
+        self.resolved_count[stage] += 1
+        self.listener("resolved", (stage, shard))
+        for downstream in self.graph.downstream(stage):
+            if all((dep, shard) in self.resolved for dep in self.graph.nodes[downstream].deps):
+                self._consider(downstream, shard)
+
+    def _downstream(self, stage: str) -> list[str]:
+        return [name for name in self.graph.downstream(stage) if name in self.wanted]
+
+    # Workers --------------------------------------------------------------------------------------------
+    def _new_actor(self, stage: str) -> Any:
+        actor = self.executor.start_worker(stage, self.graph.nodes[stage].resources)
+        self.actors[stage].append(actor)
+        self.holding[id(actor)] = self._per_actor(stage)
+        self.report.peak_actors[stage] = max(self.report.peak_actors.get(stage, 0), len(self.actors[stage]))
+        self.listener("actor_started", (stage, actor))
+        return actor
+
+    def _check_placeable(self) -> None:
+        """Find stages with work none of whose workers fits on any live node: the engine would keep such a worker
+        pending for ever. Each is named once (listener, run log); on a joined cluster ``run`` waits
+        ``scheduler.node_wait_s`` for a node that fits to join, on a local one it does not."""
+        for stage in self.graph.order:
+            need = self._per_actor(stage)
+            if not self.pending[stage] or any(fits(need, node) for node in self.nodes):
+                self.unplaced_since.pop(stage, None)
+                continue
+            if stage in self.unplaced_since:
+                continue
+            self.unplaced_since[stage] = time.monotonic()
+            largest = max(self.nodes, key=lambda n: (n["GPU"], n["CPU"]), default={"CPU": 0.0, "GPU": 0.0})
+            wait = (f"waiting up to {self.node_wait_s:g} s for a node that fits to join" if self._joined()
+                    else "this Ray was started here (set ray.num_cpus / ray.num_gpus, or run on a cluster)")
+            self.report.unplaceable[stage] = (
+                f"one actor needs {need['CPU']:g} CPUs and {need['GPU']:g} GPUs on one node, but the largest of the "
+                f"{len(self.nodes)} live nodes has {largest['CPU']:g} CPUs and {largest['GPU']:g} GPUs; {wait}; "
+                f"or lower stages.{stage}.resources"
+            )
+            self.listener("unplaceable", (stage, self.report.unplaceable[stage]))
+
+    def _joined(self) -> bool:
+        return bool(self.report.cluster and self.report.cluster.get("joined"))
+
+    def _waiting_for_nodes(self) -> bool:
+        """Nothing runs, but a stage with work waits for a node it fits on, within its time."""
+        now = time.monotonic()
+        return self._joined() and any(now - since < self.node_wait_s for since in self.unplaced_since.values())
+
+    def _per_actor(self, stage: str) -> dict[str, float]:
+        return per_worker(self.graph.nodes[stage].resources)
+
+    def _free(self) -> dict[str, float]:
+        free = dict(self.capacity or {})
+        for held in self.holding.values():
+            take(free, held)
+        return free
+
+    def _mean_items(self, stage: str) -> float:
+        rows = self.plan.source_rows.get(stage)
+        if rows:
+            sizes = rows.sizes() if hasattr(rows, "sizes") else {k: len(v) for k, v in rows.items()}
+            return sum(sizes.values()) / max(1, len(sizes))
+        return float(self.graph.config.shard_size)
+
+    def _remaining(self, stage: str) -> int:
+        if stage not in self.wanted:
+            return 0
+        return self.plan.num_shards(stage) - self.resolved_count[stage] - self.given_up[stage]
+
+    def _demands(self) -> list[Demand]:
+        demands = []
+        for stage in self.graph.order:
+            node = self.graph.nodes[stage]
+            per_item = self.costs.seconds_per_item(stage, node.type)
+            demands.append(Demand(
+                stage, self._per_actor(stage), node.resources.actors, self._remaining(stage),
+                per_item * self.items_per_shard[stage], ready=self._dispatchable(stage) is not None,
+            ))
+        return demands
+
+    def _queued_for(self, stage: str, downstream: str) -> int:
+        """Shards ``stage`` committed that ``downstream`` has neither committed nor given up (waiting between the
+        two; a downstream shard can only finish after its upstream one)."""
+        return self.resolved_count[stage] - self.resolved_count[downstream] - self.given_up[downstream]
+
+    def _dispatchable(self, stage: str) -> int | None:
+        """The next pending shard of ``stage``, unless the stage is far enough ahead of a stage after it that
+        it should wait (backpressure: committed shards queue on storage, not in memory, but a fast stage
+        racing ahead would hold resources the slow one needs)."""
+        if not self.pending[stage]:
+            return None
+        limit = self.graph.config.scheduler.max_queued_shards
+        for downstream in self._downstream(stage):
+            allowed = limit or 2 * max(1, self.targets.get(downstream, 1)) + 1
+            if self._queued_for(stage, downstream) >= allowed:
+                return None
+        return self.pending[stage][0]
+
+    def _size_pools(self) -> None:
+        """Worker counts per stage from remaining work (``plan_actors``); idle workers beyond a stage's count are
+        let go when a stage below its count needs their resources."""
+        if self.capacity is None:
+            if not any(self.pending.values()):
+                return
+            self.report.cluster = self.executor.start()  # the engine starts only when there is work
+        if self.capacity is None or time.monotonic() - self.capacity_read > CAPACITY_REFRESH_S:
+            # re-read: nodes that join later (an autoscaler, a worker pod that was still pulling its image) are used
+            self.nodes = self.executor.nodes()
+            self.capacity = {key: sum(node[key] for node in self.nodes) for key in ("CPU", "GPU")}
+            self.capacity_read = time.monotonic()
+        self._check_placeable()
+        demands = self._demands()
+        self.targets = plan_actors(demands, self.capacity)
+        wanting = [d for d in demands if d.ready and not self.idle[d.stage]
+                   and len(self.actors[d.stage]) < max(1, self.targets[d.stage])]
+        for demand in wanting:
+            need = self._per_actor(demand.stage)
+            for stage in self.graph.order:
+                while not fits(need, self._free()) and self.idle[stage] and (
+                    len(self.actors[stage]) > self.targets[stage]
+                    or (not self.actors[demand.stage] and self._dispatchable(stage) is None)
+                ):
+                    self._retire(stage, self.idle[stage].pop())
+
+    def _retire(self, stage: str, actor: Any) -> None:
+        self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+        self._drop_actor(actor)
+
+    def _take_actor(self, stage: str) -> Any | None:
+        if self.idle[stage]:
+            return self.idle[stage].pop()
+        wanted = max(1, self.targets.get(stage, 1))
+        if len(self.actors[stage]) < min(wanted, self.graph.nodes[stage].resources.actors) and fits(
+            self._per_actor(stage), self._free()
+        ):
+            return self._new_actor(stage)
+        return None
+
+    def _retire_finished_pools(self) -> None:
+        for stage in self.graph.order:
+            if self.actors[stage] and self._stage_finished(stage):
+                for actor in self.actors[stage]:
+                    self._drop_actor(actor)
+                self.actors[stage], self.idle[stage] = [], []
+
+    def _drop_actor(self, actor: Any) -> None:
+        self.holding.pop(id(actor), None)
+        self.executor.kill(actor)
+
+    def _stage_finished(self, stage: str) -> bool:
+        if self.pending[stage] or any(t.stage == stage for t in self.inflight.values()):
+            return False
+        return all(self._stage_finished(dep) for dep in self.graph.nodes[stage].deps)
+
+    # The loop -------------------------------------------------------------------------------------------
+    def run(self) -> RunReport:
+        started = time.time()
+        for stage in self.graph.sources:
+            for shard in self.plan.shards(stage):
+                self._consider(stage, shard)
+        while True:
+            self._dispatch()
+            self._retire_finished_pools()
+            if not self.inflight:
+                if not self._waiting_for_nodes():
+                    break
+                time.sleep(1.0)  # the capacity and the nodes are read again every CAPACITY_REFRESH_S
+                continue
+            for event in self.executor.wait(list(self.inflight), self._wait_s()):
+                self.on_event(event)
+            self._end_overdue()
+        self.report.blocked = [
+            (stage, shard)
+            for stage in self.graph.order if stage in self.wanted
+            for shard in self.plan.shards(stage)
+            if (stage, shard) not in self.resolved and (stage, shard) not in self.report.errors
+        ]
+        self.report.seconds = time.time() - started
+        return self.report
+
+    def _dispatch(self) -> None:
+        if self.report.halted:
+            return
+        self._size_pools()
+        for stage in sorted(self.graph.order, key=self._neediest_first):
+            while (shard := self._dispatchable(stage)) is not None:
+                actor = self._take_actor(stage)
+                if actor is None:
+                    break
+                self.pending[stage].remove(shard)
+                task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage))
+                self.tries[(stage, shard)] += 1
+                ticket = self.executor.submit(actor, task)
+                self.inflight[ticket] = _Try(stage, shard, actor, time.time())
+                self.listener("started", (stage, shard))
+        self._prewarm()
+
+    def _prewarm(self) -> None:
+        """Start the workers a stage is due (its share) before its first shard is ready, while resources are
+        free: model loading then overlaps the shards still upstream instead of delaying the first one."""
+        if self.capacity is None:
+            return
+        for stage in sorted(self.graph.order, key=self._neediest_first):
+            wanted = min(self.targets.get(stage, 0), self.graph.nodes[stage].resources.actors)
+            while self._remaining(stage) > 0 and len(self.actors[stage]) < wanted and fits(self._per_actor(stage), self._free()):
+                self.idle[stage].append(self._new_actor(stage))
+
+    def _neediest_first(self, stage: str) -> float:
+        """Sort key: stages with the most remaining work per worker get workers (and resources) first."""
+        per_item = self.costs.seconds_per_item(stage, self.graph.nodes[stage].type)
+        return -self._remaining(stage) * per_item / max(1, len(self.actors[stage]))
+
+    def _shard_limit(self, stage: str) -> float | None:
+        return self.graph.config.stages[stage].timeouts.shard_s
+
+    def _wait_s(self) -> float:
+        """How long to wait for an event: until the next shard time limit, at most 5 s."""
+        now, waits = time.time(), [5.0]
+        for attempt in self.inflight.values():
+            limit = self._shard_limit(attempt.stage)
+            if limit is not None:
+                waits.append(attempt.started + limit - now)
+        return max(0.05, min(waits))
+
+    # Events ---------------------------------------------------------------------------------------------
+    def _end_overdue(self) -> None:
+        """Kill the workers of shard tries past ``timeouts.shard_s`` and retry those shards (their finished
+        samples are in _partial/ and are reused)."""
+        now = time.time()
+        for ticket, attempt in list(self.inflight.items()):
+            limit = self._shard_limit(attempt.stage)
+            if limit is None or now - attempt.started <= limit:
+                continue
+            self.on_timeout(ticket, limit)
+
+    def on_timeout(self, ticket: Any, limit: float) -> None:
+        """A try ran past its stage's ``timeouts.shard_s``: its worker is killed and the shard retried."""
+        attempt = self.inflight.pop(ticket)
+        stage, shard = attempt.stage, attempt.shard
+        self.report.timeouts += 1
+        note_shard_timeout(self.storage, stage, shard, limit)
+        self.actors[stage] = [a for a in self.actors[stage] if a is not attempt.worker]
+        self._drop_actor(attempt.worker)
+        self._retry_or_give_up(stage, shard, f"ran past timeouts.shard_s ({limit:g} s)")
+
+    def on_event(self, event: Event) -> None:
+        """What the executor reported for one try: it committed, it raised, or its worker died."""
+        attempt = self.inflight.pop(event.ticket)
+        stage, shard, actor = attempt.stage, attempt.shard, attempt.worker
+        if isinstance(event, Died):
+            self.report.actor_deaths += 1
+            self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+            self._drop_actor(actor)
+            self._forgive_if_progress(stage, shard)
+            self._retry_or_give_up(stage, shard, event.error)
+            return
+        self.idle[stage].append(actor)
+        if isinstance(event, Failed):
+            if event.storage_full:  # every other shard would fail the same way: stop, keep all
+                self.report.halted = self.report.errors[(stage, shard)] = event.error
+                self.given_up[stage] += 1
+                self.listener("halted", (stage, shard, event.error))
+                return
+            self._retry_or_give_up(stage, shard, event.error)
+            return
+        assert isinstance(event, Finished)
+        summary = event.summary
+        record_commit(self.storage, self.plan, stage, shard)
+        self.costs.record(stage, summary.seconds, summary.processed)
+        self.report.summaries.append(summary)
+        self.listener("committed", summary)
+        self._resolve(stage, shard)
+
+    def _forgive_if_progress(self, stage: str, shard: int) -> None:
+        """A try whose worker died after saving more finished items than any earlier try of the shard does not
+        count against ``max_attempts``: preemptions of a long shard that keeps making progress never make it
+        give up (each forgiven try needs one more finished item, so a shard still ends within its size plus
+        ``max_attempts`` tries). A sample that kills every worker is quarantined by its own attempt count."""
+        finished = finished_items(self.storage, stage, shard)
+        if finished > self.finished_at_death.get((stage, shard), 0):
+            self.finished_at_death[(stage, shard)] = finished
+            self.tries[(stage, shard)] -= 1
+
+    def _retry_or_give_up(self, stage: str, shard: int, error: str) -> None:
+        self.listener("shard_error", (stage, shard, error))
+        if self.tries[(stage, shard)] < self.max_shard_attempts:
+            self.pending[stage].appendleft(shard)
+        else:
+            self.report.errors[(stage, shard)] = error
+            self.given_up[stage] += 1
