@@ -47,16 +47,17 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_ingest import Best, Report, cpu_seconds, ffmpeg_cmd, ffmpeg_exe  # noqa: E402
+
 from manifests.storage import Storage  # noqa: E402
+from media import video_io as vio  # noqa: E402
+from media.arrays import npz_bytes  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
-from stages import video_io as vio  # noqa: E402
-from stages.arrays import npz_bytes  # noqa: E402
 from stages.registry import stage_class  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
 WRAPPED = ("cut_video", "decode_frames", "encode_frames", "first_frame", "probe")
 STAGE_MODULES = ("stages.ingest", "stages.synth", "stages.plan", "stages.captions", "stages.track", "stages.depth",
-                 "stages.wan", "stages.inpaint", "stages.stylize", "stages.animate", "stages.rubric", "stages.judge",
+                 "models.wan", "stages.inpaint", "stages.stylize", "stages.animate", "stages.rubric", "stages.judge",
                  "stages.export", "stages.ground")
 T, W, H, FPS = 81, 1280, 720, 16.0
 
@@ -88,7 +89,7 @@ class Recorder:
             setattr(sys.modules[module], name, fn)
 
     def _wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
-        original = self.originals.get(("stages.video_io", name), fn)
+        original = self.originals.get(("media.video_io", name), fn)
 
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             if name == "encode_frames":

@@ -28,9 +28,9 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 
 from manifests.storage import Storage  # noqa: E402
+from media.video_io import encode_frames, resize_center_crop  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
 from stages.depth import Depth, align_scale_shift, flicker, normalize_clip, normalize_frames  # noqa: E402
-from stages.video_io import encode_frames, resize_center_crop  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media"
 DEFAULT_VIDEOS = [MEDIA / "sam2_gallery" / "01_dog.mp4", MEDIA / "sam2_gallery" / "02_cups.mp4",

@@ -1,4 +1,4 @@
-"""Benchmark: stages.video_io.cut_clips vs the ffmpeg CLI doing the same transcode, side by side in one run.
+"""Benchmark: media.video_io.cut_clips vs the ffmpeg CLI doing the same transcode, side by side in one run.
 
     python bench/bench_ingest.py [--clips N] [--size 1280x720] [--frames 81] [--fps 16] [--stride 1.0]
                                  [--threads 1 2] [--presets veryfast] [--crf 18] [--repeat 3] [--split]
@@ -46,7 +46,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stages import video_io as vio  # noqa: E402
+from media import video_io as vio  # noqa: E402
 
 MEDIA = ROOT.parent / "shared" / "media" / "sam2_gallery"
 

@@ -69,7 +69,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         sys.path.insert(0, str(ROOT))
-        from stages.video_io import probe
+        from media.video_io import probe
 
         short = probe(args.video)
         loops = max(1, int(args.minutes * 60 / short.duration_s + 0.999)) - 1

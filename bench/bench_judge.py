@@ -21,9 +21,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from stages import metrics  # noqa: E402
-from stages.arrays import npz_bytes  # noqa: E402
-from stages.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes  # noqa: E402
+from media.arrays import npz_bytes  # noqa: E402
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes  # noqa: E402
+from models import metrics  # noqa: E402
 from tests.conftest import MEDIA, sample_of, stage_of  # noqa: E402
 
 

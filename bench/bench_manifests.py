@@ -49,10 +49,10 @@ sys.path.insert(0, str(ROOT))
 
 from manifests.manifest import Status, commit_shard  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
+from media.sources import source_id_for  # noqa: E402
 from pipeline.config import config_to_yaml, validate_config  # noqa: E402
 from pipeline.graph import build_graph  # noqa: E402
 from pipeline.plan import RunPlan, write_sources  # noqa: E402
-from stages.sources import source_id_for  # noqa: E402
 
 PRESET = ROOT / "pipeline" / "presets" / "local-tiny.yaml"
 FFP = [sys.executable, "-m", "pipeline"]

@@ -1,3 +1,5 @@
-from pipeline.cli import main
+"""`python -m pipeline`: the ffp CLI (app/cli.py)."""
+
+from app.cli import main
 
 main()

@@ -20,10 +20,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from media.images import ImageError, read_rgb
+from media.video_io import encode_frames, png_bytes, resize_center_crop
+from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
-from stages.images import ImageError, read_rgb
-from stages.video_io import encode_frames, png_bytes, resize_center_crop
-from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class AnimateParams(WanParams):

@@ -9,8 +9,8 @@
   edit instruction; ``task`` is ``style``.
 
 Both answer a versioned JSON schema (:class:`CinematicV1`, :class:`StyleV1`) through the shared structured
-prompting (``stages/prompting.py``): output constrained to the schema, one repair round, then ``failed``
-with the raw answers in ``caption_raw``. Prompts: ``stages/prompts/cinematic-v1.md`` and ``style-v1.md``.
+prompting (``models/prompting.py``): output constrained to the schema, one repair round, then ``failed``
+with the raw answers in ``caption_raw``. Prompts: ``models/prompts/cinematic-v1.md`` and ``style-v1.md``.
 """
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
+from media.images import read_rgb
+from media.video_io import decode_frames
+from models.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
+from models.vlm import Video, VLMRequest
 from pipeline.stage import Result, Sample
-from stages.images import read_rgb
-from stages.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
-from stages.video_io import decode_frames
-from stages.vlm import Video, VLMRequest
 
 Phrase = bounded_text(160)
 Sentence = bounded_text(300)

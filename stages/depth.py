@@ -43,10 +43,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from media.arrays import npz_bytes
+from media.video_io import ClipDecoder, VideoError, encode_frames
+from models.weights import TINY_PREFIX, ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
-from stages.arrays import npz_bytes
-from stages.models import TINY_PREFIX, ModelParams
-from stages.video_io import ClipDecoder, VideoError, encode_frames
 
 QUANTILE_LEVELS = 49
 """Quantile levels per frame that the scale/shift fit matches (evenly spaced over ``stabilize_quantiles``)."""

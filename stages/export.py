@@ -30,8 +30,8 @@ from pydantic import Field
 from manifests.layout import output_file
 from manifests.manifest import Status, committed_tables
 from manifests.storage import Storage
+from media.arrays import json_bytes
 from pipeline.stage import Params, Result, Sample, Stage
-from stages.arrays import json_bytes
 from stages.judge import ACCEPT, CHECKS, JUDGE_COLUMNS, REJECT
 
 PAIR_COLUMNS: dict[str, pa.DataType] = {  # the schema every export starts with (not a filter: see above)

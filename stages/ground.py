@@ -24,10 +24,10 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from media.video_io import VideoError, read_png
+from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
-from stages.models import ModelParams
 from stages.plan import TASKS
-from stages.video_io import VideoError, read_png
 
 PROMPT_FORMAT = "lowercase phrase, inner dots removed, ending with '.'"
 """How the target becomes the text prompt; enters the fingerprint (it changes the boxes)."""

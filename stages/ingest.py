@@ -20,11 +20,10 @@ import pyarrow as pa
 from fsspec.implementations.local import LocalFileSystem
 from pydantic import Field, field_validator
 
-from pipeline.stage import Params, Result, Sample, Stage
-from stages.arrays import json_bytes, npz_bytes
-from stages.colour import OutputColour
-from stages.sources import NotRegularFile, display_uri, input_fs, list_frames, list_inputs, source_columns
-from stages.video_io import (
+from media.arrays import json_bytes, npz_bytes
+from media.colour import OutputColour
+from media.sources import NotRegularFile, display_uri, input_fs, list_frames, list_inputs, source_columns
+from media.video_io import (
     Clip,
     ClipSpec,
     Cut,
@@ -36,6 +35,7 @@ from stages.video_io import (
     probe,
     rewound,
 )
+from pipeline.stage import Params, Result, Sample, Stage
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 

@@ -22,9 +22,8 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.stage import Params, Result, Sample, Stage
-from stages.images import IMAGE_EXTENSIONS, ImageError
-from stages.sources import (
+from media.images import IMAGE_EXTENSIONS, ImageError
+from media.sources import (
     IMAGE_KINDS,
     InputListError,
     input_fs,
@@ -35,6 +34,8 @@ from stages.sources import (
     source_columns,
     source_id_for,
 )
+from media.video_io import png_bytes
+from pipeline.stage import Params, Result, Sample, Stage
 from stages.style_pairs import (
     STYLE_COLUMNS,
     ImageLimits,
@@ -45,7 +46,6 @@ from stages.style_pairs import (
     style_id_for,
     style_name_for,
 )
-from stages.video_io import png_bytes
 
 
 class IngestImagesParams(ImageLimits):

@@ -19,11 +19,11 @@ from typing import Any
 import numpy as np
 from pydantic import Field
 
+from media.arrays import read_npz
+from media.video_io import VideoError, resize_center_crop
+from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
-from stages.arrays import read_npz
 from stages.plan import TASKS
-from stages.video_io import VideoError, resize_center_crop
-from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class InpaintParams(WanParams):

@@ -10,7 +10,7 @@ each a ``score_<check>`` manifest column (float, null when the check does not ap
   edits only; a mask covering the whole frame is a global edit such as style);
 * ``first_frame_psnr``: ``edit0`` vs frame 0 of the edited clip;
 * ``motion_ratio_outside`` / ``motion_ratio_inside`` / ``motion_error_outside``: dense optical flow of source
-  and edit compared (``stages.metrics.motion_agreement``): a frozen or re-timed edit fails;
+  and edit compared (``models.metrics.motion_agreement``): a frozen or re-timed edit fails;
 * ``leak`` (removal with a ``target`` phrase): Grounding DINO looks for the removed object on frames of the
   edited clip; the score is the best box that lies mostly inside the (dilated) removal region;
 * ``rubric_*``: the VLM rubric's 0-3 scores, when a ``rubric`` stage ran before (``stages/rubric.py``).
@@ -35,13 +35,13 @@ import numpy as np
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from media.arrays import json_bytes, read_npz
+from media.video_io import ClipDecoder, VideoError, decode_frames, read_png
+from models import metrics
+from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
-from stages import metrics
-from stages.arrays import json_bytes, read_npz
 from stages.ground import GroundingDino, prompt_of
-from stages.models import ModelParams
 from stages.rubric import CRITERIA
-from stages.video_io import ClipDecoder, VideoError, decode_frames, read_png
 
 CHECKS: tuple[str, ...] = (
     "clip_temporal", "dino_temporal", "text_alignment", "psnr_outside", "ssim_outside", "first_frame_psnr",

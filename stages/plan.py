@@ -12,7 +12,7 @@ objects, the swap and the removal). The stage turns it into up to two samples, `
   the bad answer and the error. If that fails too, the clip is one ``failed`` row with both answers in
   ``plan_raw``. With ``structured_output`` (both backends) the output is constrained to the schema, so
   this is rare: a string of only whitespace (empty once stripped) or an answer cut off at ``max_new_tokens``.
-* Prompts are versioned template files, ``stages/prompts/<name>.md`` (or any ``.md`` path), with the
+* Prompts are versioned template files, ``models/prompts/<name>.md`` (or any ``.md`` path), with the
   sections ``system`` (optional), ``user`` and ``repair``; their text enters the fingerprint.
 """
 
@@ -27,9 +27,9 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field, create_model, field_validator
 
-from pipeline.stage import Result, Sample
-from stages.images import read_rgb
-from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
+from media.images import read_rgb
+from media.video_io import decode_frames
+from models.prompting import (  # noqa: F401 - PromptTemplate is re-exported for callers of the plan stage
     Answer,
     AnswerError,
     PromptParams,
@@ -41,8 +41,8 @@ from stages.prompting import (  # noqa: F401 - PromptTemplate is re-exported for
     json_schema_of,
     parse_answer,
 )
-from stages.video_io import decode_frames
-from stages.vlm import Video, VLMRequest
+from models.vlm import Video, VLMRequest
+from pipeline.stage import Result, Sample
 
 # The plan schema -----------------------------------------------------------------------------------------
 
@@ -115,7 +115,7 @@ PlanError = AnswerError
 
 
 def parse_plan(text: str, finish_reason: str | None = None, model: type[PlanV1] = PlanV1) -> PlanV1:
-    """The plan in a model answer (see :func:`stages.prompting.parse_answer`). Raises :class:`PlanError`."""
+    """The plan in a model answer (see :func:`models.prompting.parse_answer`). Raises :class:`PlanError`."""
     return parse_answer(text, model, finish_reason)
 
 
@@ -128,7 +128,7 @@ Flag = Literal["no_clear_object", "text_overlay", "scene_cut"]
 class PlanParams(PromptParams):
     model: str = Field("Qwen/Qwen2.5-VL-7B-Instruct", description="Qwen2.5-VL checkpoint, folder or tiny:qwen2_5_vl")
     prompt: str = Field(
-        "plan-v1", description="packaged prompt name (stages/prompts/NAME.md) or an absolute .md path (actors read it)"
+        "plan-v1", description="packaged prompt name (models/prompts/NAME.md) or an absolute .md path (actors read it)"
     )
     frames: int = Field(1, ge=1, le=64, description="1: the first frame only; N > 1: also N frames of the clip as video")
     tasks: list[Task] = Field(default_factory=lambda: list(TASKS), min_length=1, description="edits to emit")

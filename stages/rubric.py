@@ -3,7 +3,7 @@
 Qwen2.5-VL (the plan stage's backends: vLLM or transformers) sees ``frames`` evenly spaced (source, edited)
 frame pairs and the edit instruction, and answers :class:`RubricV1`: 0-3 for prompt following, edit quality and
 background consistency, and a one-sentence rationale. Output is constrained to the schema with one repair round
-(``stages/prompting.py``); prompt ``stages/prompts/rubric-v1.md``.
+(``models/prompting.py``); prompt ``models/prompts/rubric-v1.md``.
 
 A sample always comes out ``ok`` when its frames can be read: an answer that stays invalid after the repair
 gives null scores, ``rubric_error`` and the raw text, and the judge rejects the pair for the missing scores
@@ -22,11 +22,11 @@ import pyarrow as pa
 from PIL import Image
 from pydantic import Field
 
+from media.video_io import decode_frames
+from models.metrics import even_indices
+from models.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
+from models.vlm import VLMRequest
 from pipeline.stage import Result, Sample
-from stages.metrics import even_indices
-from stages.prompting import Answer, PromptParams, StrictAnswer, VLMStage, bounded_text, chat_request
-from stages.video_io import decode_frames
-from stages.vlm import VLMRequest
 
 Score = Literal[0, 1, 2, 3]
 CRITERIA = ("prompt_following", "edit_quality", "background_consistency")

@@ -20,12 +20,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from media.images import IMAGE_EXTENSIONS, ImageError, ImageTooSmall, decode_image, fit_within
+from media.sources import input_fs, list_files, source_id_for
+from media.video_io import png_bytes
 from pipeline.graph import digest
 from pipeline.stage import Params, Result, Sample, Stage
-from stages.images import IMAGE_EXTENSIONS, ImageError, ImageTooSmall, decode_image, fit_within
 from stages.seeds import sample_key
-from stages.sources import input_fs, list_files, source_id_for
-from stages.video_io import png_bytes
 
 STYLE_COLUMNS: dict[str, pa.DataType] = {"style_uri": pa.string(), "style_name": pa.string(), "style_id": pa.string()}
 

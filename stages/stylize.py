@@ -24,12 +24,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field
 
+from media.arrays import read_npz
+from media.images import ImageError, read_rgb
+from media.video_io import VideoError, resize_center_crop
+from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
-from stages.arrays import read_npz
 from stages.depth import depth_to_uint8
-from stages.images import ImageError, read_rgb
-from stages.video_io import VideoError, resize_center_crop
-from stages.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 
 
 class StylizeParams(WanParams):

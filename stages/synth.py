@@ -14,10 +14,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from pipeline.stage import Params, Result, Sample, Stage
-from stages.arrays import json_bytes, npz_bytes, read_npz
-from stages.seeds import sample_key
-from stages.synth_ops import (
+from media.arrays import json_bytes, npz_bytes, read_npz
+from media.synth_ops import (
     DEFAULT_PROPORTIONS,
     KINDS,
     Augmented,
@@ -27,7 +25,9 @@ from stages.synth_ops import (
     instance_ids,
     mask_and_fill,
 )
-from stages.video_io import decode_frames, encode_frames
+from media.video_io import decode_frames, encode_frames
+from pipeline.stage import Params, Result, Sample, Stage
+from stages.seeds import sample_key
 
 TASKS = {"copy_paste": "removal", "mask_fill": "fill", "color_fill": "color"}
 """What a model learns from (augmented src -> original edit): remove the pasted object, fill the hidden

@@ -11,7 +11,7 @@ Per sample (``<clip>-swap`` / ``<clip>-removal``) the whole ``clip.mp4`` is deco
   ``propagate_in_video``). ``model`` is one of the hub ids Meta's package knows (``facebook/sam2.1-hiera-large``,
   ...; the checkpoint comes from the Hugging Face cache, honouring ``revision``) or a local folder holding
   ``sam2_meta.json`` (``{"config": <config name inside the sam2 package>, "checkpoint": <file in the folder>}``,
-  as ``stages.tiny.sam2_video.build_meta`` writes). Meta's loader reads a folder of JPEGs (its mp4 path needs
+  as ``models.tiny.sam2_video.build_meta`` writes). Meta's loader reads a folder of JPEGs (its mp4 path needs
   decord), so the decoded frames are written as quality-95 JPEGs to a temporary folder first.
 
 Memory: masks stream into one uint8 (T, H, W) array as frames come out of the model; the transformers session
@@ -21,7 +21,7 @@ does not grow with the clip length. ``offload_state`` keeps the preprocessed vid
 (the GPU then holds the model and the current frame's activations).
 
 Outputs: ``track_masks.npz`` with ``raw`` (the tracked masks) and ``edit`` (``erode_px`` elliptic erosion of raw
-for a swap; for a removal the per-frame box of raw grown by ``box_pad_px``, see ``stages.masks``), both uint8
+for a swap; for a removal the per-frame box of raw grown by ``box_pad_px``, see ``media.masks``), both uint8
 0/255 (T, H, W) at the clip size. Columns (also on filtered rows): ``mask_area_mean``, ``mask_area_min`` (over
 non-empty frames), ``empty_frames``, ``min_iou`` (adjacent non-empty frames), ``edge_frames``, ``edit_area``.
 Filtered: a quality limit broken (the reason names each measured value and its limit), or a box that is
@@ -44,12 +44,12 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, model_validator
 
+from media.arrays import npz_bytes
+from media.masks import Limits, MaskStats, box_masks, check, erode, measure
+from media.video_io import ClipDecoder, VideoError
+from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
-from stages.arrays import npz_bytes
-from stages.masks import Limits, MaskStats, box_masks, check, erode, measure
-from stages.models import ModelParams
 from stages.plan import TASKS
-from stages.video_io import ClipDecoder, VideoError
 
 OBJ_ID = 1
 CHUNK_FRAMES = 16

@@ -178,8 +178,8 @@ def exported_pairs(run_dir: Path | str, frames: int, height: int, width: int, st
     from PIL import Image
 
     from manifests.shards import open_shard
-    from stages.arrays import read_npz
-    from stages.video_io import decode_frames
+    from media.arrays import read_npz
+    from media.video_io import decode_frames
 
     storage = Storage(str(run_dir))
     rows = [r for r in manifest_rows(run_dir, stage) if r["status"] == "ok"]
@@ -252,7 +252,7 @@ class ScriptedBackend:
         self.requests.append(list(requests))
         answers = self.calls.pop(0)
         assert len(answers) == len(requests)
-        from stages.vlm import Generation
+        from models.vlm import Generation
 
         return [Generation(text, finish_reason="stop") for text in answers]
 
@@ -303,7 +303,7 @@ def dog_frames() -> Any:
 @pytest.fixture(scope="session")
 def demo_vos(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six small synthetic DAVIS-layout sequences with instance masks (shared, treat as read-only)."""
-    from stages.demo_media import make_demo_vos
+    from media.demo_media import make_demo_vos
 
     return make_demo_vos(tmp_path_factory.mktemp("demo_vos") / "vos", num_sequences=6, num_frames=16, width=128, height=96)
 
@@ -376,12 +376,12 @@ def ffp_cli(*args: str, cwd: Path | str | None = None, timeout: float = 300) -> 
 def cli_invoke(args: Sequence[str]) -> tuple[int, str, str]:
     """``ffp ARGS`` in this process (shares ``ray_session``): (exit code, stdout, stderr).
 
-    Goes through ``pipeline.cli.main`` like the console script, so config and stale errors give exit code 2.
+    Goes through ``app.cli.main`` like the console script, so config and stale errors give exit code 2.
     """
     import io
     from contextlib import redirect_stderr, redirect_stdout
 
-    from pipeline import cli
+    from app import cli
 
     out, err = io.StringIO(), io.StringIO()
     old_argv, old_widths = sys.argv, (cli.console.width, cli.err.width)

@@ -18,9 +18,9 @@ import pytest
 from pydantic import ValidationError
 
 from manifests.manifest import Status
+from media.video_io import decode_frames, png_bytes, read_png, resize_center_crop
+from models.wan import sample_seed
 from stages.animate import AnimateParams
-from stages.video_io import decode_frames, png_bytes, read_png, resize_center_crop
-from stages.wan import sample_seed
 from tests.conftest import Spy, media, sample_of, stage_of
 
 TINY = {"model": "tiny:wan_i2v", "width": 160, "height": 96, "num_frames": 17, "num_inference_steps": 2,

@@ -1,7 +1,7 @@
 """The paths-and-records half of the bad-input corpus (``tests/data/bad/paths.py``): inputs whose *name*, kind or
 source is the problem, and the records a run keeps of them (issue 22, "Inputs and records").
 
-Each case lists through ``stages.sources`` and, where the file must also ingest, runs through the Ingest stage
+Each case lists through ``media.sources`` and, where the file must also ingest, runs through the Ingest stage
 (in this process, or on Ray for the inputs that hang): a name that is not UTF-8, symlinked folders, names that
 look like URLs, FIFOs and sockets, the containers ``VIDEO_EXTENSIONS`` lists, one file named many ways, files
 with the same bytes, quarantined rows, ``ffp query`` before anything is committed, and inputs that never finish
@@ -26,14 +26,8 @@ import yaml
 from manifests.partial import PartialStore
 from manifests.storage import Storage
 from manifests.verify import verify_run
-from pipeline.config import InputSpec, config_to_yaml
-from pipeline.graph import build_graph, digest
-from pipeline.plan import list_sources, read_sources, write_sources
-from pipeline.stage import SOURCE_SAMPLE_TIMEOUT_S
-from pipeline.worker import ShardWorker
-from stages import sources
-from stages.ingest import Ingest
-from stages.sources import (
+from media import sources
+from media.sources import (
     IDENTICAL_TO,
     VIDEO_EXTENSIONS,
     NotRegularFile,
@@ -44,6 +38,12 @@ from stages.sources import (
     source_columns,
     source_id_for,
 )
+from pipeline.config import InputSpec, config_to_yaml
+from pipeline.graph import build_graph, digest
+from pipeline.plan import list_sources, read_sources, write_sources
+from pipeline.stage import SOURCE_SAMPLE_TIMEOUT_S
+from pipeline.worker import ShardWorker
+from stages.ingest import Ingest
 from tests.conftest import FAST_INGEST, LocalRun, cli_invoke, make_config, manifest_rows, run_local
 from tests.data.bad import paths
 from tests.data.bad.media import good_clip
@@ -403,7 +403,7 @@ def test_inputs_that_never_finish_end_in_their_rows_within_the_limit(tmp_path, r
       (``NotRegularFile``, a failed row); opened directly it blocks, and the time limit quarantines it like (b).
 
     (a) and (b) are quarantined with the time-limit reason, (c) fails at once, and every good clip is committed
-    ok beside them. (a) NEEDS stages/video_io.py (``_open``) to read a stream of unknown length without seeking
+    ok beside them. (a) NEEDS media/video_io.py (``_open``) to read a stream of unknown length without seeking
     (fsspec's ``HTTPStreamFile`` says it is seekable, then raises on ``seek``): until then it is quarantined at
     once with "ValueError: Cannot seek streaming HTTP file at http.py:778". Read as a stream, it hangs FFmpeg's
     probe (checked with PyAV), which the time limit ends."""

@@ -23,13 +23,13 @@ import pytest
 
 from manifests.storage import Storage
 from manifests.verify import verify_run
+from media.arrays import read_npz
+from media.sources import InputListError
+from media.video_io import decode_frames, png_bytes, probe, read_label_mask, resize_center_crop
 from pipeline.config import InputSpec
 from pipeline.graph import build_graph
 from pipeline.plan import list_sources
-from stages.arrays import read_npz
 from stages.ingest_images import IngestImagesParams, list_pairs
-from stages.sources import InputListError
-from stages.video_io import decode_frames, png_bytes, probe, read_label_mask, resize_center_crop
 from tests.conftest import FAST_INGEST, make_config, manifest_rows, run_local, sample_of, stage_of
 from tests.data.bad import media
 from tests.test_ingest import committed_samples

@@ -24,16 +24,24 @@ import torch
 
 from manifests.manifest import Status
 from manifests.storage import Storage
+from media.arrays import npz_bytes
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, resize_center_crop
+from models.prompting import RAW_KEPT_CHARS
+from models.vlm import Generation
 from pipeline.stage import StageContext
-from stages.arrays import npz_bytes
 from stages.captions import CaptionContent, CaptionContentParams
 from stages.plan import Plan, PlanParams
-from stages.prompting import RAW_KEPT_CHARS
 from stages.rubric import Rubric, RubricParams
-from stages.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, resize_center_crop
-from stages.vlm import Generation
-from tests.conftest import (FAST_INGEST, ScriptedBackend, make_config, manifest_rows, media, run_local, sample_of,
-                            stage_of)
+from tests.conftest import (
+    FAST_INGEST,
+    ScriptedBackend,
+    make_config,
+    manifest_rows,
+    media,
+    run_local,
+    sample_of,
+    stage_of,
+)
 from tests.data.bad import texts
 from tests.data.bad.texts import ABSENT_TARGET, ANSWERS, OUTPUTS, load_output
 
@@ -189,14 +197,14 @@ class FindsOnly:
 
 def local_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, answers: list[str]) -> Path:
     """ingest (the dog clip) -> plan (answers scripted) -> ground (tiny Grounding DINO that only finds a dog)."""
+    import models.prompting
     import stages.ground
-    import stages.prompting
 
     videos = tmp_path / "videos"
     videos.mkdir()
     (videos / "dog.mp4").symlink_to(media("sam2_gallery", "01_dog.mp4"))
     backend = ScriptedBackend(*([a] for a in answers))
-    monkeypatch.setattr(stages.prompting, "load_backend", lambda *args, **kwargs: backend)
+    monkeypatch.setattr(models.prompting, "load_backend", lambda *args, **kwargs: backend)
     real_detect = stages.ground.GroundingDino.detect
     monkeypatch.setattr(stages.ground.GroundingDino, "detect", lambda self, frames, prompts, **kw: FindsOnly(
         lambda *a, **k: real_detect(self, *a, **k), {"dog", "the brown dog"})(frames, prompts, **kw))
@@ -265,10 +273,10 @@ class FakePipe:
 def wan_stage(type_name: str, params: dict[str, Any], output: np.ndarray, tmp_path: Path,
               monkeypatch: pytest.MonkeyPatch) -> Any:
     """The stage with its diffusers pipeline replaced by one that returns ``output``."""
-    import stages.wan
+    import models.wan
 
     pipe = FakePipe(output)
-    monkeypatch.setattr(stages.wan, "load_pipeline", lambda *args, **kwargs: (pipe, torch.device("cpu")))
+    monkeypatch.setattr(models.wan, "load_pipeline", lambda *args, **kwargs: (pipe, torch.device("cpu")))
     stage = stage_of(type_name, params, tmp_path)
     assert stage.pipe is pipe
     return stage

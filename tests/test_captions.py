@@ -12,11 +12,11 @@ import pytest
 
 from manifests.manifest import Status
 from manifests.storage import Storage
+from media.video_io import encode_frames, png_bytes
+from models.prompting import PROMPTS, json_schema_of
 from pipeline.graph import build_graph
 from pipeline.stage import StageContext
 from stages.captions import CaptionContent, CaptionContentParams, CaptionStyle, CaptionStyleParams, CinematicV1, StyleV1
-from stages.prompting import PROMPTS, json_schema_of
-from stages.video_io import encode_frames, png_bytes
 from tests.conftest import ScriptedBackend, make_config, media, sample_of, stage_of
 
 TINY_VLM = {"model": "tiny:qwen2_5_vl", "backend": "transformers", "max_new_tokens": 2048}

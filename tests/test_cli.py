@@ -18,8 +18,8 @@ import pytest
 
 from manifests.shards import open_shard
 from manifests.storage import Storage
+from media.video_io import encode_frames
 from pipeline.config import config_to_yaml
-from stages.video_io import encode_frames
 from tests.conftest import by_id, cli_invoke, ffp_cli, manifest_rows, run_local, synth_config
 
 STATUS_FIELDS = {"stage", "shards_total", "shards_done", "shards_stale", "ok", "filtered", "failed", "quarantined",

@@ -210,7 +210,7 @@ def test_config_schema_prints_json_with_stage_params():
 
 
 def test_config_show_and_plan_with_a_preset(tmp_path, demo_vos):
-    from stages.demo_media import make_demo_images
+    from media.demo_media import make_demo_images
 
     code, out, err = cli_invoke(["config", "show", "--preset", "demo", "--set", f"inputs.0.path={demo_vos}",
                                  "--out", str(tmp_path / "run")])

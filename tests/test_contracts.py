@@ -77,7 +77,7 @@ def tagged_config(run_dir: Path, vos: Path):
 
 
 def test_a_new_stage_pair_column_reaches_the_dataset_and_the_report(tmp_path, demo_vos, tag_stage):
-    from pipeline.report import build_report
+    from app.report import build_report
 
     run_dir = tmp_path / "run"
     config = tagged_config(run_dir, demo_vos)

@@ -4,9 +4,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from stages import demo_media as dm
-from stages.video_io import read_palette_mask
-from stages.synth_ops import instance_ids
+from media import demo_media as dm
+from media.synth_ops import instance_ids
+from media.video_io import read_palette_mask
 
 KW = dict(num_sequences=2, num_frames=6, width=96, height=64)
 

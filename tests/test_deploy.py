@@ -142,7 +142,7 @@ def dockerignored(path: str) -> bool:
 
 def test_dockerignore_keeps_the_sources_and_drops_the_rest() -> None:
     needed = ["pyproject.toml", "scripts/install.sh", "scripts/patch_torchvision.py", "requirements/lock.txt",
-              "requirements/lock-gpu.txt", "pipeline/cli.py", "stages/registry.py", "manifests/storage.py",
+              "requirements/lock-gpu.txt", "app/cli.py", "stages/registry.py", "manifests/storage.py",
               "tests/test_deploy.py", "tests/data"]
     assert [path for path in needed if dockerignored(path)] == []
     unwanted = [".git/HEAD", ".venv/bin/python", "runs/local/run.yaml", "ffp-demo/run/run.yaml",

@@ -18,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from manifests.manifest import Status
-from stages.arrays import read_npz
+from media.arrays import read_npz
+from media.video_io import decode_frames, encode_frames, resize_center_crop
 from stages.depth import (
     Depth,
     DepthParams,
@@ -28,7 +29,6 @@ from stages.depth import (
     normalize_frames,
     stored_size,
 )
-from stages.video_io import decode_frames, encode_frames, resize_center_crop
 from tests.conftest import media, sample_of, stage_of
 
 TINY = {"model": "tiny:depth_anything", "crf": 18, "preset": "ultrafast"}
@@ -65,7 +65,7 @@ def model_depth(frames: np.ndarray, width: int, height: int) -> np.ndarray:
     import torch
     from transformers import AutoImageProcessor, AutoModelForDepthEstimation
 
-    from stages.tiny import ensure
+    from models.tiny import ensure
 
     folder = ensure("depth_anything")
     processor = AutoImageProcessor.from_pretrained(folder)
@@ -179,7 +179,7 @@ def test_model_returning_nan_fails_the_sample(tmp_path: Path, dog: np.ndarray) -
     """A copy of the tiny model whose saved weights contain NaN: the sample fails, naming the frames."""
     from safetensors.torch import load_file, save_file
 
-    from stages.tiny import ensure
+    from models.tiny import ensure
 
     folder = tmp_path / "nan_model"
     shutil.copytree(ensure("depth_anything"), folder)

@@ -10,9 +10,9 @@ import pyarrow as pa
 import pytest
 
 from manifests.shards import open_shard
+from media.arrays import json_bytes
 from pipeline.stage import Result, Sample, Stage
 from stages import registry
-from stages.arrays import json_bytes
 from tests.conftest import FAST_INGEST, by_id, make_config, manifest_rows, run_local
 
 

@@ -12,11 +12,10 @@ import json
 import sys
 from pathlib import Path
 
-import pytest
 
+from media.sources import InputListError
 from pipeline.config import load_config, preset_names
 from pipeline.graph import build_graph
-from stages.sources import InputListError
 
 PINS = Path(__file__).parent / "data" / "preset_fingerprints.json"
 RUN_DIR = "/nonexistent/ffp-pin"  # fingerprints do not depend on the run folder; the graph needs one

@@ -17,11 +17,11 @@ import pytest
 import torch
 
 from manifests.manifest import Status
+from media.video_io import ClipSpec, cut_clips, png_bytes
 from pipeline.graph import build_graph
 from pipeline.stage import Result, Sample, Stage
 from stages import registry
 from stages.ground import Box, Ground, GroundParams, NoBox, prompt_of, select_box
-from stages.video_io import ClipSpec, cut_clips, png_bytes
 from tests.conftest import by_id, make_config, manifest_rows, media, run_local, sample_of, stage_of
 
 TINY = {"model": "tiny:grounding_dino"}

@@ -21,10 +21,18 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.shards import SAMPLE_ID, open_shard
-from pipeline.plan import list_sources
+from media.sources import InputListError, list_inputs
+from media.video_io import (
+    decode_frames,
+    encode_frames,
+    png_bytes,
+    probe,
+    read_palette_mask,
+    read_png,
+    resize_center_crop,
+)
 from pipeline.graph import build_graph
-from stages.sources import InputListError, list_inputs
-from stages.video_io import decode_frames, encode_frames, png_bytes, probe, read_palette_mask, read_png, resize_center_crop
+from pipeline.plan import list_sources
 from tests.conftest import FAST_INGEST, by_id, ffp_cli, make_config, manifest_rows, media, run_local
 
 REAL = {"num_frames": 17, "fps": 8, "width": 320, "height": 192, "max_clips": 2, "stride_s": 2.5, "crf": 18,

@@ -14,12 +14,12 @@ import pytest
 from PIL import Image
 
 from manifests.manifest import Status
+from media.images import ImageError, ImageTooSmall, decode_image, fit_within
+from media.sources import InputListError, list_inputs
+from media.video_io import read_png
 from pipeline.config import InputSpec
-from stages.images import ImageError, ImageTooSmall, decode_image, fit_within
 from stages.ingest_images import IngestImagesParams, list_pairs
-from stages.sources import InputListError, list_inputs
 from stages.style_pairs import StylePairs, StylePairsParams, pick_styles, style_id_for
-from stages.video_io import read_png
 from tests.conftest import media, sample_of, stage_of
 
 LIMITS = {"min_side": 64, "max_side": 512}

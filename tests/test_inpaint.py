@@ -16,11 +16,11 @@ import pytest
 from pydantic import ValidationError
 
 from manifests.manifest import Status
+from media.arrays import npz_bytes, read_npz
+from media.video_io import decode_frames, encode_frames, read_png, resize_center_crop
+from models.wan import sample_seed, to_uint8
 from pipeline.stage import Result
-from stages.arrays import npz_bytes, read_npz
 from stages.inpaint import InpaintParams
-from stages.wan import sample_seed, to_uint8
-from stages.video_io import decode_frames, encode_frames, read_png, resize_center_crop
 from tests.conftest import media, sample_of, stage_of
 
 TINY = {"model": "tiny:wan_vace", "width": 64, "height": 64, "num_frames": 17, "num_inference_steps": 2,
@@ -191,7 +191,7 @@ def test_bad_params_name_the_param(key: str, value: object, message: str) -> Non
 def test_runtime_settings_are_applied(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     params = {**TINY, "offload": "model", "flow_shift": 5.0, "vae_tiling": True, "attention_backend": "native",
               "dtype": "bfloat16"}
-    with caplog.at_level(logging.INFO, logger="stages.wan"):
+    with caplog.at_level(logging.INFO, logger="models.wan"):
         stage = stage_of("inpaint", params, tmp_path)
     assert "WanVACEPipeline: offload=model ignored on cpu" in caplog.text
     assert stage.pipe.scheduler.config.flow_shift == 5.0

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
+from media.arrays import npz_bytes
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, read_palette_mask
+from models.metrics import PSNR_CAP
 from pipeline.config import ConfigError
-from stages.arrays import npz_bytes
 from stages.judge import CHECKS, JudgeParams, leak_score
-from stages.metrics import PSNR_CAP
-from stages.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, read_palette_mask
 from tests.conftest import make_config, media, sample_of, stage_of
 
 FRAMES = 17

@@ -19,7 +19,7 @@ PACKAGES = ("manifests", "pipeline", "stages")
 OWNER = Path("manifests/layout.py")
 RUN_PATH = re.compile(r"(^|[^\w./-])(stages|manifests|sources|index|logs|labels)/|_partial|^run\.yaml$")
 REPO_PATH = re.compile(r"stages/(prompts|realsize)/|\.py\b")
-"""Paths of this repository named in messages (``stages/prompts/NAME.md``), not of a run folder."""
+"""Paths of this repository named in messages (``models/prompts/NAME.md``), not of a run folder."""
 
 
 def spelled_run_paths(source: str) -> list[tuple[int, str]]:
@@ -64,7 +64,7 @@ def test_the_scanner_sees_what_it_is_for():
     assert spelled_run_paths('x = f"manifests/{stage}"') == [(1, "manifests/")]
     assert spelled_run_paths('x = f"stages/{s}/_partial"')
     assert spelled_run_paths('RUN_YAML = "run.yaml"')
-    assert not spelled_run_paths('x = "packaged prompt name (stages/prompts/NAME.md)"')
+    assert not spelled_run_paths('x = "packaged prompt name (models/prompts/NAME.md)"')
     assert not spelled_run_paths('"""A docstring naming manifests/<stage>/ and _partial/."""')
     assert not spelled_run_paths('def f():\n    """from _partial/"""\n    return 1')
     assert not spelled_run_paths('raise ValueError(f"stages {names} are in no track")')

@@ -1,11 +1,11 @@
-"""Mask post-processing and quality checks (``stages.masks``) on constructed arrays: no model involved."""
+"""Mask post-processing and quality checks (``media.masks``) on constructed arrays: no model involved."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from stages.masks import Limits, binary, bounding_boxes, box_masks, check, erode, measure
+from media.masks import Limits, binary, bounding_boxes, box_masks, check, erode, measure
 
 T, H, W, SIDE, STEP = 8, 64, 96, 12, 2
 STRICT = Limits(min_area=0.01, max_area=0.1, max_empty_frac=0.0, min_iou=0.5, max_edge_frac=0.0)

@@ -1,4 +1,4 @@
-"""The judge's quality metrics (``stages.metrics``) on real footage: a perfect edit, an edit confined to its region,
+"""The judge's quality metrics (``models.metrics``) on real footage: a perfect edit, an edit confined to its region,
 one that also changed the background, the same pairs after an H.264 round trip, frozen / reversed / shifted motion.
 
 Clips: the dog clip (static camera, woman and dog running) at 640x360, 8 fps, 17 frames, with a box around the
@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from stages.metrics import (
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, read_palette_mask
+from models.metrics import (
     PSNR_CAP,
     cosine_to,
     dilate,
@@ -24,7 +25,6 @@ from stages.metrics import (
     ssim_outside,
     temporal_consistency,
 )
-from stages.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, read_palette_mask
 from tests.conftest import media
 
 FRAMES, FPS = 17, 8  # 8 fps: a clear motion between adjacent frames, as in the pipeline's 16 fps clips at 1280 px

@@ -26,12 +26,12 @@ from manifests.manifest import Status
 from manifests.query import query
 from manifests.storage import Storage
 from manifests.verify import verify_run
+from media.video_io import decode_frames, encode_frames
 from pipeline.config import ConfigError, json_schema
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
 from pipeline.stage import Params, Result, Sample, Stage
 from stages import registry
-from stages.video_io import decode_frames, encode_frames
 from tests.conftest import (
     FAST_INGEST,
     LocalRun,
@@ -329,7 +329,7 @@ def export_urls(run: Path) -> list[str]:
 def test_export_reads_with_plain_webdataset(e2e):
     import webdataset as wds
 
-    from stages.video_io import read_png
+    from media.video_io import read_png
 
     run = e2e["run"]
     ok = by_id(r for r in manifest_rows(run, "export") if r["status"] == "ok")

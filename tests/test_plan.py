@@ -19,10 +19,10 @@ from pydantic import ValidationError
 
 from manifests.manifest import Status
 from manifests.storage import Storage
+from media.video_io import ClipSpec, cut_clips, encode_frames, png_bytes, read_png
+from models.vlm import Generation, JsonGrammars, TransformersBackend, VLMParams, VLMRequest
 from pipeline.stage import Result, StageContext
 from stages.plan import Plan, PlanError, PlanParams, PlanV1, PromptTemplate, parse_plan, plan_model, plan_schema
-from stages.video_io import ClipSpec, cut_clips, encode_frames, png_bytes, read_png
-from stages.vlm import Generation, JsonGrammars, TransformersBackend, VLMParams, VLMRequest
 from tests.conftest import ScriptedBackend, media, sample_of, stage_of
 
 
@@ -466,8 +466,8 @@ def test_structured_output_off_and_without_xgrammar_decode_unconstrained(
     assert constrained.text in ('{"answer":true}', '{"answer":false}') and free.token_ids != constrained.token_ids
 
     monkeypatch.setitem(sys.modules, "xgrammar", None)  # import xgrammar now raises ImportError
-    with caplog.at_level(logging.WARNING, logger="stages.vlm"):
+    with caplog.at_level(logging.WARNING, logger="models.vlm"):
         backend = TransformersBackend(VLMParams(model="tiny:qwen2_5_vl", backend="transformers"))
         assert backend.generate([request])[0].token_ids == free.token_ids
-    warnings = [r for r in caplog.records if r.name == "stages.vlm"]
+    warnings = [r for r in caplog.records if r.name == "models.vlm"]
     assert len(warnings) == 1 and "xgrammar is not importable" in warnings[0].getMessage()

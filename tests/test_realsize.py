@@ -28,8 +28,8 @@ DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
 
 def style_folder(tmp_path: Path) -> Path:
     """A folder with one style image (the style-videos-tiny preset lists its styles when its graph is built)."""
-    from stages.realsize.inputs import image
-    from stages.video_io import png_bytes
+    from media.video_io import png_bytes
+    from models.realsize.inputs import image
 
     folder = tmp_path / "styles"
     folder.mkdir(exist_ok=True)
@@ -59,7 +59,7 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     for preset in preset_names():
         cfg = load_config(preset=preset, overrides=styles[1:] if preset == "style-videos-tiny" else ())
         graph = build_graph(cfg)
-        from stages.realsize.check import is_model_stage
+        from models.realsize.check import is_model_stage
 
         expected = {(cfg.name, name) for name in graph.order if is_model_stage(graph.nodes[name])}
         assert expected <= checked, expected - checked
@@ -112,10 +112,10 @@ def independent_wan_flops(config: dict, frames: int, height: int, width: int, te
 def test_vace_14b_flops_per_forward_agree_with_an_independent_count() -> None:
     import torch
 
-    from stages.realsize.counting import Counters
-    from stages.realsize.engine import ShapeOnly
-    from stages.realsize.folders import entry, folder_for
-    from stages.realsize.loading import built_from_config
+    from models.realsize.counting import Counters
+    from models.realsize.engine import ShapeOnly
+    from models.realsize.folders import entry, folder_for
+    from models.realsize.loading import built_from_config
 
     model = "Wan-AI/Wan2.1-VACE-14B-diffusers"
     config = entry(model)["components"]["transformer"]["config"]
@@ -148,7 +148,7 @@ def test_real_size_architectures_have_their_published_parameter_counts(model: st
     import torch
     import transformers
 
-    from stages.realsize.folders import entry, folder_for
+    from models.realsize.folders import entry, folder_for
 
     config = transformers.AutoConfig.from_pretrained(folder_for(model))
     with torch.device("meta"):
@@ -187,8 +187,8 @@ def test_a_stage_that_does_not_fit_its_gpu_share_is_refused_with_the_numbers() -
 def test_a_stage_that_breaks_at_real_shapes_fails_the_check(monkeypatch: pytest.MonkeyPatch) -> None:
     """A shipped configuration that disagrees with the stage's code (a transformer expecting text of another width
     than its text encoder gives) is found by running the stage, not by reading the numbers."""
-    from stages.realsize import folders
-    from stages.realsize.check import CheckError, check_stage
+    from models.realsize import folders
+    from models.realsize.check import CheckError, check_stage
 
     broken = folders.architectures()
     broken = {**broken, "Wan-AI/Wan2.1-VACE-1.3B-diffusers": json.loads(json.dumps(
@@ -203,9 +203,9 @@ def test_a_stage_that_breaks_at_real_shapes_fails_the_check(monkeypatch: pytest.
 @pytest.mark.parametrize("preset", ["local-gpu", "local-gpu-480p", "ffp300k-style"])
 def test_each_gpu_presets_plan_fits_every_gpu_type(preset: str) -> None:
     """A GPU preset carries a resource plan for each GPU type (gpu_plans); each plan's stages fit that GPU."""
-    from stages.realsize.check import check_config
-    from stages.realsize.fit import fits
-    from stages.realsize.gpus import GPUS
+    from models.realsize.check import check_config
+    from models.realsize.fit import fits
+    from models.realsize.gpus import GPUS
 
     assert set(load_config(preset=preset).gpu_plans) == set(GPUS)
     for name, card in GPUS.items():

@@ -1,4 +1,4 @@
-"""Shape-only execution (stages/realsize/engine.py): what the real-size check's numbers rest on.
+"""Shape-only execution (models/realsize/engine.py): what the real-size check's numbers rest on.
 
 A model on the meta device computes shapes only inside its forward; outside, code sees its outputs as a constant of
 their shape; FLOPs follow torch's formulas; the activation peak is the exact peak of live tensor bytes; repeated
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from stages.realsize.counting import Counters
-from stages.realsize.engine import STAND_IN, ShapeOnly
+from models.realsize.counting import Counters
+from models.realsize.engine import STAND_IN, ShapeOnly
 
 
 def meta_linear(inputs: int, outputs: int) -> torch.nn.Linear:
@@ -115,7 +115,7 @@ def test_a_repeated_stateless_model_call_replays_its_first_count(monkeypatch: py
     """A pure model call (replay.PURE_CALLS) with inputs of the same shapes runs once; its repeats give the same
     outputs' shapes, FLOPs and activation peak, as if they had run. A call given an object (a cache, a session) is
     never replayed."""
-    from stages.realsize import replay
+    from models.realsize import replay
 
     class Encoder(torch.nn.Module):
         def __init__(self) -> None:

@@ -17,10 +17,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from app.report import ReportError, build_report
 from manifests.labels import new_label, save_labels
 from manifests.storage import Storage
 from pipeline.config import PipelineConfig, config_to_yaml
-from pipeline.report import ReportError, build_report
 from tests.browser import Page, browser, save_screenshot
 from tests.conftest import FAST_INGEST, cli_invoke, make_config, manifest_rows, run_local
 
@@ -51,7 +51,7 @@ def judged_run(root: Path) -> tuple[PipelineConfig, float]:
     """A finished run whose judge rejects some pairs on ``psnr_outside``: judged once without that bound, then with
     a bound in the widest gap of the middle half of the scores seen (only the judge and export run again).
     Returns the config (its ``run.yaml`` written as ``ffp run`` does) and the bound."""
-    from stages.demo_media import make_demo_vos
+    from media.demo_media import make_demo_vos
 
     vos = make_demo_vos(root / "vos", num_sequences=4, num_frames=20)
     run_local(judged_config(root / "run", vos, None))

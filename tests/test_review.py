@@ -16,9 +16,9 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from app.review import ReviewError, check_host, start_review
 from manifests.shards import open_shard
 from manifests.storage import Storage
-from pipeline.review import ReviewError, check_host, start_review
 from tests.browser import Page, browser
 from tests.conftest import cli_invoke, manifest_rows, run_local
 from tests.test_report import judged_run

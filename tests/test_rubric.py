@@ -12,9 +12,9 @@ import pytest
 
 from manifests.manifest import Status
 from manifests.storage import Storage
+from media.video_io import encode_frames
 from pipeline.stage import StageContext
 from stages.rubric import Rubric, RubricV1
-from stages.video_io import encode_frames
 from tests.conftest import ScriptedBackend, sample_of, stage_of
 
 TINY_VLM = {"model": "tiny:qwen2_5_vl", "backend": "transformers", "max_new_tokens": 512}

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from manifests.storage import credential_in_url, without_credentials
+from media.sources import InputListError, list_table
 from pipeline.config import ConfigError, config_to_yaml, validate_config
-from stages.sources import InputListError, list_table
 from tests.conftest import synth_config
 
 REPO = Path(__file__).resolve().parents[1]

@@ -18,10 +18,10 @@ from PIL import Image
 
 from manifests.shards import open_shard
 from manifests.storage import Storage
+from media.video_io import decode_frames
 from pipeline.config import load_config
 from pipeline.run import execute
 from stages.style_pairs import style_id_for
-from stages.video_io import decode_frames
 from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
 
 pytestmark = pytest.mark.slow

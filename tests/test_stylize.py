@@ -20,11 +20,11 @@ import pytest
 from pydantic import ValidationError
 
 from manifests.manifest import Status
+from media.arrays import npz_bytes, read_npz
+from media.video_io import decode_frames, encode_frames, png_bytes, read_png, resize_center_crop
+from models.wan import sample_seed
 from pipeline.stage import Result
-from stages.arrays import npz_bytes, read_npz
 from stages.stylize import Stylize, StylizeParams, depth_frames
-from stages.video_io import decode_frames, encode_frames, png_bytes, read_png, resize_center_crop
-from stages.wan import sample_seed
 from tests.conftest import Spy, media, sample_of, stage_of
 
 TINY = {"model": "tiny:wan_vace", "width": 64, "height": 64, "num_frames": 17, "num_inference_steps": 2,

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from stages import synth_ops as so
+from media import synth_ops as so
 
 
 def make_clip(seed: int, T: int = 8, H: int = 48, W: int = 64):

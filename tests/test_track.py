@@ -18,11 +18,11 @@ import pytest
 import torch
 
 from manifests.manifest import Status
+from media.arrays import read_npz
+from media.masks import box_masks, erode
+from media.video_io import encode_frames
 from pipeline.stage import Result
-from stages.arrays import read_npz
-from stages.masks import box_masks, erode
 from stages.track import MaskSink, ModelOutputError, Track, TrackParams, meta_checkpoint
-from stages.video_io import encode_frames
 from tests.conftest import media, sample_of, stage_of
 
 WIDTH, HEIGHT, FRAMES = 160, 96, 9
@@ -185,7 +185,7 @@ def test_meta_backend_names_what_it_cannot_load(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_meta_sam2_backend(tmp_path: Path, dog_frames: np.ndarray) -> None:
     """Meta's package on a random-weight sam2.1_hiera_t checkpoint (1024 px: seconds per frame on CPU)."""
-    from stages.tiny.sam2_video import build_meta
+    from models.tiny.sam2_video import build_meta
 
     torch.manual_seed(0)
     build_meta(tmp_path / "meta")

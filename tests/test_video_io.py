@@ -1,4 +1,4 @@
-"""Tests of stages.video_io on real footage (../shared/media) and on small generated files.
+"""Tests of media.video_io on real footage (../shared/media) and on small generated files.
 
 Every claim about output clips is checked by decoding them: frame count, size, fps, and which
 source frames they hold."""
@@ -17,7 +17,7 @@ import av
 import numpy as np
 import pytest
 
-from stages.video_io import (
+from media.video_io import (
     Clip,
     ClipSpec,
     VideoError,
@@ -429,7 +429,7 @@ def test_rotation_metadata_is_applied(tmp_path):
 
 
 def test_clip_decoder_decodes_a_clip_once_for_its_consecutive_samples():
-    from stages.video_io import ClipDecoder, decode_frames, encode_frames
+    from media.video_io import ClipDecoder, decode_frames, encode_frames
 
     rng = np.random.default_rng(3)
     first = encode_frames(rng.integers(0, 255, (5, 32, 48, 3), dtype=np.uint8), 8.0, preset="ultrafast")

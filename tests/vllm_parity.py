@@ -26,7 +26,7 @@ VLLM_IMPORT_FAILED = 77
 def clips(media_dir: Path | None) -> list[Any]:
     import numpy as np
 
-    from stages.video_io import ClipSpec, cut_clips, encode_frames, png_bytes
+    from media.video_io import ClipSpec, cut_clips, encode_frames, png_bytes
     from tests.conftest import sample_of
 
     samples = []
@@ -54,9 +54,9 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     from dataclasses import replace
 
     from manifests.storage import Storage
+    from models.vlm import TransformersBackend, VLMRequest
     from pipeline.stage import StageContext
     from stages.plan import Plan, PlanParams
-    from stages.vlm import TransformersBackend, VLMRequest
 
     samples = clips(media_dir)
     params = PlanParams(

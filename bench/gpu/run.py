@@ -4,7 +4,7 @@
     python bench/gpu/run.py --scale ci --out DIR        # CPU, the tiny presets: the same code path, in CI
 
 Each model stage of the presets (stages that are the same in two presets run once) is built by its own class
-with every model at its real size (``stages/realsize``: the shipped configurations, random weights built on the
+with every model at its real size (``models/realsize``: the shipped configurations, random weights built on the
 device; compute cost does not depend on weight values) and runs one synthetic clip at the preset's size in this
 process: no Ray, no vLLM (VLM stages use the transformers backend with the same processor and prompt).
 Diffusion stages run ``--steps`` denoising steps and are extrapolated to their configured steps from the last
@@ -113,8 +113,8 @@ class CallTimer:
 def lm_layer_override(node: Any, gpu_gib: float) -> tuple[dict[str, Any], float]:
     """``({model id: config override}, time scale)`` running a VLM's language model with fewer layers when its
     weights would not fit one GPU (bf16: 2 bytes a parameter), else ``({}, 1.0)``."""
-    from stages.realsize.check import model_params
-    from stages.realsize.folders import architectures
+    from models.realsize.check import model_params
+    from models.realsize.folders import architectures
 
     for params in model_params(node.params).values():
         text = (architectures().get(params.model) or {}).get("config", {}).get("text_config")
@@ -133,12 +133,12 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
     import torch
 
     from manifests.storage import Storage
+    from models.realsize import inputs
+    from models.realsize.check import check_params, language_model, quiet_libraries, without_repairs
+    from models.realsize.loading import built_from_config
+    from models.vlm import VLMParams
+    from models.wan import WanParams
     from pipeline.stage import StageContext
-    from stages.realsize import inputs
-    from stages.realsize.check import check_params, language_model, quiet_libraries, without_repairs
-    from stages.realsize.loading import built_from_config
-    from stages.vlm import VLMParams
-    from stages.wan import WanParams
 
     node = graph.nodes[name]
     gpu_gib = torch.cuda.get_device_properties(device).total_memory / 2**30 if device.type == "cuda" else 1e9
@@ -196,7 +196,7 @@ def time_stage(graph: Any, name: str, device: Any, steps: int, tokens: int, chec
 
 
 def _models(node: Any) -> list[Any]:
-    from stages.realsize.check import model_params
+    from models.realsize.check import model_params
 
     return list(model_params(node.params).values())
 
@@ -217,9 +217,9 @@ def main() -> None:
     import torch
     import yaml
 
+    from models.realsize.check import check_config, is_model_stage, samples_per_clip
     from pipeline.config import load_config
     from pipeline.graph import build_graph
-    from stages.realsize.check import check_config, is_model_stage, samples_per_clip
 
     presets, device_type = SCALES[args.scale]
     device = torch.device(device_type)
@@ -264,7 +264,7 @@ def main() -> None:
 
 def _checks(path: Path) -> dict[str, Any]:
     """``ffp models check --json`` rows of a preset, by stage, when that file exists."""
-    from stages.realsize.check import StageCheck
+    from models.realsize.check import StageCheck
 
     if not path.is_file():
         return {}
@@ -272,7 +272,7 @@ def _checks(path: Path) -> dict[str, Any]:
 
 
 def _peak_tflops(label: str) -> float:
-    from stages.realsize.gpus import GPUS
+    from models.realsize.gpus import GPUS
 
     for gpu in GPUS.values():
         if gpu.name.upper() in label.upper():

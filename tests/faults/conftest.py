@@ -77,7 +77,7 @@ STAGES = ("ingest", "augment", "export")
 
 @pytest.fixture(scope="session")
 def fault_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from stages.demo_media import make_demo_vos
+    from media.demo_media import make_demo_vos
 
     return make_demo_vos(tmp_path_factory.mktemp("fault_inputs") / "vos", **INPUTS)
 
@@ -111,7 +111,7 @@ def write_fault_config(inputs: Path, run_dir: Path, path: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Four small sequences: one shard per stage, for the tests that crash at a precise point instead."""
-    from stages.demo_media import make_demo_vos
+    from media.demo_media import make_demo_vos
 
     folder = tmp_path_factory.mktemp("tiny_inputs") / "vos"
     return make_demo_vos(folder, num_sequences=4, num_frames=12, width=96, height=64)

@@ -39,7 +39,7 @@ def crash_during_finalize_write(config: str) -> None:
 
     Storage.atomic_writer = atomic_writer  # type: ignore[method-assign]
     sys.argv = ["ffp", "run", config]
-    from pipeline.cli import main
+    from app.cli import main
 
     main()
 

@@ -36,7 +36,7 @@ from tests.data.bad.media import encode, good_clip, textured_frames
 # Names -----------------------------------------------------------------------------------------------------------
 
 NON_UTF8_NAME = os.fsdecode(b"caf\xe9 \xff clip.mp4")  # Latin-1 'é' and a byte no encoding uses
-NON_UTF8_DISPLAY = "caf\\xe9 \\xff clip.mp4"  # how a manifest shows it (stages.sources.display_uri)
+NON_UTF8_DISPLAY = "caf\\xe9 \\xff clip.mp4"  # how a manifest shows it (media.sources.display_uri)
 
 
 def clip(path: Path, variant: int = 0) -> Path:

@@ -1,5 +1,5 @@
 """What shape-only execution costs: FLOPs and the activation peak of the code run under
-:class:`stages.realsize.engine.ShapeOnly`.
+:class:`models.realsize.engine.ShapeOnly`.
 
 :class:`Counters` counts FLOPs (torch's formulas for matmuls, convolutions and attention) and the peak of
 bytes held by tensors made during the measured code, meta and real alike (weights excluded): the activation
@@ -20,7 +20,7 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import flop_registry
 
-from stages.realsize.engine import META, ShapeOnly, is_meta, tensors_in
+from models.realsize.engine import META, ShapeOnly, is_meta, tensors_in
 
 
 class LiveBytes:

@@ -16,15 +16,15 @@ from importlib import import_module
 from pathlib import Path
 
 BUILDERS: dict[str, str] = {
-    "qwen2_5_vl": "stages.tiny.qwen2_5_vl",
-    "grounding_dino": "stages.tiny.grounding_dino",
-    "sam2_video": "stages.tiny.sam2_video",
-    "sam2_meta": "stages.tiny.sam2_meta",
-    "wan_vace": "stages.tiny.wan_vace",
-    "wan_i2v": "stages.tiny.wan_i2v",
-    "depth_anything": "stages.tiny.depth_anything",
-    "clip": "stages.tiny.clip",
-    "dinov2": "stages.tiny.dinov2",
+    "qwen2_5_vl": "models.tiny.qwen2_5_vl",
+    "grounding_dino": "models.tiny.grounding_dino",
+    "sam2_video": "models.tiny.sam2_video",
+    "sam2_meta": "models.tiny.sam2_meta",
+    "wan_vace": "models.tiny.wan_vace",
+    "wan_i2v": "models.tiny.wan_i2v",
+    "depth_anything": "models.tiny.depth_anything",
+    "clip": "models.tiny.clip",
+    "dinov2": "models.tiny.dinov2",
 }
 """arch -> module with ``VERSION: str`` and ``build(folder: Path) -> None``."""
 

@@ -3,7 +3,7 @@
 Every model stage's params derive from :class:`ModelParams`: ``model`` is a Hugging Face repo id (weights
 from the local Hugging Face cache; ``HF_HUB_OFFLINE=1`` is respected by ``from_pretrained`` itself), a local
 folder, or ``tiny:<arch>``, a random-weight tiny model of the same architecture built on this machine (see
-``stages.tiny``) and loaded through the same ``from_pretrained`` path. ``model``, ``revision`` and, for tiny
+``models.tiny``) and loaded through the same ``from_pretrained`` path. ``model``, ``revision`` and, for tiny
 models, the builder version enter the stage fingerprint. Code from a model repository never runs unless that
 stage's params set ``trust_remote_code: true`` for its model.
 """
@@ -34,7 +34,7 @@ class ModelParams(Params):
     def weights(self) -> str:
         """A path or repo id that ``from_pretrained`` accepts (tiny models are built on first use)."""
         if self.model.startswith(TINY_PREFIX):
-            from stages.tiny import ensure
+            from models.tiny import ensure
 
             return str(ensure(self.model.removeprefix(TINY_PREFIX)))
         return self.model
@@ -51,7 +51,7 @@ class ModelParams(Params):
         """What of the model enters the fingerprint."""
         identity: dict[str, Any] = {"model": self.model, "revision": self.revision}
         if self.model.startswith(TINY_PREFIX):
-            from stages.tiny import builder_version
+            from models.tiny import builder_version
 
             identity["tiny_builder"] = builder_version(self.model.removeprefix(TINY_PREFIX))
         return identity

@@ -24,7 +24,7 @@ Conventions the callers can rely on:
   ``encode_frames`` raises ``VideoError`` for odd-sized frames (it never pads). With
   ``width=height=None`` the native size is kept, minus one row/column when it is odd (centre crop).
 * Colour: every clip is converted to and tagged with ``ClipSpec.output`` (BT.709 limited by default;
-  ``stages/colour.py``); RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged
+  ``media/colour.py``); RGB input (``encode_frames``, image sequences) is converted with BT.709 and tagged
   BT.709.
 * Threads: the decoder uses FFmpeg's automatic threading; each open clip encoder runs on its own
   Python thread (PyAV releases the GIL) with libx264 ``threads=spec.threads`` (0 = x264 auto).
@@ -50,7 +50,7 @@ import av
 import cv2
 import numpy as np
 
-from stages.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
+from media.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
 

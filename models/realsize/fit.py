@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from models.realsize.check import StageCheck
+from models.realsize.gpus import GIB, GPU, RESERVED_GIB
 from pipeline.graph import StageNode
-from stages.realsize.check import StageCheck
-from stages.realsize.gpus import GIB, GPU, RESERVED_GIB
 
 
 @dataclass(frozen=True)
@@ -30,8 +30,8 @@ class Fit:
 
 def fits(report: StageCheck, node: StageNode, gpu: GPU) -> list[Fit]:
     """Whether the stage's models fit its GPU share, as configured and (diffusion stages) with each offload option."""
-    from stages.vlm import VLMParams
-    from stages.wan import WanParams
+    from models.vlm import VLMParams
+    from models.wan import WanParams
 
     resources, params = node.resources, node.params
     if not resources.gpus_needed():

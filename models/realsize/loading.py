@@ -4,7 +4,7 @@ bench make to a stage's own loading code.
 Inside :func:`built_from_config` every ``from_pretrained`` of a transformers model (``PreTrainedModel``) or a
 diffusers model (``ModelMixin``, so also each component a ``DiffusionPipeline.from_pretrained`` loads) reads the
 folder's ``config.json`` and builds the architecture on ``device`` in the dtype asked for, reading no weights:
-on ``meta`` (no memory, no values: :mod:`stages.realsize.engine` runs it shape-only) or on a real device with the
+on ``meta`` (no memory, no values: :mod:`models.realsize.engine` runs it shape-only) or on a real device with the
 library's random initialisation (the GPU timing bench: compute cost does not depend on weight values).
 Tokenizers, processors and schedulers load as usual from the same folder. diffusers' ``_keep_in_fp32_modules``
 stay float32, as ``from_pretrained`` keeps them.
@@ -47,8 +47,8 @@ def built_from_config(device: str | torch.device = "meta") -> Iterator[None]:
     from diffusers.models.modeling_utils import ModelMixin
     from transformers import PreTrainedModel
 
-    from stages.realsize.engine import paused
-    from stages.realsize.replay import as_model_call
+    from models.realsize.engine import paused
+    from models.realsize.replay import as_model_call
 
     target = torch.device(device)
 

@@ -111,13 +111,13 @@ def image(side: int, aspect: float = 16 / 9, seed: int = 1) -> np.ndarray:
 
 @cache
 def _clip(g: Geometry) -> bytes:
-    from stages.video_io import encode_frames
+    from media.video_io import encode_frames
 
     return encode_frames(frames(g), g.fps, crf=30, preset="ultrafast")
 
 
 def _png(array: np.ndarray) -> bytes:
-    from stages.video_io import png_bytes
+    from media.video_io import png_bytes
 
     return png_bytes(array)
 
@@ -134,7 +134,7 @@ def _image(side: int, aspect: float, seed: int) -> bytes:
 
 @cache
 def _track_masks(g: Geometry) -> bytes:
-    from stages.arrays import npz_bytes
+    from media.arrays import npz_bytes
 
     m = masks(g)
     return npz_bytes(raw=m, edit=m)
@@ -142,13 +142,13 @@ def _track_masks(g: Geometry) -> bytes:
 
 @cache
 def _pair_masks(g: Geometry) -> bytes:
-    from stages.arrays import npz_bytes
+    from media.arrays import npz_bytes
 
     return npz_bytes(masks=masks(g))
 
 
 def _depth(graph: StageGraph, stage: str) -> bytes:
-    from stages.arrays import npz_bytes
+    from media.arrays import npz_bytes
     from stages.depth import stored_size
 
     g = geometry(graph, stage, "depth.npz")
@@ -199,7 +199,7 @@ def column(graph: StageGraph, stage: str, name: str) -> Any:
         y0, y1, x0, x1 = boxes(g)[0]
         return [float(x0), float(y0), float(x1), float(y1)]
     raise InputError(f"the real-size check makes no column {name!r} (read by stage {stage!r}); add it to "
-                     "stages/realsize/inputs.py")
+                     "models/realsize/inputs.py")
 
 
 def sample(graph: StageGraph, stage: str, task: str = "swap") -> Sample:
@@ -214,7 +214,7 @@ def sample(graph: StageGraph, stage: str, task: str = "swap") -> Sample:
             files[name] = make(graph, stage, name)
         elif "." in name:
             raise InputError(f"the real-size check makes no field {name!r} (read by stage {stage!r}); add it to "
-                             "stages/realsize/inputs.py FIELDS")
+                             "models/realsize/inputs.py FIELDS")
         else:
             columns[name] = column(graph, stage, name)
 

@@ -5,7 +5,7 @@ pydantic model. :func:`answer_all` runs a batch of requests, parses each answer,
 one repair round (a second generation that sees the bad answer and the error) and returns an :class:`Answer`
 per request: the validated value, or the error with both raw answers.
 
-Prompts are template files, ``stages/prompts/<name>.md`` (or any ``.md`` path), with the sections ``system``
+Prompts are template files, ``models/prompts/<name>.md`` (or any ``.md`` path), with the sections ``system``
 (optional), ``user`` (``${inputs}``, ``${schema}``) and ``repair`` (``${error}``, ``${schema}``); their text
 enters the stage fingerprint.
 """
@@ -23,10 +23,10 @@ from typing import Annotated, Any, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
+from media.arrays import json_bytes
+from media.video_io import VideoError
+from models.vlm import Generation, VLMBackend, VLMParams, VLMRequest, load_backend
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
-from stages.arrays import json_bytes
-from stages.video_io import VideoError
-from stages.vlm import Generation, VLMBackend, VLMParams, VLMRequest, load_backend
 
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -99,7 +99,7 @@ class PromptTemplate:
 class PromptParams(VLMParams):
     """Params of a stage that asks a VLM for structured answers with a prompt template."""
 
-    prompt: str = Field(description="packaged prompt name (stages/prompts/NAME.md) or an absolute .md path")
+    prompt: str = Field(description="packaged prompt name (models/prompts/NAME.md) or an absolute .md path")
     batch_size: int = Field(
         64, ge=1, description="inputs per model call (vllm: a whole shard in one call)", json_schema_extra=RUNTIME_ONLY
     )

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from stages.realsize.counting import KEY_SCALARS, TensorMeta, Uncacheable
-from stages.realsize.engine import SMALL, ShapeOnly, active, paused
+from models.realsize.counting import KEY_SCALARS, TensorMeta, Uncacheable
+from models.realsize.engine import SMALL, ShapeOnly, active, paused
 
 ENTRY_METHODS = ("encode", "decode")
 """Model methods besides ``forward`` that are model calls (a VAE's encode/decode loop over their own modules)."""

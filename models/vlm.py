@@ -23,8 +23,8 @@ import numpy as np
 from PIL import Image
 from pydantic import Field
 
+from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY
-from stages.models import ModelParams
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,12 @@ class TransformersBackend:
 
     def __init__(self, params: VLMParams) -> None:
         import torch
-        from transformers import AutoProcessor, GenerationConfig, LogitsProcessorList
-        from transformers import Qwen2_5_VLForConditionalGeneration
+        from transformers import (
+            AutoProcessor,
+            GenerationConfig,
+            LogitsProcessorList,
+            Qwen2_5_VLForConditionalGeneration,
+        )
 
         weights, kwargs = params.weights(), params.pretrained_kwargs()
         self.device, self.params = params.torch_device(), params

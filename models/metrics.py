@@ -79,7 +79,7 @@ def _psnr(sq_sum: float, count: int, cap: float) -> float:
 
 def dilate(masks: np.ndarray, radius: int) -> np.ndarray:
     """(T, H, W) masks (any nonzero = in) -> bool (T, H, W), each frame dilated with an elliptic ``2r+1`` kernel
-    (as ``stages.masks.erode`` erodes; pixels beyond the frame add nothing). ``radius == 0`` copies."""
+    (as ``media.masks.erode`` erodes; pixels beyond the frame add nothing). ``radius == 0`` copies."""
     masks = np.asarray(masks)
     if masks.ndim != 3:
         raise ValueError(f"masks must be (T, H, W), got {masks.shape}")

@@ -10,14 +10,14 @@ with the dummy sizes of diffusers' own ``tests/pipelines/wan/test_wan_image_to_v
 default ``CLIPImageProcessor`` (the real checkpoint's resize/crop/normalisation). The scheduler is the real
 checkpoint's (``UniPCMultistepScheduler`` with flow sigmas, ``flow_shift`` 3.0, as diffusers'
 ``scripts/convert_wan_to_diffusers.py`` writes it for Wan2.1 I2V). The text encoder and tokenizer are those of
-:mod:`stages.tiny.wan_vace` (same in-memory vocabulary).
+:mod:`models.tiny.wan_vace` (same in-memory vocabulary).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from stages.tiny.wan_vace import vocabulary
+from models.tiny.wan_vace import vocabulary
 
 VERSION = "1"
 

@@ -15,11 +15,11 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
+from media.arrays import npz_bytes
+from media.video_io import ClipDecoder, encode_frames, png_bytes, resize_center_crop
+from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
-from stages.arrays import npz_bytes
-from stages.models import ModelParams
 from stages.seeds import sample_key
-from stages.video_io import ClipDecoder, encode_frames, png_bytes, resize_center_crop
 
 log = logging.getLogger(__name__)
 

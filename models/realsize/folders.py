@@ -1,7 +1,7 @@
 """Real-size model folders without weights: the configurations of ``architectures.yaml`` written in the layout
 ``from_pretrained`` reads (``config.json``, processor and tokenizer files; ``model_index.json`` and one folder per
 component for diffusers pipelines), so a stage's own loading code opens them unchanged inside
-:func:`stages.realsize.loading.built_from_config`.
+:func:`models.realsize.loading.built_from_config`.
 
 Tokenizers are stand-ins (the tiny profile's: vocabulary files of the real checkpoints cannot be shipped);
 image and video processors get the real sizes. The model config's special-token ids follow the stand-in
@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from stages.models import TINY_PREFIX
+from models.weights import TINY_PREFIX
 
 ARCHITECTURES = Path(__file__).with_name("architectures.yaml")
 
@@ -59,7 +59,7 @@ def folder_for(model: str, overrides: dict[str, Any] | None = None) -> Path:
     configuration's (written once per machine), with ``overrides`` merged into its ``config`` (the GPU bench runs a
     model too large for one GPU with fewer layers)."""
     if model.startswith(TINY_PREFIX):
-        from stages.tiny import ensure
+        from models.tiny import ensure
 
         return ensure(model.removeprefix(TINY_PREFIX))
     spec = entry(model)
@@ -96,7 +96,7 @@ def _code_digest() -> str:
 
 
 def cache_root() -> Path:
-    from stages.tiny import cache_root as tiny_root
+    from models.tiny import cache_root as tiny_root
 
     return tiny_root().parent / "realsize"
 
@@ -153,7 +153,7 @@ def _merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 def _wan_t5(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     from transformers import T5Tokenizer
 
-    from stages.tiny.wan_vace import vocabulary
+    from models.tiny.wan_vace import vocabulary
 
     T5Tokenizer(vocab=vocabulary(), extra_ids=100, model_max_length=512).save_pretrained(folder)
     return "transformers", "T5Tokenizer", {}
@@ -169,7 +169,7 @@ def _clip_image_224(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[
 def _qwen2_5_vl(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     from transformers import GenerationConfig, Qwen2_5_VLProcessor, Qwen2VLImageProcessor, Qwen2VLVideoProcessor
 
-    from stages.tiny.qwen2_5_vl import CHAT_TEMPLATE, SPECIAL_TOKENS
+    from models.tiny.qwen2_5_vl import CHAT_TEMPLATE, SPECIAL_TOKENS
 
     tokenizer = english_qwen_tokenizer()
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
@@ -194,7 +194,7 @@ def _qwen2_5_vl(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[str,
 def _grounding_dino(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     from transformers import BertTokenizer, GroundingDinoImageProcessor, GroundingDinoProcessor
 
-    from stages.tiny.grounding_dino import vocabulary
+    from models.tiny.grounding_dino import vocabulary
 
     GroundingDinoProcessor(
         image_processor=GroundingDinoImageProcessor(size=dict(spec["image"])),
@@ -223,7 +223,7 @@ ENGLISH_VOCAB = 32768
 def english_qwen_tokenizer() -> Any:
     """The VLMs' stand-in tokenizer: Qwen2's (special tokens, chat template) with a byte-level BPE of
     ``ENGLISH_VOCAB`` tokens trained on :func:`english_corpus` (built once per process: about 3 s)."""
-    from stages.tiny.qwen2_5_vl import _tokenizer
+    from models.tiny.qwen2_5_vl import _tokenizer
 
     return _tokenizer(english_corpus(), vocab_size=ENGLISH_VOCAB)
 
@@ -266,7 +266,7 @@ def _depth_anything(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[
 def _clip(folder: Path, spec: dict[str, Any]) -> tuple[str, str, dict[str, Any]]:
     from transformers import CLIPImageProcessor, CLIPProcessor
 
-    from stages.tiny.clip import _tokenizer
+    from models.tiny.clip import _tokenizer
 
     tokenizer = _tokenizer()
     side, crop = spec["image"]["shortest_edge"], spec["image"]["crop"]

@@ -2,18 +2,18 @@
 own code on one synthetic clip at the config's sizes (``ffp models check``).
 
 Per model stage: the stage class is built with its params (each model pointed at its real-size folder,
-:mod:`stages.realsize.folders`; device ``cpu`` so its inputs stay real; the dtype it gets on a GPU), ``setup()``
-loads the models through the stage's own code (:func:`stages.realsize.loading.built_from_config`), and
-``process()`` runs one sample (:mod:`stages.realsize.inputs`) under :class:`stages.realsize.engine.ShapeOnly`:
+:mod:`models.realsize.folders`; device ``cpu`` so its inputs stay real; the dtype it gets on a GPU), ``setup()``
+loads the models through the stage's own code (:func:`models.realsize.loading.built_from_config`), and
+``process()`` runs one sample (:mod:`models.realsize.inputs`) under :class:`models.realsize.engine.ShapeOnly`:
 the stage's pre-processing on real arrays, the model calls on meta tensors, the post-processing on a constant
 standing for the model outputs. What that cannot cover is said per stage (``not_checked``):
 
-* diffusion stages (:class:`stages.wan.WanStage`) run ``CHECK_STEPS`` denoising steps; the transformer's FLOPs
+* diffusion stages (:class:`models.wan.WanStage`) run ``CHECK_STEPS`` denoising steps; the transformer's FLOPs
   scale to the configured steps (each step is the same forward, twice with classifier-free guidance);
 * VLM stages run the transformers backend (vLLM's engine cannot run shape-only) with the same processor and
   prompt, generating ``CHECK_NEW_TOKENS`` tokens: the first forward is the prefill, the second one decode step;
   decode FLOPs are that step times ``max_new_tokens`` (an upper bound: answers stop earlier). The stand-in
-  tokenizer is trained on English text (:mod:`stages.realsize.folders`), so prompt token counts are close to,
+  tokenizer is trained on English text (:mod:`models.realsize.folders`), so prompt token counts are close to,
   not exactly, the real ones;
 * code after a model call that cannot run on the stand-in values (a detector's post-processing that indexes
   by score) is reported where it stopped; an exception before the first model call or inside one is a failure.
@@ -41,10 +41,10 @@ from typing import Any
 from pydantic import BaseModel
 
 from manifests.storage import Storage
+from models.realsize.gpus import GIB
+from models.weights import TINY_PREFIX, ModelParams
 from pipeline.graph import StageGraph, StageNode
 from pipeline.stage import Params, StageContext
-from stages.models import TINY_PREFIX, ModelParams
-from stages.realsize.gpus import GIB
 
 VERSION = "1"
 CHECK_STEPS = 1
@@ -154,7 +154,7 @@ def is_model_stage(node: StageNode) -> bool:
 def _pointed(params: BaseModel, device: str, dtype: str | None, overrides: dict[str, Any]) -> BaseModel:
     """``params`` with every model at its real-size (or tiny) folder, on ``device`` in ``dtype`` (default: the dtype
     it gets on a GPU)."""
-    from stages.realsize.folders import folder_for
+    from models.realsize.folders import folder_for
 
     updates: dict[str, Any] = {}
     for name in type(params).model_fields:
@@ -172,8 +172,8 @@ def check_params(node: StageNode, *, device: str = "cpu", dtype: str | None = No
     """The params the check (or the GPU timing bench) runs the stage with: models at their real-size folders (with
     ``overrides`` of their configs by model id), ``steps`` denoising steps, VLMs on the transformers backend
     generating ``new_tokens``, no offloading (see the module docstring)."""
-    from stages.vlm import VLMParams
-    from stages.wan import WanParams
+    from models.vlm import VLMParams
+    from models.wan import WanParams
 
     params = _pointed(node.params, device, dtype, overrides or {})
     if isinstance(params, WanParams):
@@ -185,7 +185,7 @@ def check_params(node: StageNode, *, device: str = "cpu", dtype: str | None = No
 
 
 def unknown_models(node: StageNode) -> list[str]:
-    from stages.realsize.folders import architectures
+    from models.realsize.folders import architectures
 
     return [p.model for p in model_params(node.params).values()
             if not p.model.startswith(TINY_PREFIX) and p.model not in architectures()]
@@ -230,11 +230,11 @@ def check_config(graph: StageGraph, *, stages: list[str] | None = None, use_cach
 def check_stage(graph: StageGraph, name: str) -> StageCheck:
     """Build and run one model stage shape-only at the config's sizes; :class:`CheckError` if it cannot be checked
     or its code breaks."""
-    from stages.realsize import inputs
-    from stages.realsize.counting import Counters
-    from stages.realsize.engine import ShapeOnly
-    from stages.realsize.folders import known_models
-    from stages.realsize.loading import built_from_config
+    from models.realsize import inputs
+    from models.realsize.counting import Counters
+    from models.realsize.engine import ShapeOnly
+    from models.realsize.folders import known_models
+    from models.realsize.loading import built_from_config
 
     node = graph.nodes[name]
     found = model_params(node.params)
@@ -333,8 +333,8 @@ def _where(exc: BaseException) -> str:
 
 def _costs(report: StageCheck, node: StageNode, measured: Any) -> None:
     """FLOPs per sample from what one sample spent, scaled where the check ran less than a real run."""
-    from stages.vlm import VLMParams
-    from stages.wan import WanParams
+    from models.vlm import VLMParams
+    from models.wan import WanParams
 
     report.flops_by_call = {k: float(v) for k, v in measured.by_module.items() if v}
     total = float(measured.flops)
@@ -376,7 +376,7 @@ def _vlm_costs(report: StageCheck, params: Any, measured: Any) -> float:
 def without_repairs(stage: Any) -> None:
     """A VLM stage whose repair generations (answers that do not parse get a second one; on the stand-in values
     none parses) return empty answers instead of running the same model again on a longer prompt."""
-    from stages.vlm import Generation
+    from models.vlm import Generation
 
     first = stage.generate
     calls: list[int] = []
@@ -464,8 +464,8 @@ def check_key(graph: StageGraph, name: str) -> str:
     import torch
     import transformers
 
-    from stages.realsize import inputs
-    from stages.realsize.folders import architectures
+    from models.realsize import inputs
+    from models.realsize.folders import architectures
 
     node = graph.nodes[name]
     images = ("content.png", "style.png", "stylized.png")
@@ -484,7 +484,7 @@ def check_key(graph: StageGraph, name: str) -> str:
 
 
 def _cache_file(key: str) -> Path:
-    from stages.realsize.folders import cache_root
+    from models.realsize.folders import cache_root
 
     return cache_root() / "checks" / f"{key}.json"
 

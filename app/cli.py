@@ -18,17 +18,17 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
+from app.status import stage_statuses
 from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
+from media.sources import InputListError
+from models.realsize.gpus import DEFAULT_MFU
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
-from pipeline.status import stage_statuses
-from stages.realsize.gpus import DEFAULT_MFU
-from stages.sources import InputListError
 
 if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
     from pipeline.runner import RunReport
@@ -212,7 +212,7 @@ DEMO_INPUTS_READY = "inputs-ready"
 def _demo_inputs(out: str, sequences: int) -> str:
     """``OUT/inputs``, made once: generated in place for a local folder; for a URL generated in a temporary
     folder and uploaded, with a marker written last so that an interrupted upload is redone, not half used."""
-    from stages.demo_media import make_demo_images, make_demo_vos
+    from media.demo_media import make_demo_images, make_demo_vos
 
     def generate(root: Path) -> None:
         if not (root / "JPEGImages").exists():
@@ -235,7 +235,7 @@ def _demo_inputs(out: str, sequences: int) -> str:
 
 
 def _demo_report(run_dir: str) -> None:
-    from pipeline.report import ReportError, build_report
+    from app.report import ReportError, build_report
 
     try:
         with _report_bars() as progress:
@@ -292,9 +292,9 @@ def plan(
 
 def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: float | None, calibration: str | None,
                     card: Any, mfu: float, *, as_json: bool) -> None:
+    from models.realsize.check import CheckError, check_config, samples_per_clip
     from pipeline.allocation import CostModel, items_per_clip, read_calibration_document, seconds_per_sample
     from pipeline.estimate import estimate, physics
-    from stages.realsize.check import CheckError, check_config, samples_per_clip
 
     graph = build_graph(cfg)
     path = calibration or cfg.scheduler.calibration
@@ -550,7 +550,7 @@ def _report_bars() -> Progress:
 def report(run_dir: RunArg, out: ReportOutOpt = None, max_media: MaxMediaOpt = 200) -> None:
     """Write an HTML report of the judged pairs (run summary, scores, reasons, pairs with their clips); open its
     index.html in a browser, no server needed."""
-    from pipeline.report import ReportError, build_report
+    from app.report import ReportError, build_report
 
     try:
         with _report_bars() as progress:
@@ -576,8 +576,8 @@ def review(
 ) -> None:
     """Serve the report with accept / reject buttons; decisions become labels that export honours on the next
     `ffp run`. Ctrl-C stops it."""
-    from pipeline.report import ReportError
-    from pipeline.review import ReviewError, ReviewServer
+    from app.report import ReportError
+    from app.review import ReviewError, ReviewServer
 
     try:
         with _report_bars() as progress:
@@ -629,10 +629,10 @@ def models_check(
 def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] | None, write_calibration: str | None,
                   use_cache: bool, as_json: bool) -> tuple[list[dict[str, Any]], bool]:
     """One config's check: its JSON rows, and whether a stage does not fit (errors printed)."""
+    from models.realsize.check import CheckError, check_config
+    from models.realsize.fit import fits
+    from models.realsize.gpus import GIB
     from pipeline.estimate import physics, physics_calibration
-    from stages.realsize.check import CheckError, check_config
-    from stages.realsize.fit import fits
-    from stages.realsize.gpus import GIB
 
     graph = build_graph(cfg)
     unknown = sorted(set(stages or []) - set(graph.nodes))
@@ -673,8 +673,8 @@ def _config_for_gpu(config: str | None, preset: str | None, out: str | None, set
                     gpu: str | None) -> tuple[PipelineConfig, Any]:
     """The config with ``gpu`` set (its gpu_plans entry applied) and that GPU type; without ``gpu`` the config's own
     type, else the default."""
-    from stages.realsize.gpus import DEFAULT_GPU
-    from stages.realsize.gpus import gpu as gpu_type
+    from models.realsize.gpus import DEFAULT_GPU
+    from models.realsize.gpus import gpu as gpu_type
 
     if gpu is not None:
         try:

@@ -1,9 +1,9 @@
 """``ffp report RUN``: a static HTML report of a run's judged pairs, opened from disk (file://) or served by
-``ffp review`` (``pipeline.review``).
+``ffp review`` (``app.review``).
 
 What it reads (nothing is written to the run except the report folder):
 
-* the run summary and per-stage throughput (``pipeline.status.stage_statuses``);
+* the run summary and per-stage throughput (``app.status.stage_statuses``);
 * every row of every judge stage (stages with the ``judge`` role, ``Stage.roles``): status, verdict, ``reject_checks``,
   ``reject_reasons``, ``judge_thresholds`` (JSON bounds per check) and every ``score_*`` column, found generically;
 * the rows of the export stages (the ``export`` role) after each judge (exported, or left out and why), and the
@@ -16,7 +16,7 @@ What it reads (nothing is written to the run except the report folder):
 
 What it writes, through ``Storage`` (any fsspec URL), into ``RUN/report/`` by default:
 
-* ``index.html``, ``app.js``, ``style.css`` (``pipeline/report_assets``: plain files, no build step, no network);
+* ``index.html``, ``app.js``, ``style.css`` (``app/report_assets``: plain files, no build step, no network);
 * ``data.js``: ``window.FFP_REPORT``, one compact column-wise record of every pair plus the summary, histograms
   (binned here, over every pair) and the reject-reasons table; a file rather than JSON to fetch, so the page works
   from file://;
@@ -44,17 +44,17 @@ from typing import Any
 import cv2
 import numpy as np
 
+from app.status import stage_statuses
 from manifests.labels import Label, current_labels
 from manifests.query import connect, stage_names
 from manifests.storage import Storage
+from media.arrays import read_npz
+from media.sources import InputListError
+from media.video_io import first_frame
 from pipeline.config import ConfigError
 from pipeline.graph import GraphError, StageGraph, StageNode, build_graph
 from pipeline.plan import RunPlan
 from pipeline.run import RUN_YAML, load_run_config
-from pipeline.status import stage_statuses
-from stages.arrays import read_npz
-from stages.sources import InputListError
-from stages.video_io import first_frame
 
 ASSETS_DIR = Path(__file__).with_name("report_assets")
 ASSETS = ("index.html", "app.js", "style.css")
@@ -516,7 +516,7 @@ def reasons_table(pairs: list[_Pair], offset: int, examples: int = 5) -> list[di
 
 
 def _read_image(data: bytes) -> np.ndarray:
-    from stages.images import read_rgb
+    from media.images import read_rgb
 
     return read_rgb(data, "edit0")
 
@@ -540,7 +540,7 @@ def thumbnail(src: np.ndarray, edit: np.ndarray, height: int = THUMB_HEIGHT) -> 
 def mask_strip(masks: np.ndarray, width: int = MASK_WIDTH, max_frames: int = MASK_MAX_FRAMES) -> tuple[bytes, int]:
     """The (T,H,W) mask as one RGBA PNG for the page's overlay: frames stacked top to bottom, ``width`` pixels wide,
     the edit region tinted and the rest dimmed; at most ``max_frames`` frames (evenly picked). Returns (png, frames)."""
-    from stages.video_io import png_bytes
+    from media.video_io import png_bytes
 
     total, h, w = masks.shape
     picks = np.unique(np.linspace(0, total - 1, min(total, max_frames)).round().astype(int))

@@ -1,6 +1,6 @@
 """Shape-only execution: a real-size model with its weights on the meta device, run by the stage's own code.
 
-Inside :class:`ShapeOnly` every model built by :mod:`stages.realsize.folders` holds meta tensors (shape and dtype,
+Inside :class:`ShapeOnly` every model built by :mod:`models.realsize.folders` holds meta tensors (shape and dtype,
 no memory, no values), and three rules let the stages' unmodified pre-processing, model calls and
 post-processing run around it:
 
@@ -20,8 +20,8 @@ and a ``torch._check`` of a meta condition passes; each such place is recorded (
 since control flow there may differ from a real run. Small tensors a model makes from Python values (shapes,
 offsets, index lists: at most :data:`SMALL` elements) stay real, so such checks mostly see true values.
 
-:mod:`stages.realsize.counting` counts what runs under these rules (FLOPs, the activation peak);
-:mod:`stages.realsize.replay` answers repeats of stateless model calls from their first run.
+:mod:`models.realsize.counting` counts what runs under these rules (FLOPs, the activation peak);
+:mod:`models.realsize.replay` answers repeats of stateless model calls from their first run.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""``ffp review RUN``: the report (``pipeline.report``) served on loopback with accept / reject buttons.
+"""``ffp review RUN``: the report (``app.report``) served on loopback with accept / reject buttons.
 
 Decisions are saved with ``manifests.labels.save_labels`` (one new file per decision, never a rewrite), named by
 (judge stage, sample_id) and the pair's shard; export honours them on the next ``ffp run``.
@@ -33,9 +33,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
+from app.report import DEFAULT_MAX_MEDIA, ProgressFn, ReportResult, build_report, label_json
 from manifests.labels import LabelError, current_labels, new_label, save_labels
 from manifests.storage import Storage
-from pipeline.report import DEFAULT_MAX_MEDIA, ProgressFn, ReportResult, build_report, label_json
 
 MAX_BODY = 8 * 1024
 MAX_NOTE = 2000
