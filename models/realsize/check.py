@@ -317,6 +317,10 @@ def _unsupported(node: StageNode) -> str | None:
     return None
 
 
+PROJECT_PACKAGES = ("stages.", "models.", "media.")
+"""The packages whose objects hold a stage's models (a stage, its backends) and whose frames are the stages' code."""
+
+
 def _inside_model(exc: BaseException) -> bool:
     """Whether ``exc`` was raised inside a model call (a module's forward or a VAE's encode/decode)."""
     return any(f.filename.endswith("torch/nn/modules/module.py") or (f.filename.endswith("realsize/replay.py")
@@ -325,7 +329,8 @@ def _inside_model(exc: BaseException) -> bool:
 
 def _where(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
-    place = next((f for f in reversed(frames) if "/stages/" in f.filename and "/realsize/" not in f.filename
+    place = next((f for f in reversed(frames) if any(f"/{p[:-1]}/" in f.filename for p in PROJECT_PACKAGES)
+                  and "/realsize/" not in f.filename
                   or "site-packages" in f.filename and "/torch/" not in f.filename), None)
     at = f" (at {place.filename.split('site-packages/')[-1].split('/main/')[-1]}:{place.lineno})" if place else ""
     return f"{type(exc).__name__}: {exc}{at}"
@@ -433,7 +438,7 @@ def components_of(stage: Any) -> list[Component]:
         elif isinstance(value, (list, tuple)):
             for item in value:
                 walk(item, name, depth + 1)
-        elif hasattr(value, "__dict__") and type(value).__module__.startswith("stages."):
+        elif hasattr(value, "__dict__") and type(value).__module__.startswith(PROJECT_PACKAGES):
             for key, item in vars(value).items():
                 walk(item, key, depth + 1)
 
