@@ -24,7 +24,7 @@ from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
 from media.sources import InputListError
-from models.realsize.gpus import DEFAULT_MFU
+from pipeline.gpus import DEFAULT_MFU
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
@@ -631,7 +631,7 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
     """One config's check: its JSON rows, and whether a stage does not fit (errors printed)."""
     from models.realsize.check import CheckError, check_config
     from models.realsize.fit import fits
-    from models.realsize.gpus import GIB
+    from pipeline.gpus import GIB
     from pipeline.estimate import physics, physics_calibration
 
     graph = build_graph(cfg)
@@ -673,8 +673,8 @@ def _config_for_gpu(config: str | None, preset: str | None, out: str | None, set
                     gpu: str | None) -> tuple[PipelineConfig, Any]:
     """The config with ``gpu`` set (its gpu_plans entry applied) and that GPU type; without ``gpu`` the config's own
     type, else the default."""
-    from models.realsize.gpus import DEFAULT_GPU
-    from models.realsize.gpus import gpu as gpu_type
+    from pipeline.gpus import DEFAULT_GPU
+    from pipeline.gpus import gpu as gpu_type
 
     if gpu is not None:
         try:

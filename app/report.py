@@ -540,7 +540,7 @@ def thumbnail(src: np.ndarray, edit: np.ndarray, height: int = THUMB_HEIGHT) -> 
 def mask_strip(masks: np.ndarray, width: int = MASK_WIDTH, max_frames: int = MASK_MAX_FRAMES) -> tuple[bytes, int]:
     """The (T,H,W) mask as one RGBA PNG for the page's overlay: frames stacked top to bottom, ``width`` pixels wide,
     the edit region tinted and the rest dimmed; at most ``max_frames`` frames (evenly picked). Returns (png, frames)."""
-    from media.video_io import png_bytes
+    from media.png import png_bytes
 
     total, h, w = masks.shape
     picks = np.unique(np.linspace(0, total - 1, min(total, max_frames)).round().astype(int))

@@ -51,6 +51,7 @@ from bench_ingest import Best, Report, cpu_seconds, ffmpeg_cmd, ffmpeg_exe  # no
 from manifests.storage import Storage  # noqa: E402
 from media import video_io as vio  # noqa: E402
 from media.arrays import npz_bytes  # noqa: E402
+from media.png import png_bytes  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
 from stages.registry import stage_class  # noqa: E402
 
@@ -132,11 +133,11 @@ def scenarios(video: Path, tmp: Path) -> dict[str, Callable[[], object]]:
     edit_mask = masks * 255
     depth = np.random.default_rng(0).integers(0, 65535, (T, 468, 832), dtype=np.uint16)
     files = {
-        "clip.mp4": clip.mp4, "frame0.png": vio.png_bytes(clip.first_frame), "masks.npz": npz_bytes(masks=masks),
+        "clip.mp4": clip.mp4, "frame0.png": png_bytes(clip.first_frame), "masks.npz": npz_bytes(masks=masks),
         "track_masks.npz": npz_bytes(raw=edit_mask, edit=edit_mask), "depth.npz": npz_bytes(depth=depth),
-        "style.png": vio.png_bytes(clip.first_frame[::4, ::4].copy()), "content.png": vio.png_bytes(clip.first_frame),
+        "style.png": png_bytes(clip.first_frame[::4, ::4].copy()), "content.png": png_bytes(clip.first_frame),
         "aug.mp4": other.mp4, "aug_mask.npz": npz_bytes(masks=edit_mask), "src.mp4": clip.mp4, "edit.mp4": other.mp4,
-        "edit0.png": vio.png_bytes(other.first_frame), "mask.npz": npz_bytes(masks=edit_mask),
+        "edit0.png": png_bytes(other.first_frame), "mask.npz": npz_bytes(masks=edit_mask),
     }
     columns = {"fps": FPS, "source_id": "dog", "num_instances": 1, "task": "swap", "instruction": "make it red",
                "inpaint_prompt": "a red dog", "caption_edit": "a red dog", "animate_prompt": "the dog runs",

@@ -22,7 +22,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from media.arrays import npz_bytes  # noqa: E402
-from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes  # noqa: E402
+from media.png import png_bytes  # noqa: E402
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames  # noqa: E402
 from models import metrics  # noqa: E402
 from tests.conftest import MEDIA, sample_of, stage_of  # noqa: E402
 

@@ -44,7 +44,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from bench_ingest import Report
 
-from media.video_io import decode_frames, probe, read_png, resize_center_crop
+from media.png import read_png
+from media.video_io import decode_frames, probe, resize_center_crop
 from tests.conftest import FAST_INGEST
 from tests.data.bad import cards, media
 from tests.test_bad_media import EXPECTED_VIDEOS

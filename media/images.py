@@ -60,7 +60,8 @@ def fit_within(image: np.ndarray, max_side: int) -> np.ndarray:
 def read_rgb(data: bytes, field: str) -> np.ndarray:
     """An image field written by a stage (``content.png``, ``style.png``, ``frame0.png``) as RGB uint8; raises
     :class:`ImageError` naming the field when it is empty, does not decode or is not 8-bit."""
-    from media.video_io import VideoError, read_png
+    from media.errors import VideoError
+    from media.png import read_png
 
     if not data:
         raise ImageError(f"{field} is empty")

@@ -1,4 +1,4 @@
-"""Video I/O for the ingest stage: probe, plan, cut clips, encode, decode, PNG masks.
+"""Video I/O: probe, plan and cut clips, encode, decode (PNG is ``media/png.py``, VOS annotations ``media/vos.py``).
 
 Design (see ``cut_video``): a source video is decoded once, front to back; every source frame that
 some clip needs is converted once (``_picture_from_frame``) and handed to the open H.264 encoder of every
@@ -37,13 +37,10 @@ from __future__ import annotations
 import io
 import os
 import queue
-import struct
 import threading
-import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from fractions import Fraction
-from pathlib import Path
 from typing import BinaryIO, Union
 
 import av
@@ -51,14 +48,10 @@ import cv2
 import numpy as np
 
 from media.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
+from media.errors import VideoError
+from media.vos import frame_label_mask
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
-
-
-class VideoError(Exception):
-    """A video (or image) that cannot be used, with a readable reason, e.g.
-    ``'not a video: no video stream'``, ``'cannot decode: <av message>'``,
-    ``'too large: 16384x16384 > max_pixels (16777216)'``."""
 
 
 @dataclass(frozen=True)
@@ -694,7 +687,7 @@ def _deinterlaced(frames: Iterator[av.VideoFrame], stream: av.VideoStream) -> It
 
 @dataclass
 class LostClip:
-    """A planned clip that has no usable output: its index, the source frames it would have used, and why."""
+    """A planned clip that has no usable output: its index (into ``plan_clips``' plans) and why."""
 
     index: int
     reason: str
@@ -919,7 +912,7 @@ def cut_clips_from_frames(
             raise VideoError(f"frame {idx}: expected uint8 {w}x{h}x3, got {rgb.dtype} {rgb.shape}")
         mask = None
         if masks is not None:
-            mask = resize_center_crop(_frame_label_mask(masks[idx], idx, w, h), out_w, out_h, nearest=True)
+            mask = resize_center_crop(frame_label_mask(masks[idx], idx, w, h), out_w, out_h, nearest=True)
         return _picture_from_rgb(resize_center_crop(rgb, out_w, out_h), mask)
 
     needed = sorted({i for plan in plans for i in plan})
@@ -1047,116 +1040,3 @@ def decode_frames(source: Source | bytes, *, indices: Sequence[int] | None = Non
         return np.concatenate([out, np.stack(extra)])
     return out[:decoded] if decoded < len(out) else out
 
-
-# --------------------------------------------------------------------------------------------
-# PNG
-
-
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-def png_bytes(image: np.ndarray) -> bytes:
-    """RGB (HxWx3), RGBA (HxWx4) or single-channel (HxW, HxWx1) uint8/uint16 -> lossless PNG."""
-    if image.ndim == 3 and image.shape[2] == 3:
-        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
-    elif image.ndim == 3 and image.shape[2] == 4:
-        image = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA)
-    elif not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 1)):
-        raise ValueError(f"cannot write {image.shape} as PNG")
-    ok, buf = cv2.imencode(".png", image)
-    if not ok:
-        raise ValueError(f"PNG encoding failed for {image.dtype} {image.shape}")
-    return buf.tobytes()
-
-
-def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
-    if not data.startswith(_PNG_SIGNATURE):
-        raise VideoError("not a PNG")
-    pos = len(_PNG_SIGNATURE)
-    while pos + 8 <= len(data):
-        (length,) = struct.unpack(">I", data[pos : pos + 4])
-        kind = data[pos + 4 : pos + 8]
-        yield kind, data[pos + 8 : pos + 8 + length]
-        pos += 12 + length
-        if kind == b"IEND":
-            return
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
-
-
-def _palette_indices(data: bytes) -> np.ndarray:
-    """Decode a palette PNG to its indices: swap the palette for a grey ramp (entry i = (i,i,i)),
-    drop the ancillary chunks, and let libpng (through OpenCV) do the decoding."""
-    bit_depth = data[24]
-    ramp = bytes(np.repeat(np.arange(2**bit_depth, dtype=np.uint8), 3))
-    parts = [_PNG_SIGNATURE]
-    for kind, payload in _png_chunks(data):
-        if kind == b"PLTE":
-            parts.append(_chunk(kind, ramp))
-        elif kind in (b"IHDR", b"IDAT", b"IEND"):
-            parts.append(_chunk(kind, payload))
-    image = cv2.imdecode(np.frombuffer(b"".join(parts), np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise VideoError("cannot decode PNG")
-    return np.ascontiguousarray(image[:, :, 0])
-
-
-def read_png(data: bytes) -> np.ndarray:
-    """Inverse of ``png_bytes``: RGB/RGBA/single-channel array. Palette PNGs give their palette
-    indices (HxW uint8), not colours."""
-    if data[:8] == _PNG_SIGNATURE and len(data) > 25 and data[12:16] == b"IHDR" and data[25] == 3:
-        return _palette_indices(data)
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED) if data else None
-    if image is None:
-        raise VideoError("cannot decode PNG")
-    if image.ndim == 3 and image.shape[2] == 3:
-        return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-    if image.ndim == 3 and image.shape[2] == 4:
-        return cv2.cvtColor(image, cv2.COLOR_BGRA2RGBA)
-    return image
-
-
-VOID_ID = 255
-
-
-def read_label_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarray:
-    """A VOS annotation as instance ids, with the datasets' conventions applied: a palette PNG's id 255 is
-    void (DAVIS 2017, PASCAL VOC: "ignore", e.g. object borders) and becomes background 0; an 8-bit grey PNG
-    holding only 0 and 255 is a binary mask (DAVIS 2016) whose object becomes id 1, and otherwise its 255 is
-    void too. Other ids are kept as they are, gaps and all."""
-    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
-    mask = read_palette_mask(data)
-    void = mask == VOID_ID
-    if not void.any():
-        return mask
-    palette = len(data) > 25 and data[25] == 3
-    binary = not palette and not np.any((mask != 0) & ~void)
-    return np.where(void, np.uint8(1 if binary else 0), mask)
-
-
-def _frame_label_mask(source: str | os.PathLike[str] | bytes, idx: int, width: int, height: int) -> np.ndarray:
-    name = f"of frame {idx}" if isinstance(source, bytes) else os.path.basename(os.fspath(source))
-    try:
-        mask = read_label_mask(source)
-    except VideoError as e:
-        raise VideoError(f"annotation {name}: {e}") from e
-    if mask.shape != (height, width):
-        raise VideoError(f"annotation {name} is {mask.shape[1]}x{mask.shape[0]}, its frame is {width}x{height}")
-    return mask
-
-
-def read_palette_mask(path_or_bytes: str | os.PathLike[str] | bytes) -> np.ndarray:
-    """A VOS label mask (DAVIS ``Annotations/*.png``) as HxW uint8 ids. Palette PNGs give their
-    indices; 8-bit greyscale PNGs their values; anything else raises ``VideoError``."""
-    if isinstance(path_or_bytes, bytes):
-        data = path_or_bytes
-    else:
-        with open(path_or_bytes, "rb") as f:
-            data = f.read()
-    mask = read_png(data)
-    if mask.ndim != 2 or mask.dtype != np.uint8:
-        kind = {3: "an RGB", 4: "an RGBA"}.get(mask.shape[2], "a multi-channel") if mask.ndim == 3 else "a"
-        raise VideoError(f"not a label mask: expected a palette or 8-bit grey PNG, got {kind} {mask.dtype} image")
-    return mask

@@ -24,7 +24,7 @@ from typing import Annotated, Any, Generic, TypeVar
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from media.arrays import json_bytes
-from media.video_io import VideoError
+from media.errors import VideoError
 from models.vlm import Generation, VLMBackend, VLMParams, VLMRequest, load_backend
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from media.arrays import npz_bytes
-from media.video_io import ClipDecoder, encode_frames, png_bytes, resize_center_crop
+from media.png import png_bytes
+from media.video_io import ClipDecoder, encode_frames, resize_center_crop
 from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
 from stages.seeds import sample_key

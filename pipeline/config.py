@@ -160,7 +160,7 @@ class PipelineConfig(Strict):
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str | None) -> str | None:
-        from models.realsize.gpus import GPUS
+        from pipeline.gpus import GPUS
 
         if value is not None and value not in GPUS:
             raise ValueError(f"unknown GPU type {value!r}; known: {', '.join(GPUS)}")
@@ -169,7 +169,7 @@ class PipelineConfig(Strict):
     @field_validator("gpu_plans")
     @classmethod
     def _known_gpus(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from models.realsize.gpus import GPUS
+        from pipeline.gpus import GPUS
 
         unknown = sorted(set(value) - set(GPUS))
         if unknown:

@@ -21,7 +21,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from media.images import ImageError, read_rgb
-from media.video_io import encode_frames, png_bytes, resize_center_crop
+from media.png import png_bytes
+from media.video_io import encode_frames, resize_center_crop
 from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
 

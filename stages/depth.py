@@ -44,7 +44,8 @@ import pyarrow as pa
 from pydantic import Field, field_validator
 
 from media.arrays import npz_bytes
-from media.video_io import ClipDecoder, VideoError, encode_frames
+from media.errors import VideoError
+from media.video_io import ClipDecoder, encode_frames
 from models.weights import TINY_PREFIX, ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
 

@@ -24,7 +24,8 @@ import numpy as np
 import pyarrow as pa
 from pydantic import Field, field_validator
 
-from media.video_io import VideoError, read_png
+from media.errors import VideoError
+from media.png import read_png
 from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage, StageContext
 from stages.plan import TASKS

@@ -22,19 +22,10 @@ from pydantic import Field, field_validator
 
 from media.arrays import json_bytes, npz_bytes
 from media.colour import OutputColour
+from media.errors import VideoError
+from media.png import png_bytes
 from media.sources import NotRegularFile, display_uri, input_fs, list_frames, list_inputs, source_columns
-from media.video_io import (
-    Clip,
-    ClipSpec,
-    Cut,
-    VideoError,
-    VideoInfo,
-    cut_clips_from_frames,
-    cut_video,
-    png_bytes,
-    probe,
-    rewound,
-)
+from media.video_io import Clip, ClipSpec, Cut, VideoInfo, cut_clips_from_frames, cut_video, probe, rewound
 from pipeline.stage import Params, Result, Sample, Stage
 
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")

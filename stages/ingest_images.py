@@ -23,6 +23,7 @@ import pyarrow as pa
 from pydantic import Field
 
 from media.images import IMAGE_EXTENSIONS, ImageError
+from media.png import png_bytes
 from media.sources import (
     IMAGE_KINDS,
     InputListError,
@@ -34,7 +35,6 @@ from media.sources import (
     source_columns,
     source_id_for,
 )
-from media.video_io import png_bytes
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.style_pairs import (
     STYLE_COLUMNS,

@@ -20,7 +20,8 @@ import numpy as np
 from pydantic import Field
 
 from media.arrays import read_npz
-from media.video_io import VideoError, resize_center_crop
+from media.errors import VideoError
+from media.video_io import resize_center_crop
 from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
 from stages.plan import TASKS

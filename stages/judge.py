@@ -36,7 +36,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from media.arrays import json_bytes, read_npz
-from media.video_io import ClipDecoder, VideoError, decode_frames, read_png
+from media.errors import VideoError
+from media.png import read_png
+from media.video_io import ClipDecoder, decode_frames
 from models import metrics
 from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage

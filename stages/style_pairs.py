@@ -21,8 +21,8 @@ import pyarrow as pa
 from pydantic import Field
 
 from media.images import IMAGE_EXTENSIONS, ImageError, ImageTooSmall, decode_image, fit_within
+from media.png import png_bytes
 from media.sources import input_fs, list_files, source_id_for
-from media.video_io import png_bytes
 from pipeline.graph import digest
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.seeds import sample_key

@@ -25,8 +25,9 @@ import pyarrow as pa
 from pydantic import Field
 
 from media.arrays import read_npz
+from media.errors import VideoError
 from media.images import ImageError, read_rgb
-from media.video_io import VideoError, resize_center_crop
+from media.video_io import resize_center_crop
 from models.wan import WanParams, WanStage, generation_columns, generator, sample_seed, to_uint8
 from pipeline.stage import Result, Sample
 from stages.depth import depth_to_uint8

@@ -45,8 +45,9 @@ import pyarrow as pa
 from pydantic import Field, model_validator
 
 from media.arrays import npz_bytes
+from media.errors import VideoError
 from media.masks import Limits, MaskStats, box_masks, check, erode, measure
-from media.video_io import ClipDecoder, VideoError
+from media.video_io import ClipDecoder
 from models.weights import ModelParams
 from pipeline.stage import RUNTIME_ONLY, Result, Sample, Stage
 from stages.plan import TASKS

@@ -18,7 +18,8 @@ import pytest
 from pydantic import ValidationError
 
 from manifests.manifest import Status
-from media.video_io import decode_frames, png_bytes, read_png, resize_center_crop
+from media.png import png_bytes, read_png
+from media.video_io import decode_frames, resize_center_crop
 from models.wan import sample_seed
 from stages.animate import AnimateParams
 from tests.conftest import Spy, media, sample_of, stage_of

@@ -24,8 +24,10 @@ import pytest
 from manifests.storage import Storage
 from manifests.verify import verify_run
 from media.arrays import read_npz
+from media.png import png_bytes
 from media.sources import InputListError
-from media.video_io import decode_frames, png_bytes, probe, read_label_mask, resize_center_crop
+from media.video_io import decode_frames, probe, resize_center_crop
+from media.vos import read_label_mask
 from pipeline.config import InputSpec
 from pipeline.graph import build_graph
 from pipeline.plan import list_sources

@@ -25,7 +25,8 @@ import torch
 from manifests.manifest import Status
 from manifests.storage import Storage
 from media.arrays import npz_bytes
-from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, resize_center_crop
+from media.png import png_bytes
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, resize_center_crop
 from models.prompting import RAW_KEPT_CHARS
 from models.vlm import Generation
 from pipeline.stage import StageContext

@@ -12,7 +12,8 @@ import pytest
 
 from manifests.manifest import Status
 from manifests.storage import Storage
-from media.video_io import encode_frames, png_bytes
+from media.png import png_bytes
+from media.video_io import encode_frames
 from models.prompting import PROMPTS, json_schema_of
 from pipeline.graph import build_graph
 from pipeline.stage import StageContext

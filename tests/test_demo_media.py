@@ -6,7 +6,7 @@ from PIL import Image
 
 from media import demo_media as dm
 from media.synth_ops import instance_ids
-from media.video_io import read_palette_mask
+from media.vos import read_palette_mask
 
 KW = dict(num_sequences=2, num_frames=6, width=96, height=64)
 

@@ -12,7 +12,6 @@ import json
 import sys
 from pathlib import Path
 
-
 from media.sources import InputListError
 from pipeline.config import load_config, preset_names
 from pipeline.graph import build_graph

@@ -17,7 +17,8 @@ import pytest
 import torch
 
 from manifests.manifest import Status
-from media.video_io import ClipSpec, cut_clips, png_bytes
+from media.png import png_bytes
+from media.video_io import ClipSpec, cut_clips
 from pipeline.graph import build_graph
 from pipeline.stage import Result, Sample, Stage
 from stages import registry

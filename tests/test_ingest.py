@@ -21,16 +21,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from manifests.shards import SAMPLE_ID, open_shard
+from media.png import png_bytes, read_png
 from media.sources import InputListError, list_inputs
-from media.video_io import (
-    decode_frames,
-    encode_frames,
-    png_bytes,
-    probe,
-    read_palette_mask,
-    read_png,
-    resize_center_crop,
-)
+from media.video_io import decode_frames, encode_frames, probe, resize_center_crop
+from media.vos import read_palette_mask
 from pipeline.graph import build_graph
 from pipeline.plan import list_sources
 from tests.conftest import FAST_INGEST, by_id, ffp_cli, make_config, manifest_rows, media, run_local

@@ -15,8 +15,8 @@ from PIL import Image
 
 from manifests.manifest import Status
 from media.images import ImageError, ImageTooSmall, decode_image, fit_within
+from media.png import read_png
 from media.sources import InputListError, list_inputs
-from media.video_io import read_png
 from pipeline.config import InputSpec
 from stages.ingest_images import IngestImagesParams, list_pairs
 from stages.style_pairs import StylePairs, StylePairsParams, pick_styles, style_id_for

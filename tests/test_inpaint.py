@@ -17,7 +17,8 @@ from pydantic import ValidationError
 
 from manifests.manifest import Status
 from media.arrays import npz_bytes, read_npz
-from media.video_io import decode_frames, encode_frames, read_png, resize_center_crop
+from media.png import read_png
+from media.video_io import decode_frames, encode_frames, resize_center_crop
 from models.wan import sample_seed, to_uint8
 from pipeline.stage import Result
 from stages.inpaint import InpaintParams

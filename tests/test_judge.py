@@ -15,7 +15,9 @@ import numpy as np
 import pytest
 
 from media.arrays import npz_bytes
-from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, png_bytes, read_palette_mask
+from media.png import png_bytes
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames
+from media.vos import read_palette_mask
 from models.metrics import PSNR_CAP
 from pipeline.config import ConfigError
 from stages.judge import CHECKS, JudgeParams, leak_score

@@ -31,7 +31,7 @@ import av
 import numpy as np
 import pytest
 
-from media.video_io import read_png
+from media.png import read_png
 from tests.conftest import FAST_INGEST, sample_of, stage_of
 from tests.data.bad import cards, media
 

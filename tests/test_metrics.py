@@ -13,7 +13,8 @@ import cv2
 import numpy as np
 import pytest
 
-from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames, read_palette_mask
+from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames
+from media.vos import read_palette_mask
 from models.metrics import (
     PSNR_CAP,
     cosine_to,

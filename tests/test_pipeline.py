@@ -329,7 +329,7 @@ def export_urls(run: Path) -> list[str]:
 def test_export_reads_with_plain_webdataset(e2e):
     import webdataset as wds
 
-    from media.video_io import read_png
+    from media.png import read_png
 
     run = e2e["run"]
     ok = by_id(r for r in manifest_rows(run, "export") if r["status"] == "ok")

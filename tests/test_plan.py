@@ -19,7 +19,8 @@ from pydantic import ValidationError
 
 from manifests.manifest import Status
 from manifests.storage import Storage
-from media.video_io import ClipSpec, cut_clips, encode_frames, png_bytes, read_png
+from media.png import png_bytes, read_png
+from media.video_io import ClipSpec, cut_clips, encode_frames
 from models.vlm import Generation, JsonGrammars, TransformersBackend, VLMParams, VLMRequest
 from pipeline.stage import Result, StageContext
 from stages.plan import Plan, PlanError, PlanParams, PlanV1, PromptTemplate, parse_plan, plan_model, plan_schema

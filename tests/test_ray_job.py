@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-
 import yaml
 
 from tests.conftest import ffp_cli, synth_config

@@ -28,7 +28,7 @@ DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
 
 def style_folder(tmp_path: Path) -> Path:
     """A folder with one style image (the style-videos-tiny preset lists its styles when its graph is built)."""
-    from media.video_io import png_bytes
+    from media.png import png_bytes
     from models.realsize.inputs import image
 
     folder = tmp_path / "styles"
@@ -205,7 +205,7 @@ def test_each_gpu_presets_plan_fits_every_gpu_type(preset: str) -> None:
     """A GPU preset carries a resource plan for each GPU type (gpu_plans); each plan's stages fit that GPU."""
     from models.realsize.check import check_config
     from models.realsize.fit import fits
-    from models.realsize.gpus import GPUS
+    from pipeline.gpus import GPUS
 
     assert set(load_config(preset=preset).gpu_plans) == set(GPUS)
     for name, card in GPUS.items():

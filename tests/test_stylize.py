@@ -21,7 +21,8 @@ from pydantic import ValidationError
 
 from manifests.manifest import Status
 from media.arrays import npz_bytes, read_npz
-from media.video_io import decode_frames, encode_frames, png_bytes, read_png, resize_center_crop
+from media.png import png_bytes, read_png
+from media.video_io import decode_frames, encode_frames, resize_center_crop
 from models.wan import sample_seed
 from pipeline.stage import Result
 from stages.stylize import Stylize, StylizeParams, depth_frames

@@ -17,22 +17,21 @@ import av
 import numpy as np
 import pytest
 
+from media.errors import VideoError
+from media.png import png_bytes, read_png
 from media.video_io import (
     Clip,
     ClipSpec,
-    VideoError,
     VideoInfo,
     cut_clips,
     cut_clips_from_frames,
     decode_frames,
     encode_frames,
     plan_clips,
-    png_bytes,
     probe,
-    read_palette_mask,
-    read_png,
     resize_center_crop,
 )
+from media.vos import read_palette_mask
 
 MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 DOG = MEDIA / "sam2_gallery" / "01_dog.mp4"

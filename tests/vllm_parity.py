@@ -26,7 +26,8 @@ VLLM_IMPORT_FAILED = 77
 def clips(media_dir: Path | None) -> list[Any]:
     import numpy as np
 
-    from media.video_io import ClipSpec, cut_clips, encode_frames, png_bytes
+    from media.png import png_bytes
+    from media.video_io import ClipSpec, cut_clips, encode_frames
     from tests.conftest import sample_of
 
     samples = []

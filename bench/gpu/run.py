@@ -272,7 +272,7 @@ def _checks(path: Path) -> dict[str, Any]:
 
 
 def _peak_tflops(label: str) -> float:
-    from models.realsize.gpus import GPUS
+    from pipeline.gpus import GPUS
 
     for gpu in GPUS.values():
         if gpu.name.upper() in label.upper():

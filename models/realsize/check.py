@@ -41,7 +41,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from manifests.storage import Storage
-from models.realsize.gpus import GIB
+from pipeline.gpus import GIB
 from models.weights import TINY_PREFIX, ModelParams
 from pipeline.graph import StageGraph, StageNode
 from pipeline.stage import Params, StageContext

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.realsize.check import StageCheck
-from models.realsize.gpus import GIB, GPU, RESERVED_GIB
+from pipeline.gpus import GIB, GPU, RESERVED_GIB
 from pipeline.graph import StageNode
 
 

@@ -117,7 +117,7 @@ def _clip(g: Geometry) -> bytes:
 
 
 def _png(array: np.ndarray) -> bytes:
-    from media.video_io import png_bytes
+    from media.png import png_bytes
 
     return png_bytes(array)
 
