@@ -234,14 +234,14 @@ def convert_yuv420(i420: np.ndarray, src: SourceColour, out: OutputColour) -> np
 def rgb_of(frame: av.VideoFrame, src: SourceColour, background: tuple[int, int, int]) -> np.ndarray:
     """RGB of a frame: uint8 HxWx3, or uint16 (0..65535) for an HDR source that is tone-mapped later; alpha is
     composited on ``background`` (straight, not premultiplied, alpha)."""
+    if src.kind == "gray":
+        return _grey_rgb(frame, src, background)
     deep = src.hdr is not None
-    if src.kind == "rgb" or src.kind == "gray":
+    if src.kind == "rgb":
         space, rng = None, None
     else:
         space, rng = _swscale_matrix(src.matrix), ("JPEG" if src.range == FULL else "MPEG")
     fmt = ("rgba64le" if deep else "rgba") if src.alpha else ("rgb48le" if deep else "rgb24")
-    if src.kind == "gray":
-        return _grey_rgb(frame, src, background)
     converted = frame.reformat(format=fmt, src_colorspace=space, src_color_range=rng)
     rgb = converted.to_ndarray()
     if not src.alpha:

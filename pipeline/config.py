@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from manifests.storage import CREDENTIALS_HINT, credential_in_url
+from pipeline.gpus import GPUS
 from pipeline.stage import Params
 
 
@@ -156,12 +157,11 @@ class PipelineConfig(Strict):
     gpu_plans: dict[str, dict[str, Any]] = Field(
         default_factory=dict, description="GPU type -> {KEY.PATH: value} overrides (as --set takes them) applied when "
         "gpu is that type: a resource plan per GPU type, which `ffp models check --gpu TYPE` proves fits")
+    _stage_params: dict[str, tuple[dict[str, Any], Params]] = PrivateAttr(default_factory=dict)  # name -> (source, params)
 
     @field_validator("gpu")
     @classmethod
     def _known_gpu(cls, value: str | None) -> str | None:
-        from pipeline.gpus import GPUS
-
         if value is not None and value not in GPUS:
             raise ValueError(f"unknown GPU type {value!r}; known: {', '.join(GPUS)}")
         return value
@@ -169,8 +169,6 @@ class PipelineConfig(Strict):
     @field_validator("gpu_plans")
     @classmethod
     def _known_gpus(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        from pipeline.gpus import GPUS
-
         unknown = sorted(set(value) - set(GPUS))
         if unknown:
             raise ValueError(f"plans for unknown GPU types {unknown}; known: {', '.join(GPUS)}")
@@ -202,9 +200,15 @@ class PipelineConfig(Strict):
         return spec.timeouts.sample_s if spec.timeouts.sample_s is not None else stage_class(spec.type).sample_timeout_default()
 
     def stage_params(self, name: str) -> Params:
+        """The stage's params, validated by its type once (``validate_config`` does it when a config is loaded); a
+        copy of the config whose stage got other params (``model_copy(update=...)``) validates them afresh."""
         from stages.registry import stage_class
 
-        return stage_class(self.stages[name].type).Params.model_validate(self.stages[name].params)
+        spec = self.stages[name]
+        cached = self._stage_params.get(name)
+        if cached is None or cached[0] is not spec.params:
+            cached = self._stage_params[name] = (spec.params, stage_class(spec.type).Params.model_validate(spec.params))
+        return cached[1]
 
 
 def preset_names() -> list[str]:
@@ -271,14 +275,14 @@ def validate_config(data: dict[str, Any], *, source: str = "<config>", node: yam
         raise ConfigError(_format(exc, (), source, node)) from None
     problems: list[str] = []
     for name, spec in config.stages.items():
-        from stages.registry import STAGES, stage_class
+        from stages.registry import STAGES
 
         if spec.type not in STAGES:
             line = _line_of(node, ("stages", name, "type"))
             problems.append(f"{source}{line}: stages.{name}.type: unknown stage type {spec.type!r} (known: {', '.join(sorted(STAGES))})")
             continue
         try:
-            stage_class(spec.type).Params.model_validate(spec.params)
+            config.stage_params(name)
         except ValidationError as exc:
             problems.append(_format(exc, ("stages", name, "params"), source, node))
     problems += _unschedulable(config, source, node)

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from pipeline.config import ConfigError, apply_overrides, config_to_yaml, load_config, preset_names
+from pipeline.graph import build_graph
 from stages.registry import STAGES
 from tests.conftest import cli_invoke, ffp_cli
 
@@ -62,6 +63,21 @@ def test_a_good_config_loads(tmp_path):
     assert (params.num_frames, params.fps, params.width) == (17, 8, 1280)  # defaults filled in
     assert config.stage_params("augment").seed == 3
     assert config.max_attempts == 3 and config.inputs[0].kind == "videos"
+
+
+def test_stage_params_are_validated_once_when_loaded_and_again_for_a_copy_with_new_params(tmp_path, monkeypatch):
+    from stages.ingest import Ingest
+
+    config = load_config(write(tmp_path, GOOD))
+    calls = []
+    validate = Ingest.Params.model_validate
+    monkeypatch.setattr(Ingest.Params, "model_validate", lambda data, **kw: calls.append(data) or validate(data, **kw))
+    graph = build_graph(config)
+    assert graph.nodes["ingest"].params is config.stage_params("ingest") and calls == []  # the loaded ones, kept
+    spec = config.stages["ingest"].model_copy(update={"params": {"num_frames": 33}})
+    changed = config.model_copy(update={"stages": {**config.stages, "ingest": spec}})
+    assert changed.stage_params("ingest").num_frames == 33 and calls == [{"num_frames": 33}]
+    assert config.stage_params("ingest").num_frames == 17
 
 
 @pytest.mark.parametrize(

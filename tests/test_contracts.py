@@ -4,6 +4,7 @@ column or field it did not declare is refused at run time, as it is when the gra
 
 from __future__ import annotations
 
+import ast
 import json
 import sys
 from collections.abc import Sequence
@@ -160,3 +161,46 @@ def _js_value(path: Path) -> str:
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+CORE_PACKAGES = ("pipeline", "manifests")
+CORE_MAY_IMPORT = {"stages.registry"}  # the one link from the framework to the stages
+ENTRY_POINTS = {Path("pipeline/__main__.py")}  # `python -m pipeline` starts the application
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, at module level or inside functions."""
+    tree = ast.parse(path.read_text(), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def core_imports_of_the_application(root: Path) -> list[str]:
+    found = []
+    for package in CORE_PACKAGES:
+        for path in sorted((root / package).rglob("*.py")):
+            if path.relative_to(root) in ENTRY_POINTS:
+                continue
+            for module in sorted(imported_modules(path)):
+                top = module.split(".")[0]
+                if top in ("app", "media", "models", "stages") and module not in CORE_MAY_IMPORT:
+                    found.append(f"{path.relative_to(root)} imports {module}")
+    return found
+
+
+def test_the_core_imports_no_stage_model_media_or_application_module():
+    root = Path(__file__).resolve().parents[1]
+    assert core_imports_of_the_application(root) == []
+
+
+def test_the_import_check_sees_a_function_level_import(tmp_path):
+    (tmp_path / "pipeline").mkdir()
+    (tmp_path / "pipeline" / "late.py").write_text("def f():\n    from models.wan import WanBackend\n")
+    (tmp_path / "manifests").mkdir()
+    (tmp_path / "manifests" / "ok.py").write_text("from stages.registry import stage_class\n")
+    assert core_imports_of_the_application(tmp_path) == ["pipeline/late.py imports models.wan"]
