@@ -12,20 +12,22 @@ from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 import yaml
-from rich.console import Console
+from rich.console import Console, Group
+from rich.live import Live
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from rich.text import Text
 
-from app.status import stage_statuses
+from app.status import StageStatus, StatusWatch, WatchFrame, stage_statuses
+from manifests.layout import actor_log, actor_logs_dir
 from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
 from media.sources import InputListError
-from pipeline.gpus import DEFAULT_MFU
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
+from pipeline.gpus import DEFAULT_MFU
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
 from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
@@ -47,6 +49,8 @@ OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: KEY.PATH=VALUE (repeatable)")]
 RunArg = Annotated[str, typer.Argument(help="run folder (local path or fsspec URL)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="stream what the actors and libraries print to this "
+                                          "terminal (default: into the run's logs/actors/, one file per actor)")]
 GpuOpt = Annotated[Optional[str], typer.Option("--gpu", help="GPU type: a100, h100 or h200 (80, 80, 141 GiB); applies "
                                                 "the config's gpu_plans for it (default: the config's gpu, else h100)")]
 MfuOpt = Annotated[float, typer.Option("--mfu", min=0.01, max=1.0, help="model FLOPs utilisation assumed for the "
@@ -101,10 +105,11 @@ def run(
     out: OutOpt = None,
     set_: SetOpt = None,
     rerun_stale: Annotated[bool, typer.Option("--rerun-stale", help="redo stages whose params changed")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Run or resume a pipeline: committed shards are skipped, interrupted ones finish from _partial/."""
     cfg = _resolve_config(config, preset, out, set_)
-    report, plan = _execute(cfg, rerun_stale=rerun_stale)
+    report, plan = _execute(cfg, rerun_stale=rerun_stale, verbose=verbose)
     _print_status(cfg.run_dir, plan=plan)
     raise typer.Exit(_exit_code(report, cfg.run_dir))
 
@@ -114,6 +119,7 @@ def retry(
     run_dir: RunArg,
     stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
     quarantined: Annotated[bool, typer.Option("--quarantined", help="also retry quarantined samples, afresh")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Rerun only the failed samples (all stages, or --stage); what they feed downstream is updated."""
     cfg = load_run_config(run_dir)
@@ -121,7 +127,7 @@ def retry(
     unknown = stages - set(cfg.stages)
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
-    report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined)
+    report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined, verbose=verbose)
     _print_status(run_dir, plan=plan)
     raise typer.Exit(_exit_code(report, run_dir))
 
@@ -131,10 +137,11 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
     opened = open_run(cfg)
     graph, plan = opened.graph, opened.plan
     totals = {name: plan.num_shards(name) for name in graph.order}
-    console.print(f"[bold]ffp[/bold] run [cyan]{cfg.run_dir}[/cyan]: " + " -> ".join(graph.order))
-    with Progress(
+    tracks = f"{len(cfg.tracks)} tracks ({', '.join(cfg.tracks)})" if len(cfg.tracks) > 1 else " -> ".join(graph.order)
+    console.print(f"[bold]ffp[/bold] run [cyan]{cfg.run_dir}[/cyan]: {tracks}")
+    with Progress(  # transient: the status table that follows a run says the same, once
         TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-        TimeElapsedColumn(), console=console, transient=False,
+        TimeElapsedColumn(), console=console, transient=True,
     ) as progress:
         bars = {name: progress.add_task(name, total=totals[name]) for name in graph.order}
 
@@ -153,7 +160,8 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
 
         plan, report = execute(opened, listener=listener, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
-                  + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")")
+                  + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")"
+                  + ("" if kwargs.get("verbose") else f"; what the actors printed: {cfg.run_dir}/{actor_logs_dir()}/"))
     return report, plan
 
 
@@ -181,6 +189,7 @@ def demo(
     out: Annotated[str, typer.Option("--out", "-o", help="folder or URL (s3://...) for the demo inputs and run")] = "ffp-demo",
     sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Generate synthetic VOS clips and still images and run the three demo tracks (synthetic pairs; swap/removal
     and style pairs on tiny random-weight models), then verify and report. Runs on a local Ray, or on the
@@ -192,7 +201,7 @@ def demo(
     inputs = _demo_inputs(out, sequences)
     overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs}/content", f"inputs.2.path={inputs}/styles"]
     cfg = load_config(preset="demo", overrides=overrides, run_dir=f"{out}/run")
-    report, plan = _execute(cfg)
+    report, plan = _execute(cfg, verbose=verbose)
     _print_status(cfg.run_dir, plan=plan)
     checked = verify_run(Storage(cfg.run_dir))
     console.print(f"verify: {checked.shards} shards, {checked.samples} rows, "
@@ -406,10 +415,25 @@ def _calibration_text(document: dict[str, Any], path: str) -> str:
     return json.dumps(document, indent=1) if path.endswith(".json") else yaml.safe_dump(document, sort_keys=False)
 
 
+WATCH_S = 10.0
+WatchOpt = Annotated[bool, typer.Option("--watch", "-w", help="redraw the table with the rates since the last look, "
+                                        "until every shard is committed or Ctrl-C")]
+EveryOpt = Annotated[float, typer.Option("--every", metavar="SECONDS", min=0.1,
+                                         help="with --watch: seconds between looks")]
+
+
 @app.command()
-def status(run_dir: RunArg, as_json: JsonOpt = False) -> None:
-    """Per stage: shards done/total, samples ok/filtered/failed/quarantined, throughput, ETA."""
+def status(run_dir: RunArg, as_json: JsonOpt = False, watch: WatchOpt = False, every: EveryOpt = WATCH_S) -> None:
+    """Per stage: shards done/total, samples ok/filtered/failed/quarantined, throughput, ETA. With --watch, again
+    and again (`ffp status RUN --watch --every 30`), from the run folder alone: any machine that can read it."""
+    if watch and as_json:
+        raise typer.BadParameter("--watch draws a table; --json prints the status once", param_hint="--json")
+    if watch:
+        sys.exit(_watch_status(run_dir, every))
     _print_status(run_dir, as_json=as_json)
+    logs = Storage(run_dir).walk_files(actor_logs_dir())
+    if logs and not as_json:
+        console.print(f"what the actors printed: {escape(run_dir)}/{actor_logs_dir()}/ ({len(logs)} files, one per actor)")
 
 
 def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> None:
@@ -419,15 +443,61 @@ def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None =
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=1))
         return
+    console.print(_status_table(run_dir, statuses))
+    _print_quarantined(run_dir, statuses)
+
+
+def _status_table(run_dir: str, statuses: list[StageStatus], frame: WatchFrame | None = None) -> Table:
+    """The status table; in a watch (``frame``) with each stage's samples and shards per second since the last look."""
     table = Table(title=f"status of {run_dir}")
-    for column in ("stage", "shards", "ok", "filtered", "failed", "quarantined", "samples/s", "ETA"):
+    recent = ["now samples/s", "now shards/s"] if frame is not None else []
+    for column in ("stage", "shards", "ok", "filtered", "failed", "quarantined", "samples/s", *recent, "ETA"):
         table.add_column(column, justify="right" if column != "stage" else "left")
     for s in statuses:
         rate = f"{s.samples_per_s:.2f}" if s.samples_per_s else "-"
         eta = "done" if s.eta_s == 0 else (f"{s.eta_s:.0f} s" if s.eta_s else "-")
         shards = f"{s.shards_done}/{s.shards_total}" + (f" ({s.shards_stale} stale)" if s.shards_stale else "")
-        table.add_row(s.stage, shards, str(s.ok), str(s.filtered), _warn(s.failed), _warn(s.quarantined), rate, eta)
-    console.print(table)
+        now = []
+        if frame is not None:
+            since = frame.rates.get(s.stage) if frame.rates else None
+            now = [f"{since.samples_per_s:.2f}", f"{since.shards_per_s:.3f}"] if since else ["-", "-"]
+        table.add_row(s.stage, shards, str(s.ok), str(s.filtered), _warn(s.failed), _warn(s.quarantined), rate, *now,
+                      eta)
+    return table
+
+
+def _watch_status(run_dir: str, every: float) -> int:
+    """``status --watch``: the table redrawn every ``every`` seconds until every shard is committed (0), a run ends
+    with shards not done (1: its log is named), or Ctrl-C (0)."""
+    opened = open_run(load_run_config(run_dir))
+    watch = StatusWatch(opened.storage, opened.graph, plan=opened.plan)
+
+    def view(frame: WatchFrame, last: bool = False) -> Group:
+        note = f"looked at {time.strftime('%H:%M:%S')}" + ("" if last else f", again every {every:g} s (Ctrl-C to stop)")
+        return Group(_status_table(run_dir, frame.statuses, frame), Text(note, style="dim"))
+
+    frame = watch.frame()
+    with Live(view(frame), console=console, auto_refresh=False) as live:  # not a terminal: only the last view
+        try:
+            while not frame.complete and not frame.ended:
+                time.sleep(every)
+                frame = watch.frame()
+                live.update(view(frame), refresh=True)
+        except KeyboardInterrupt:
+            pass
+        live.update(view(frame, last=True))
+    if not console.is_terminal:
+        console.line()  # Live ends a terminal's last line only
+    _print_quarantined(run_dir, frame.statuses)
+    if frame.complete:
+        console.print("complete: every shard of every stage is committed")
+    elif frame.ended:
+        console.print(f"the run ended with shards not done: see {escape(opened.storage.path(frame.ended[-1]))}")
+        return 1
+    return 0
+
+
+def _print_quarantined(run_dir: str, statuses: list[StageStatus]) -> None:
     quarantined = sum(s.quarantined for s in statuses)
     if quarantined:
         console.print(f"{quarantined} quarantined samples: ffp query {run_dir} \"select stage, sample_id, reason "
@@ -477,6 +547,9 @@ def inspect(
         values = {k: v for k, v in row.items() if v is not None}
         console.rule(f"{row['stage']}: {row['status']} ({row['sample_id']})")
         console.print(values)
+        log = actor_log(row["stage"], row["worker"]) if row.get("worker") else None
+        if log is not None and run.exists(log):
+            console.print(f"  what its actor printed: {escape(run.path(log))}")
         node = graph.nodes.get(row["stage"])
         if node is None or row["status"] != Status.OK:
             continue
@@ -631,8 +704,8 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
     """One config's check: its JSON rows, and whether a stage does not fit (errors printed)."""
     from models.realsize.check import CheckError, check_config
     from models.realsize.fit import fits
-    from pipeline.gpus import GIB
     from pipeline.estimate import physics, physics_calibration
+    from pipeline.gpus import GIB
 
     graph = build_graph(cfg)
     unknown = sorted(set(stages or []) - set(graph.nodes))

@@ -1,6 +1,6 @@
 """Benchmark: the CPU codec work of every stage per sample, against the ffmpeg CLI doing the same decodes/encodes.
 
-    python bench/bench_codec_paths.py [--repeat 3] [--video ../shared/media/sam2_gallery/01_dog.mp4]
+    python bench/bench_codec_paths.py [--repeat 3] [--video tests/footage/sam2_gallery/01_dog.mp4]
                                       [--stages ingest judge ...] [--out bench/results/codec_paths.txt]
 
 Each stage's real per-sample code runs on an 81-frame 1280x720 16 fps clip (cut by ingest from real footage) with
@@ -54,8 +54,8 @@ from media.arrays import npz_bytes  # noqa: E402
 from media.png import png_bytes  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
 from stages.registry import stage_class  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
-MEDIA = ROOT.parent / "shared" / "media"
 WRAPPED = ("cut_video", "decode_frames", "encode_frames", "first_frame", "probe")
 STAGE_MODULES = ("stages.ingest", "stages.synth", "stages.plan", "stages.captions", "stages.track", "stages.depth",
                  "models.wan", "stages.inpaint", "stages.stylize", "stages.animate", "stages.rubric", "stages.judge",
@@ -127,7 +127,7 @@ def scenarios(video: Path, tmp: Path) -> dict[str, Callable[[], object]]:
     """Stage name -> a function running that stage's per-sample code on two samples of one clip."""
     spec = vio.ClipSpec(num_frames=T, fps=FPS, width=W, height=H, crf=18, preset="veryfast")
     clip = vio.cut_clips(str(video), spec)[0]
-    other = vio.cut_clips(str(MEDIA / "sam2_gallery" / "02_cups.mp4"), spec)[0]
+    other = vio.cut_clips(str(media_path("sam2_gallery", "02_cups.mp4")), spec)[0]
     masks = np.zeros((T, H, W), np.uint8)
     masks[:, 200:500, 400:800] = 1
     edit_mask = masks * 255
@@ -275,7 +275,7 @@ def measure(name: str, calls: list[Call], samples: int, exe: str, repeat: int, t
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--video", type=Path, default=MEDIA / "sam2_gallery" / "01_dog.mp4")
+    ap.add_argument("--video", type=Path, default=media_path("sam2_gallery", "01_dog.mp4"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--stages", nargs="*", help="run only these (names as in the table)")
     ap.add_argument("--out", type=Path, help="append the printed report to this file")

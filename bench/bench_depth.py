@@ -31,10 +31,11 @@ from manifests.storage import Storage  # noqa: E402
 from media.video_io import encode_frames, resize_center_crop  # noqa: E402
 from pipeline.stage import Sample, StageContext  # noqa: E402
 from stages.depth import Depth, align_scale_shift, flicker, normalize_clip, normalize_frames  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
-MEDIA = ROOT.parent / "shared" / "media"
-DEFAULT_VIDEOS = [MEDIA / "sam2_gallery" / "01_dog.mp4", MEDIA / "sam2_gallery" / "02_cups.mp4",
-                  MEDIA / "e2fgvi_schoolgirls" / "schoolgirls.mp4"]
+# tests/footage; the schoolgirls clip only where ../shared/media has it (the missing ones are left out)
+DEFAULT_VIDEOS = [media_path("sam2_gallery", "01_dog.mp4"), media_path("sam2_gallery", "02_cups.mp4"),
+                  media_path("e2fgvi_schoolgirls", "schoolgirls.mp4")]
 
 
 def read_clip(path: Path, num_frames: int, width: int, height: int) -> np.ndarray:

@@ -47,8 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from media import video_io as vio  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
-MEDIA = ROOT.parent / "shared" / "media" / "sam2_gallery"
+MEDIA = media_path("sam2_gallery")
 
 
 def ffmpeg_exe() -> str:

@@ -1,6 +1,6 @@
 """Benchmark: peak RSS of an ingest actor per source, short source vs a 5-minute one (streaming keeps it bounded).
 
-    python bench/bench_ingest_rss.py [--video ../shared/media/sam2_gallery/01_dog.mp4] [--minutes 5]
+    python bench/bench_ingest_rss.py [--video tests/footage/sam2_gallery/01_dog.mp4] [--minutes 5]
                                      [--out bench/results/ingest_rss.txt]
 
 The long source is the short one looped with ``ffmpeg -stream_loop N -c copy`` (no re-encode, same bitstream).
@@ -26,7 +26,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-MEDIA = ROOT.parent / "shared" / "media" / "sam2_gallery"
+from tests.media_files import media_path  # noqa: E402
+
+MEDIA = media_path("sam2_gallery")
 
 CHILD = r"""
 import json, resource, sys, time

@@ -25,7 +25,8 @@ from media.arrays import npz_bytes  # noqa: E402
 from media.png import png_bytes  # noqa: E402
 from media.video_io import ClipSpec, cut_clips, decode_frames, encode_frames  # noqa: E402
 from models import metrics  # noqa: E402
-from tests.conftest import MEDIA, sample_of, stage_of  # noqa: E402
+from tests.conftest import sample_of, stage_of  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
 
 def timed(fn: Callable[[], object], repeat: int) -> float:
@@ -42,7 +43,7 @@ def main() -> None:
     parser.add_argument("--frames", type=int, default=81)
     parser.add_argument("--repeat", type=int, default=3)
     args = parser.parse_args()
-    video = MEDIA / "sam2_gallery" / "01_dog.mp4"
+    video = media_path("sam2_gallery", "01_dog.mp4")
     spec = ClipSpec(num_frames=args.frames, fps=16, width=1280, height=720, crf=18, preset="veryfast")
     clip = cut_clips(str(video), spec)[0]
     src = decode_frames(clip.mp4)

@@ -28,10 +28,11 @@ from manifests.parquet import read_parquet  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import execute  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
-MEDIA = ROOT.parent / "shared" / "media"
-DEFAULT_VIDEOS = [MEDIA / "sam2_gallery" / "01_dog.mp4", MEDIA / "sam2_gallery" / "02_cups.mp4",
-                  MEDIA / "e2fgvi_schoolgirls" / "schoolgirls.mp4"]
+# tests/footage; the schoolgirls clip only where ../shared/media has it (the missing ones are left out)
+DEFAULT_VIDEOS = [media_path("sam2_gallery", "01_dog.mp4"), media_path("sam2_gallery", "02_cups.mp4"),
+                  media_path("e2fgvi_schoolgirls", "schoolgirls.mp4")]
 
 
 def main() -> None:

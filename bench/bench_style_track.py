@@ -25,11 +25,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
-from bench_local_track import DEFAULT_VIDEOS, MEDIA, print_table  # noqa: E402
+from bench_local_track import DEFAULT_VIDEOS, print_table  # noqa: E402
 
 from manifests.storage import Storage  # noqa: E402
 from pipeline.config import load_config  # noqa: E402
 from pipeline.run import execute  # noqa: E402
+from tests.media_files import media_path  # noqa: E402
 
 
 def main() -> None:
@@ -43,7 +44,7 @@ def main() -> None:
     args = parser.parse_args()
     videos = [v for v in DEFAULT_VIDEOS if v.exists()]
     if not videos:
-        sys.exit(f"no shared footage under {MEDIA}")
+        sys.exit(f"no input videos found (looked for {', '.join(map(str, DEFAULT_VIDEOS))})")
     width, height = (int(x) for x in args.size.split("x"))
     size = [f"stages.stylize.params.{k}={v}" for k, v in (("num_frames", args.frames), ("width", width), ("height", height))]
     with tempfile.TemporaryDirectory(prefix="ffp-bench-") as scratch:
@@ -55,14 +56,14 @@ def main() -> None:
                 with av.open(str(video)) as container:
                     next(container.decode(video=0)).to_image().save(folder / f"{video.stem}.jpg", quality=92)
             preset = "style-tiny"
-            overrides = [f"inputs.0.path={folder}", f"inputs.1.path={MEDIA / 'style_refs'}",
+            overrides = [f"inputs.0.path={folder}", f"inputs.1.path={media_path('style_refs')}",
                          f"stages.ingest_images.params.styles_per_content={args.styles}",
                          *[o.replace("stylize", "animate") for o in size]]
         else:
             for video in videos:
                 (folder / video.name).symlink_to(video.resolve())
             preset = "style-videos-tiny"
-            overrides = [f"inputs.0.path={folder}", f"stages.style_pairs.params.styles={MEDIA / 'style_refs'}",
+            overrides = [f"inputs.0.path={folder}", f"stages.style_pairs.params.styles={media_path('style_refs')}",
                          f"stages.style_pairs.params.per_sample={args.styles}", f"stages.ingest.params.num_frames={args.frames}",
                          f"stages.ingest.params.width={width}", f"stages.ingest.params.height={height}"]
         config = load_config(preset=preset, overrides=[*overrides, *size, *args.overrides], run_dir=str(run_dir))

@@ -10,6 +10,7 @@ Everything else asks this module where a thing lives; nothing else writes ``"man
     stages/<stage>/_partial/shard-N/      per-item results of a shard in progress (checkpoints)
     labels/labels-*.parquet               review labels (append-only)
     logs/                                 run logs, the previous run.yaml, finalize markers
+    logs/actors/<stage>/<host>-<pid>.log  what each stage actor printed (stdout, stderr, library logging)
     index/                                derived caches (commit info, rows, source digests): delete freely
 
 A stage's output folder is ``stages/<stage>`` unless the stage names another one (``Stage.output_dir_for``, as
@@ -21,6 +22,7 @@ checkpoints out of the dataset, in its work folder, which is where every existin
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 RUN_YAML = "run.yaml"
@@ -138,6 +140,15 @@ def run_log(stamp: str) -> str:
 
 def previous_run_yaml(stamp: str) -> str:
     return f"{LOGS_DIR}/run-{stamp}.previous.yaml"
+
+
+def actor_logs_dir(stage: str | None = None) -> str:
+    return f"{LOGS_DIR}/actors" + (f"/{stage}" if stage else "")
+
+
+def actor_log(stage: str, worker: str) -> str:
+    """The log file of the actor that a manifest row's ``worker`` (``host:pid``) names."""
+    return f"{actor_logs_dir(stage)}/{re.sub(r'[^A-Za-z0-9._-]', '-', worker)}.log"
 
 
 def finalized_marker(stage: str) -> str:

@@ -115,13 +115,13 @@ def _rate(x: float | Fraction) -> Fraction:
     return Fraction(x).limit_denominator(100_000)
 
 
-def _open(source: Source | bytes, max_pixels: int | None = None, *, header_only: bool = False
-          ) -> av.container.InputContainer:
-    """The container, opened. Opening decodes a few frames to fill in the stream parameters (H.264 and others):
-    with ``max_pixels`` those decoders refuse larger pictures, so a decode bomb is caught on its header alone
-    (a 2 kB mp4 declaring 16000x16000 otherwise costs 0.7 GB and a second here). ``header_only`` decodes
-    nothing at all (the parameters are what the headers say)."""
-    if isinstance(source, bytes):
+def open_container(source: Source | bytes | bytearray | memoryview, max_pixels: int | None = None, *,
+                   header_only: bool = False) -> av.container.InputContainer:
+    """The container, opened (a file object from its start). Opening decodes a few frames to fill in the stream
+    parameters (H.264 and others): with ``max_pixels`` those decoders refuse larger pictures, so a decode bomb is
+    caught on its header alone (a 2 kB mp4 declaring 16000x16000 otherwise costs 0.7 GB and a second here).
+    ``header_only`` decodes nothing at all (the parameters are what the headers say)."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
         source = io.BytesIO(source)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
@@ -233,7 +233,7 @@ def probe(source: Source, *, max_pixels: int | None = None) -> VideoInfo:
     """Read the stream header and decode the first frame (proves the file is decodable and gives
     the rotation, colour and interlacing). With ``max_pixels``, an oversized frame is refused before anything
     is decoded."""
-    with _open(source, max_pixels) as container:
+    with open_container(source, max_pixels) as container:
         stream = _video_stream(container)
         ctx = stream.codec_context
         width, height = _frame_size(ctx, source, max_pixels)
@@ -270,7 +270,7 @@ def _frame_size(ctx: av.CodecContext, source: Source | bytes, max_pixels: int | 
     An unknown size raises ``VideoError`` when ``required``."""
     width, height = ctx.width, ctx.height
     if (width <= 0 or height <= 0) and max_pixels is not None:
-        with _open(source, header_only=True) as container:  # the caller's container is not used after this
+        with open_container(source, header_only=True) as container:  # the caller's container is not used after this
             header = _video_stream(container).codec_context
             _check_pixels(header.width, header.height, max_pixels)
     if required and (width <= 0 or height <= 0):  # e.g. a header declaring more than FFmpeg accepts (16384x16384)
@@ -748,7 +748,7 @@ def cut_video(source: Source, spec: ClipSpec, info: VideoInfo | None = None) -> 
     colour = info.colour
     conv = _Conversion(colour, spec.output, info.rotation, info.pixel_aspect, spec.tonemap, spec.background
                        ) if colour is not None else None
-    with _open(source, spec.max_pixels) as container:
+    with open_container(source, spec.max_pixels) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
         frames: Iterator[av.VideoFrame] = _decoded(container, stream, damage)
@@ -975,7 +975,7 @@ def first_frame(source: Source | bytes, *, max_pixels: int | None = 4096 * 4096)
     """RGB of a clip's first frame (decoding one frame, not the clip), with the frame rate and frame count the
     container states (``None`` where it does not). Raises ``VideoError`` for no video stream, no frame, or a
     picture larger than ``max_pixels``."""
-    with _open(source, max_pixels) as container:
+    with open_container(source, max_pixels) as container:
         stream = _video_stream(container)
         _frame_size(stream.codec_context, source, max_pixels, required=False)
         rate = stream.average_rate or stream.guessed_rate
@@ -1002,7 +1002,7 @@ def decode_frames(source: Source | bytes, *, indices: Sequence[int] | None = Non
     out: np.ndarray | None = None
     extra: list[np.ndarray] = []  # frames past the container's count
     decoded = 0
-    with _open(source) as container:
+    with open_container(source) as container:
         stream = _video_stream(container)
         stream.thread_type = "AUTO"
         expected = len(indices) if indices is not None else int(stream.frames or 0)

@@ -121,6 +121,10 @@ class RayOptions(Strict):
     num_gpus: float | None = Field(None, ge=0, description="local Ray only: GPUs to offer (logical ones allowed)")
     dashboard: bool = False
     dashboard_host: str = "127.0.0.1"
+    metrics_port: int | None = Field(
+        None, ge=1, le=65535, description="local Ray only: the port its metrics agent serves Prometheus text on (the "
+        "run's ffp_* metrics and Ray's own); none: a port Ray picks. On a cluster: `ray start --metrics-export-port`"
+    )
 
 
 class SchedulerOptions(Strict):

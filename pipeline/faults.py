@@ -2,18 +2,24 @@
 
 Off unless the environment variable ``FFP_FAULTS`` holds a JSON list of faults; Ray actors inherit the
 driver's environment, so a test sets it on the ``ffp run`` it starts. Each fault is
-``{"at": "setup" | "process" | "commit", "stage": NAME, "sample": ID or "*", "do": "raise" | "hang" | "exit" | "slow" | "hold"}``:
+``{"at": "setup" | "process" | "commit", "stage": NAME, "sample": ID or "*", "do": ACTION}``, ACTION one of
+"raise", "hang", "exit", "slow", "hold", "noise":
 ``raise`` raises :class:`InjectedFault`, ``hang`` sleeps for good, ``exit`` ends the process at once,
 ``slow`` sleeps ``"seconds"`` then goes on (a fast stage made slow enough for a test to kill it mid-shard), and
-``hold`` waits until the file ``"path"`` exists (a gate the test opens: a run that must not end yet).
+``hold`` waits until the file ``"path"`` exists (a gate the test opens: a run that must not end yet), and
+``noise`` says ``"text"`` every way a model library does (print, stderr, a warning, logging, a C-level write to
+file descriptor 2), then goes on.
 Production runs never set the variable; the check costs one dictionary lookup.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
+import sys
 import time
+import warnings
 from functools import cache
 from typing import Any
 
@@ -55,4 +61,15 @@ def inject(at: str, stage: str, sample_id: str | None = None) -> None:
             while not os.path.exists(fault["path"]):
                 time.sleep(0.05)
             continue
+        if action == "noise":
+            _noise(str(fault.get("text", "noise")))
+            continue
         raise InjectedFault(f"injected fault at {at} of {stage}" + (f" for {sample_id}" if sample_id else ""))
+
+
+def _noise(text: str) -> None:
+    print(f"{text} (print)", flush=True)
+    print(f"{text} (stderr)", file=sys.stderr, flush=True)
+    warnings.warn(f"{text} (warning)", UserWarning, stacklevel=2)
+    logging.getLogger("ffp.faults").warning("%s (logging)", text)
+    os.write(2, f"{text} (fd 2)\n".encode())

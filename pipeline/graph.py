@@ -107,7 +107,7 @@ class StageGraph:
         return [
             {
                 "stage": n.name, "type": n.type, "after": n.deps, "fingerprint": n.fingerprint,
-                "reads": list(n.cls.reads_for(n.params)), "writes": list(n.cls.writes), "resources": n.resources.model_dump(),
+                "reads": list(n.cls.reads_for(n.params)), "writes": list(n.cls.writes_for(n.params)), "resources": n.resources.model_dump(),
             }
             for n in self.nodes.values()
         ]
@@ -130,7 +130,7 @@ def build_graph(config: PipelineConfig) -> StageGraph:
             raise GraphError(f"stage {name!r} ({spec.type}) is a source stage but comes after {node.deps}")
         if not cls.is_source and not node.deps:
             raise GraphError(f"stage {name!r} ({spec.type}) needs a stage before it in a track")
-        for field_name in cls.writes:
+        for field_name in cls.writes_for(node.params):
             try:
                 check_field(field_name)
             except ValueError as exc:
@@ -215,7 +215,7 @@ def _ancestors(name: str, deps: dict[str, list[str]]) -> list[str]:
 def _owners(node: StageNode, built: dict[str, StageNode]) -> dict[str, str]:
     owners: dict[str, str] = {}
     for ancestor in node.ancestors:
-        for produced in (*built[ancestor].cls.writes, *built[ancestor].columns):
+        for produced in (*built[ancestor].cls.writes_for(built[ancestor].params), *built[ancestor].columns):
             owners.setdefault(produced, ancestor)
     missing = [r for r in node.cls.reads_for(node.params) if r not in owners]
     if missing:

@@ -79,9 +79,11 @@ def execute(
     retry_stages: set[str] | None = None,
     retry_quarantined: bool = False,
     listener: Listener | None = None,
+    verbose: bool = False,
 ) -> tuple[RunPlan, RunReport]:
     """Run (or resume) a pipeline until every shard is committed or has given up. ``config``: a config, or the run
-    already opened with it (``open_run``; a CLI that shows progress opens it once and hands it down)."""
+    already opened with it (``open_run``; a CLI that shows progress opens it once and hands it down). ``verbose``:
+    the actors' output streams to this terminal instead of their log files (``pipeline/actor_logs.py``)."""
     opened = config if isinstance(config, OpenedRun) else open_run(config)
     storage, graph, plan = opened
     config = opened.config
@@ -94,7 +96,8 @@ def execute(
     from pipeline.runner import Driver, connect_ray
 
     report = Driver(
-        storage, graph, plan, retry_stages=retry_stages, listener=listener, connect=lambda: connect_ray(config.ray),
+        storage, graph, plan, retry_stages=retry_stages, listener=listener, verbose=verbose,
+        connect=lambda: connect_ray(config.ray, verbose=verbose),
         retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
     ).run()
     if not report.halted:  # halted: the storage is full, no dataset files now

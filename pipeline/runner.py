@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -22,10 +23,13 @@ from ray.exceptions import RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from manifests.layout import actor_logs_dir
 from manifests.storage import Storage, StorageFull
+from pipeline.actor_logs import QUIET_ENV, ActorLog
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.executors import Died, Event, Failed, Finished
 from pipeline.graph import StageGraph
+from pipeline.metrics import RayMetrics
 from pipeline.plan import RunPlan
 from pipeline.scheduler import CAPACITY_REFRESH_S, Listener, RunReport, Scheduler
 from pipeline.worker import ShardSummary, ShardTask, ShardWorker
@@ -36,18 +40,34 @@ __all__ = ["CAPACITY_REFRESH_S", "Driver", "Listener", "RayExecutor", "RunReport
 log = logging.getLogger("ffp.runner")
 
 
-def connect_ray(options: RayOptions) -> str | None:
-    """Join ``RAY_ADDRESS`` (or ``ray.address``) when set, else start a local Ray; dashboard on loopback.
+def connect_ray(options: RayOptions, *, verbose: bool = False) -> str | None:
+    """Join ``RAY_ADDRESS`` (or ``ray.address``) when set, else start a local Ray; dashboard on loopback. Unless
+    ``verbose``, Ray says only its errors and does not stream the actors' output (it is in their log files).
 
     Returns the dashboard address when this call started one (``host:port``), else ``None``."""
     if ray.is_initialized():
         return None
     address = os.environ.get("RAY_ADDRESS") or options.address
-    kwargs: dict[str, Any] = {"include_dashboard": options.dashboard, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {
+        "include_dashboard": options.dashboard, "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
     if not address:
         kwargs.update(num_cpus=options.num_cpus, num_gpus=options.num_gpus, dashboard_host=options.dashboard_host)
+        kwargs["_metrics_export_port"] = options.metrics_port  # Prometheus text of live metrics; None: Ray picks
     context = ray.init(address=address, **kwargs)
     return context.dashboard_url or None
+
+
+def died_reason(exc: RayActorError) -> str:
+    """What killed an actor, in one line: the error its setup raised (a model that would not load), or how its
+    process ended (Ray's long explanation of the usual causes is cut)."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    if lines and "error raised in its creation task" in lines[0]:
+        return f"its setup raised {lines[-1]}"
+    detail = re.search(r"Worker exit detail: (.*?\.)(?:\s|$)", text)
+    return f"its process ended ({detail.group(1)})" if detail else "its process ended"
 
 
 def node_resources() -> list[dict[str, float]]:
@@ -72,17 +92,31 @@ def cluster_description() -> dict[str, Any]:
 class StageActor:
     """A Ray actor around one :class:`ShardWorker`: the stage's model is loaded once per actor."""
 
-    def __init__(self, run_url: str, config: dict[str, Any], stage_name: str) -> None:
+    def __init__(self, run_url: str, config: dict[str, Any], stage_name: str, quiet: bool = True) -> None:
+        # imported here: Ray ships this class by value, so a module-level WORKER would be the driver's host:pid
         from pipeline.graph import build_graph
+        from pipeline.worker import WORKER
 
-        graph = build_graph(PipelineConfig.model_validate(config))
-        self.worker = ShardWorker(Storage(run_url), graph, stage_name, exit_on_timeout=True)
+        storage = Storage(run_url)
+        self.log = ActorLog(storage, stage_name, WORKER) if quiet else None
+        try:
+            graph = build_graph(PipelineConfig.model_validate(config))
+            self.worker = ShardWorker(storage, graph, stage_name, exit_on_timeout=True)
+        finally:
+            self.sync_log()
 
     def pid(self) -> int:
         return os.getpid()
 
     def run_shard(self, task: ShardTask) -> ShardSummary:
-        return self.worker.run_shard(task)
+        try:
+            return self.worker.run_shard(task)
+        finally:
+            self.sync_log()
+
+    def sync_log(self) -> None:
+        if self.log is not None:
+            self.log.sync()
 
     def placement(self) -> list[dict[str, float]] | None:
         """Bundles of the placement group this actor (and the tasks it starts) runs in, if any."""
@@ -116,8 +150,11 @@ class RayExecutor:
     """The Ray engine under a :class:`~pipeline.scheduler.Scheduler`: each worker is a :class:`StageActor` with
     the stage's resources (and placement group), each try an ``ObjectRef`` of its ``run_shard``."""
 
-    def __init__(self, storage: Storage, graph: StageGraph, connect: Callable[[], None] = lambda: None) -> None:
-        self.run_url, self.connect = storage.url, connect
+    def __init__(
+        self, storage: Storage, graph: StageGraph, connect: Callable[[], None] = lambda: None, *, verbose: bool = False
+    ) -> None:
+        self.storage, self.run_url, self.connect, self.verbose = storage, storage.url, connect, verbose
+        self.stage_of: dict[ray.ObjectRef, str] = {}
         self.config_json = graph.config.model_dump(mode="json")
         self.groups: dict[Any, PlacementGroup] = {}
 
@@ -130,24 +167,28 @@ class RayExecutor:
 
     def start_worker(self, stage: str, resources: Resources) -> Any:
         options, group = actor_placement(resources)
-        actor = StageActor.options(**options).remote(self.run_url, self.config_json, stage)
+        if not self.verbose:
+            options["runtime_env"] = {"env_vars": QUIET_ENV}  # merged into the job's own env_vars
+        actor = StageActor.options(**options).remote(self.run_url, self.config_json, stage, not self.verbose)
         if group is not None:
             self.groups[actor] = group
         return actor
 
     def submit(self, worker: Any, task: ShardTask) -> ray.ObjectRef:
-        return worker.run_shard.remote(task)
+        ticket = worker.run_shard.remote(task)
+        self.stage_of[ticket] = task.stage
+        return ticket
 
     def wait(self, tickets: Sequence[ray.ObjectRef], timeout: float) -> list[Event]:
         done, _ = ray.wait(list(tickets), num_returns=1, timeout=timeout)
-        return [self._event(ref) for ref in done]
+        return [self._event(ref, self.stage_of.pop(ref, None)) for ref in done]
 
-    @staticmethod
-    def _event(ref: ray.ObjectRef) -> Event:
+    def _event(self, ref: ray.ObjectRef, stage: str | None) -> Event:
         try:
             summary: ShardSummary = ray.get(ref)
         except RayActorError as exc:
-            return Died(ref, f"actor died: {exc.__class__.__name__}")
+            logs = "" if self.verbose or stage is None else f"; its output: {self.storage.path(actor_logs_dir(stage))}/"
+            return Died(ref, f"actor died: {died_reason(exc)}{logs}")
         except RayTaskError as exc:
             if isinstance(exc.cause, StorageFull):  # every other shard would fail the same way
                 return Failed(ref, str(exc.cause), storage_full=True)
@@ -175,8 +216,10 @@ class Driver(Scheduler):
         listener: Listener | None = None,
         max_shard_attempts: int | None = None,
         connect: Callable[[], None] = lambda: None,
+        verbose: bool = False,
     ) -> None:
         super().__init__(
-            storage, graph, plan, RayExecutor(storage, graph, connect), retry_stages=retry_stages, retry=retry,
-            listener=listener, max_shard_attempts=max_shard_attempts,
+            storage, graph, plan, RayExecutor(storage, graph, connect, verbose=verbose), retry_stages=retry_stages,
+            retry=retry,
+            listener=listener, max_shard_attempts=max_shard_attempts, metrics=RayMetrics(graph.config.name),
         )

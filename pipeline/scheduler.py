@@ -6,16 +6,18 @@ all stages work at once and a shard streams down the chain. The :class:`Schedule
 backpressure, how many workers each stage gets (its share of the remaining work), retries, giving up and
 forgiving tries that made progress. It drives an :class:`~pipeline.executors.Executor` (Ray actors, or
 ShardWorkers in this process) through a small protocol and reacts to the events it reports: a shard
-committed, its try failed, its worker died, or it ran past its time limit. Nothing here imports Ray.
+committed, its try failed, its worker died, or it ran past its time limit. What happens is also told, as it
+happens, to a :class:`MetricsSink` (live metrics: ``pipeline.metrics.RayMetrics`` under the Ray driver; nothing by
+default). Nothing here imports Ray.
 """
 
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable
+from collections import Counter, defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from manifests.partial import finished_items, note_shard_timeout
 from manifests.storage import Storage
@@ -29,6 +31,73 @@ from pipeline.worker import ShardSummary, ShardTask
 CAPACITY_REFRESH_S = 10.0
 
 Listener = Callable[[str, Any], None]
+
+
+@dataclass(frozen=True)
+class StageGauges:
+    """One stage as the scheduler holds it now, for live metrics (:meth:`MetricsSink.stages`)."""
+
+    stage: str
+    queued: int
+    """Shards ready to run, waiting for an actor (or for a stage after it to catch up: backpressure)."""
+    in_flight: int
+    actors: int
+    """Workers of the stage alive now (its pool), idle ones included."""
+    done: int
+    """Shards committed and current, those of earlier starts of the run included."""
+    total: int
+    given_up: int
+    gpu_seconds_held: float
+    """Since this scheduler started: the GPUs the stage's workers held times the seconds they held them."""
+    gpu_seconds_busy: float
+    """Of ``gpu_seconds_held``, the GPU-seconds spent running a shard (the rest: loading models, idle)."""
+
+    @property
+    def gpu_busy_share(self) -> float | None:
+        """The share of the held GPU-seconds spent running shards; None for a stage that held no GPU."""
+        return self.gpu_seconds_busy / self.gpu_seconds_held if self.gpu_seconds_held > 0 else None
+
+
+class MetricsSink(Protocol):
+    """What the scheduler tells, as it happens, for live metrics of a run that lasts days. Called from the
+    scheduler's loop only: each call must be quick and must not raise. :class:`NoMetrics` by default (and for
+    the in-process executor); the Ray driver's is ``pipeline.metrics.RayMetrics``."""
+
+    def shard_committed(self, summary: ShardSummary) -> None:
+        """A shard committed: its samples by status (``summary.counts``) and its seconds."""
+
+    def shard_failed(self, stage: str, reason: str) -> None:
+        """A try ended without a commit. ``reason``: ``error`` (the shard raised; its worker lives on),
+        ``actor_died`` (its worker died), ``timeout`` (the scheduler ended it past ``timeouts.shard_s``) or
+        ``storage_full``."""
+
+    def capacity(self, nodes: Sequence[Mapping[str, float]]) -> None:
+        """The live nodes' CPUs and GPUs, each time the scheduler reads them (they change as nodes come and go)."""
+
+    def stages(self, gauges: Sequence[StageGauges]) -> None:
+        """Every stage's state: after each round of dispatching and after each batch of events."""
+
+    def close(self) -> None:
+        """The scheduler's run ended (its last ``stages`` call was the final state)."""
+
+
+class NoMetrics:
+    """The sink that records nothing."""
+
+    def shard_committed(self, summary: ShardSummary) -> None:
+        pass
+
+    def shard_failed(self, stage: str, reason: str) -> None:
+        pass
+
+    def capacity(self, nodes: Sequence[Mapping[str, float]]) -> None:
+        pass
+
+    def stages(self, gauges: Sequence[StageGauges]) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
 
 
 @dataclass
@@ -77,7 +146,7 @@ class Scheduler:
     """Schedules (stage, shard) tasks onto per-stage worker pools of an executor and follows commits downstream.
 
     ``stages``: run only these stages' shards (the others are only read: a committed one counts as resolved);
-    by default all of them."""
+    by default all of them. ``metrics``: told what happens as it happens (live metrics); nothing by default."""
 
     def __init__(
         self,
@@ -91,8 +160,10 @@ class Scheduler:
         listener: Listener | None = None,
         max_shard_attempts: int | None = None,
         stages: Iterable[str] | None = None,
+        metrics: MetricsSink | None = None,
     ) -> None:
         self.executor = executor
+        self.metrics: MetricsSink = metrics or NoMetrics()
         self.storage, self.graph, self.plan = storage, graph, plan
         self.retry_stages, self.retry = set(retry_stages or ()), retry
         self.wanted = set(stages) if stages is not None else set(graph.order)
@@ -117,7 +188,13 @@ class Scheduler:
         self.resolved_count: Counter[str] = Counter()
         self.given_up: Counter[str] = Counter()
         self.items_per_shard = {stage: self._mean_items(stage) for stage in graph.order}
+        self.total_shards = {stage: plan.num_shards(stage) for stage in graph.order}
         self.report = RunReport()
+        # GPU-seconds held and spent running shards, per stage, for the busy share (live metrics)
+        self.started_at: dict[int, tuple[str, float]] = {}  # id(live worker) -> its stage, when it was started
+        self.loaded: set[int] = set()  # id(live worker) that has ended a try: its model is loaded
+        self.gpu_held_s: defaultdict[str, float] = defaultdict(float)  # of workers no longer alive
+        self.gpu_busy_s: defaultdict[str, float] = defaultdict(float)  # of tries that ended
 
     # Readiness ------------------------------------------------------------------------------------------
     def _consider(self, stage: str, shard: int) -> None:
@@ -150,6 +227,7 @@ class Scheduler:
         actor = self.executor.start_worker(stage, self.graph.nodes[stage].resources)
         self.actors[stage].append(actor)
         self.holding[id(actor)] = self._per_actor(stage)
+        self.started_at[id(actor)] = (stage, time.time())
         self.report.peak_actors[stage] = max(self.report.peak_actors.get(stage, 0), len(self.actors[stage]))
         self.listener("actor_started", (stage, actor))
         return actor
@@ -246,6 +324,7 @@ class Scheduler:
             self.nodes = self.executor.nodes()
             self.capacity = {key: sum(node[key] for node in self.nodes) for key in ("CPU", "GPU")}
             self.capacity_read = time.monotonic()
+            self.metrics.capacity(self.nodes)
         self._check_placeable()
         demands = self._demands()
         self.targets = plan_actors(demands, self.capacity)
@@ -283,6 +362,11 @@ class Scheduler:
 
     def _drop_actor(self, actor: Any) -> None:
         self.holding.pop(id(actor), None)
+        self.loaded.discard(id(actor))
+        started = self.started_at.pop(id(actor), None)
+        if started is not None:
+            stage, since = started
+            self.gpu_held_s[stage] += (time.time() - since) * self._gpus(stage)
         self.executor.kill(actor)
 
     def _stage_finished(self, stage: str) -> bool:
@@ -292,6 +376,12 @@ class Scheduler:
 
     # The loop -------------------------------------------------------------------------------------------
     def run(self) -> RunReport:
+        try:
+            return self._run()
+        finally:
+            self.metrics.close()
+
+    def _run(self) -> RunReport:
         started = time.time()
         for stage in self.graph.sources:
             for shard in self.plan.shards(stage):
@@ -299,6 +389,7 @@ class Scheduler:
         while True:
             self._dispatch()
             self._retire_finished_pools()
+            self._publish()
             if not self.inflight:
                 if not self._waiting_for_nodes():
                     break
@@ -307,6 +398,7 @@ class Scheduler:
             for event in self.executor.wait(list(self.inflight), self._wait_s()):
                 self.on_event(event)
             self._end_overdue()
+            self._publish()
         self.report.blocked = [
             (stage, shard)
             for stage in self.graph.order if stage in self.wanted
@@ -375,7 +467,9 @@ class Scheduler:
         """A try ran past its stage's ``timeouts.shard_s``: its worker is killed and the shard retried."""
         attempt = self.inflight.pop(ticket)
         stage, shard = attempt.stage, attempt.shard
+        self._end_try(attempt)
         self.report.timeouts += 1
+        self.metrics.shard_failed(stage, "timeout")
         note_shard_timeout(self.storage, stage, shard, limit)
         self.actors[stage] = [a for a in self.actors[stage] if a is not attempt.worker]
         self._drop_actor(attempt.worker)
@@ -385,15 +479,19 @@ class Scheduler:
         """What the executor reported for one try: it committed, it raised, or its worker died."""
         attempt = self.inflight.pop(event.ticket)
         stage, shard, actor = attempt.stage, attempt.shard, attempt.worker
+        self._end_try(attempt, event.summary if isinstance(event, Finished) else None)
         if isinstance(event, Died):
             self.report.actor_deaths += 1
+            self.metrics.shard_failed(stage, "actor_died")
             self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
             self._drop_actor(actor)
             self._forgive_if_progress(stage, shard)
             self._retry_or_give_up(stage, shard, event.error)
             return
         self.idle[stage].append(actor)
+        self.loaded.add(id(actor))
         if isinstance(event, Failed):
+            self.metrics.shard_failed(stage, "storage_full" if event.storage_full else "error")
             if event.storage_full:  # every other shard would fail the same way: stop, keep all
                 self.report.halted = self.report.errors[(stage, shard)] = event.error
                 self.given_up[stage] += 1
@@ -406,6 +504,7 @@ class Scheduler:
         record_commit(self.storage, self.plan, stage, shard)
         self.costs.record(stage, summary.seconds, summary.processed)
         self.report.summaries.append(summary)
+        self.metrics.shard_committed(summary)
         self.listener("committed", summary)
         self._resolve(stage, shard)
 
@@ -426,3 +525,43 @@ class Scheduler:
         else:
             self.report.errors[(stage, shard)] = error
             self.given_up[stage] += 1
+
+    # Live metrics ---------------------------------------------------------------------------------------
+    def _gpus(self, stage: str) -> float:
+        return self._per_actor(stage)["GPU"]
+
+    def _end_try(self, attempt: _Try, summary: ShardSummary | None = None) -> None:
+        """Count the GPU-seconds of a try that just ended as busy. A worker's first try may have waited for the
+        worker's model to load, which is not running a shard: it counts the seconds the worker measured running
+        it if it committed, else none."""
+        gpus = self._gpus(attempt.stage)
+        if not gpus:
+            return
+        if id(attempt.worker) in self.loaded:
+            self.gpu_busy_s[attempt.stage] += (time.time() - attempt.started) * gpus
+        elif summary is not None:
+            self.gpu_busy_s[attempt.stage] += summary.seconds * gpus
+
+    def stage_gauges(self) -> list[StageGauges]:
+        """Every stage's state now: queue, tries in flight, workers, shards done, GPU-seconds held and busy."""
+        now = time.time()
+        held, busy = defaultdict(float, self.gpu_held_s), defaultdict(float, self.gpu_busy_s)
+        for stage, since in self.started_at.values():
+            held[stage] += (now - since) * self._gpus(stage)
+        in_flight: Counter[str] = Counter()
+        for attempt in self.inflight.values():
+            in_flight[attempt.stage] += 1
+            if id(attempt.worker) in self.loaded:
+                busy[attempt.stage] += (now - attempt.started) * self._gpus(attempt.stage)
+        return [
+            StageGauges(
+                stage, queued=len(self.pending[stage]), in_flight=in_flight[stage], actors=len(self.actors[stage]),
+                done=self.resolved_count[stage], total=self.total_shards[stage], given_up=self.given_up[stage],
+                gpu_seconds_held=held[stage], gpu_seconds_busy=busy[stage],
+            )
+            for stage in self.graph.order
+        ]
+
+    def _publish(self) -> None:
+        if not isinstance(self.metrics, NoMetrics):
+            self.metrics.stages(self.stage_gauges())

@@ -142,7 +142,7 @@ class Stage:
     time the stage receives only these (and ``optional_reads_for``); reading anything else raises
     :class:`UndeclaredRead`."""
     writes: ClassVar[tuple[str, ...]] = ()
-    """Tar fields an ok result may contain, e.g. ``("clip.mp4", "frame0.png")``."""
+    """Tar fields an ok result may contain, e.g. ``("clip.mp4", "frame0.png")`` (``writes_for``: as params choose)."""
     columns: ClassVar[dict[str, pa.DataType]] = {}
     """Scalar outputs stored as manifest columns, with their Arrow types."""
     pair_columns: ClassVar[tuple[str, ...]] = ()
@@ -185,6 +185,11 @@ class Stage:
     def reads_for(cls, params: Params) -> tuple[str, ...]:
         """What this stage reads with these params (``reads`` unless params choose the inputs)."""
         return cls.reads
+
+    @classmethod
+    def writes_for(cls, params: Params) -> tuple[str, ...]:
+        """The tar fields an ok result may contain with these params (``writes`` unless params choose them)."""
+        return cls.writes
 
     @classmethod
     def optional_reads_for(cls, params: Params) -> tuple[str, ...]:

@@ -279,7 +279,7 @@ class ShardWorker:
         return grouped
 
     def _check(self, result: Result) -> Result:
-        unknown_files = set(result.files) - set(self.node.cls.writes)
+        unknown_files = set(result.files) - set(self.node.cls.writes_for(self.node.params))
         unknown_columns = set(result.columns) - set(self.node.columns)
         if unknown_files or unknown_columns:
             return Result.failed(

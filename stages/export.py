@@ -1,9 +1,16 @@
 """Export: the final pair format (DESIGN §1) as WebDataset shards, a dataset manifest and a dataset card.
 
-Each pair is ``<key>.src.mp4``, ``<key>.edit.mp4``, ``<key>.edit0.png``, ``<key>.mask.npz`` (per-frame edit
-mask, uint8 0/255, lossless) and ``<key>.json`` (task, instruction, captions, scores, provenance). Media
-bytes are passed through from the stages that made them: nothing is decoded or re-encoded here. Which
-upstream field becomes which pair member is config, so every track exports through this one stage.
+Each pair is ``<key>.src.mp4``, ``<key>.edit.mp4``, ``<key>.edit0.png``, ``<key>.mask.mkv`` (per-frame edit
+mask, uint8 0/255, lossless) and ``<key>.json`` (task, instruction, captions, scores, provenance). The videos and
+the image are passed through from the stages that made them, never decoded or re-encoded here. The mask is
+written as a lossless grey video (``media/mask_video.py``: FFV1 in Matroska, at the clip's fps), so that the common
+loaders (Hugging Face ``datasets``, Ray Data, webdataset) hand it over as video bytes to decode frame by frame like
+the clips, where they decoded an ``.npz`` whole (``datasets`` into nested Python lists: 150 MiB per 640x360 pair);
+the upstream stages' ``.npz`` masks are converted here, bit for bit. ``mask_format: npz`` writes ``<key>.mask.npz``
+(key ``masks``) instead, the upstream bytes unchanged. Which upstream field becomes which pair member is config,
+so every track exports through this one stage.
+
+Version 2: the mask is ``mask.mkv`` by default (version 1 wrote the upstream ``mask.npz`` as it was).
 
 Which columns a pair carries is declared by the stages that make them (``Stage.pair_columns``): this stage receives
 every pair column declared before it and writes them into its rows and ``dataset.parquet``. ``PAIR_COLUMNS`` is the
@@ -30,7 +37,9 @@ from pydantic import Field
 from manifests.layout import output_file
 from manifests.manifest import Status, committed_tables
 from manifests.storage import Storage
-from media.arrays import json_bytes
+from media.arrays import json_bytes, npz_bytes
+from media.errors import VideoError
+from media.mask_video import MKV_MEMBER, NPZ_MEMBER, encode_masks, mask_format_of, read_masks
 from pipeline.stage import Params, Result, Sample, Stage
 from stages.judge import ACCEPT, CHECKS, JUDGE_COLUMNS, REJECT
 
@@ -73,7 +82,11 @@ class ExportParams(Params):
     src: str = Field("aug.mp4", description="upstream field exported as src.mp4 (the model input)")
     edit: str = Field("clip.mp4", description="upstream field exported as edit.mp4 (the target)")
     edit0: str = Field("frame0.png", description="upstream field exported as edit0.png (edited first frame)")
-    mask: str = Field("aug_mask.npz", description="upstream field exported as mask.npz (per-frame edit mask)")
+    mask: str = Field("aug_mask.npz", description="upstream field exported as the pair's mask (per-frame edit mask)")
+    mask_format: Literal["mkv", "npz"] = Field(
+        "mkv", description="the pair's mask member: mask.mkv (lossless FFV1 grey video, read frame by frame like the "
+                           "clips) or mask.npz (numpy, key 'masks': read whole)"
+    )
     select: Literal["accepted", "rejected", "all"] = Field(
         "accepted", description="after a judge: the pairs written (a reviewer's label overrules the verdict)"
     )
@@ -85,13 +98,19 @@ class ExportParams(Params):
 
 
 class Export(Stage):
-    version = "1"
+    version = "2"  # 2: the mask as mask.mkv (mask_format)
     Params = ExportParams
-    writes = ("src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json")
+    writes = ("src.mp4", "edit.mp4", "edit0.png", MKV_MEMBER, "json")
     columns = PAIR_COLUMNS
     uses_labels = True
     roles = frozenset({"export"})
     params: ExportParams
+
+    @classmethod
+    def writes_for(cls, params: Params) -> tuple[str, ...]:
+        assert isinstance(params, ExportParams)
+        mask = MKV_MEMBER if params.mask_format == "mkv" else NPZ_MEMBER
+        return tuple(mask if field == MKV_MEMBER else field for field in cls.writes)
 
     @classmethod
     def output_dir_for(cls, params: Params) -> str:
@@ -129,6 +148,10 @@ class Export(Stage):
         if left_out:
             return Result.filtered(sample.sample_id, left_out, **columns)
         src, edit = sample.read(p.src), sample.read(p.edit)
+        try:
+            mask_member, mask = self._mask(sample.read(p.mask), columns.get("fps"))
+        except VideoError as exc:
+            return Result.failed(sample.sample_id, f"cannot read the mask {p.mask}: {exc}", **columns)
         columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True),
                        models=json.dumps(self.context.models, sort_keys=True, default=str))
         scores = {check: columns.pop(f"score_{check}", None) for check in CHECKS}
@@ -141,10 +164,21 @@ class Export(Stage):
         }
         columns.update({f"score_{check}": value for check, value in scores.items()})
         files = {
-            "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), "mask.npz": sample.read(p.mask),
+            "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), mask_member: mask,
             "json": json_bytes(card),
         }
         return Result.ok(sample.sample_id, files, **columns)
+
+    def _mask(self, data: bytes, fps: Any) -> tuple[str, bytes]:
+        """(member, bytes) of the pair's mask in ``mask_format``: the upstream bytes when they are in it already,
+        else converted losslessly (an ``.npz`` mask becomes a grey video at the clip's fps, or the other way)."""
+        wanted = self.params.mask_format
+        if mask_format_of(data) == wanted:
+            return (MKV_MEMBER if wanted == "mkv" else NPZ_MEMBER), data
+        masks = read_masks(data)
+        if wanted == "npz":
+            return NPZ_MEMBER, npz_bytes(masks=masks)
+        return MKV_MEMBER, encode_masks(masks, fps=float(fps) if fps else 16.0)
 
 
     @classmethod
@@ -160,7 +194,7 @@ class Export(Stage):
         pq.write_table(table, buffer, compression="zstd")
         dataset, readme = cls.finalize_outputs_for(params)
         run.write_bytes(dataset, buffer.getvalue())
-        card = _card(params.dataset_name, params.folder, everything, len(tables), params.select)
+        card = _card(params.dataset_name, params.folder, everything, len(tables), params.select, params.mask_format)
         run.write_bytes(readme, card.encode())
 
 
@@ -188,7 +222,7 @@ def _left_out(columns: dict[str, Any], select: str) -> str | None:
     return None
 
 
-def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: str) -> str:
+def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: str, mask_format: str = "mkv") -> str:
     every_row: list[dict[str, Any]] = everything.to_pylist() if everything.num_rows else []
     rows = [row for row in every_row if row["status"] == Status.OK]
     by_task: dict[str, list[int]] = {}  # task -> [written, left out by the judge, left out by a reviewer]
@@ -212,9 +246,11 @@ def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: 
         "|---|---|---|---|",
         *[f"| {task} | {n[0]} | {n[1]} | {n[2]} |" for task, n in sorted(by_task.items())],
         "",
-        "Each pair: `src.mp4` (model input), `edit.mp4` (target), `edit0.png` (edited first frame), `mask.npz`",
-        "(per-frame edit mask, `np.load(..., allow_pickle=False)['masks']`), `json` (task, instruction, captions,",
-        "scores, provenance). Every pair with its columns: `dataset.parquet`.",
+        "Each pair: `src.mp4` (model input), `edit.mp4` (target), `edit0.png` (edited first frame), "
+        + ("`mask.mkv` (per-frame edit mask, uint8 0/255, one frame per clip frame: a lossless grey FFV1 video; every "
+           "loader hands it over as video bytes, decode it frame by frame like the clips)" if mask_format == "mkv" else
+           "`mask.npz` (per-frame edit mask, uint8 0/255, T x H x W: `np.load(..., allow_pickle=False)['masks']`)")
+        + ", `json` (task, instruction, captions, scores, provenance). Every pair with its columns: `dataset.parquet`.",
         "",
         "## Provenance (stage fingerprints)",
         "",
@@ -223,10 +259,28 @@ def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: 
         "## Read it",
         "",
         "```python",
+        "import io",
+        "",
+        "import av  # PyAV" if mask_format == "mkv" else "import numpy as np",
         "import webdataset as wds",
+        "",
         f"for pair in wds.WebDataset('{folder}/shard-{{000000..{max(shards - 1, 0):06d}}}.tar', shardshuffle=False):",
-        "    pair['src.mp4'], pair['edit.mp4'], pair['json']",
+        "    src, edit, card = pair['src.mp4'], pair['edit.mp4'], pair['json']  # bytes",
+        *([
+            "    with av.open(io.BytesIO(pair['mask.mkv'])) as video:  # one frame at a time, bit-exact",
+            "        for mask in (frame.to_ndarray() for frame in video.decode(video=0)):  # (H, W) uint8",
+            "            ...",
+        ] if mask_format == "mkv" else [
+            "    masks = np.load(io.BytesIO(pair['mask.npz']), allow_pickle=False)['masks']  # (T, H, W) uint8",
+        ]),
         "```",
         "",
+        *([
+            "With Hugging Face `datasets`, `load_dataset('webdataset', data_files=...)` types `mask.mkv` as a",
+            "`Video` like the clips: `ds.cast_column('mask.mkv', Video(decode=False))` gives its bytes to decode as",
+            "above (`Video()` decodes with torchcodec where it is installed). Frame `t` of `src.mp4` has its mask at",
+            "frame index `t`, which is also the mask frame shown at `src.mp4`'s frame time.",
+            "",
+        ] if mask_format == "mkv" else []),
     ]
     return "\n".join(lines)

@@ -1,7 +1,8 @@
 """Shared helpers for the ffp tests.
 
-* ``MEDIA`` / ``media()``: the real test media under ``../shared/media`` (skipped, with the reason, when a
-  clone has no such folder).
+* ``MEDIA`` / ``media()``: the real test media, in the repository's ``tests/footage`` first, then in
+  ``../shared/media`` beside the checkout (``tests/media_files.py``); a test whose media are in neither is skipped
+  with what is missing and where to put it.
 * ``make_config`` / ``run_local``: build a config and run it through the run's scheduler on the in-process
   executor (``ShardWorker`` in this process, no Ray): most tests need nothing more.
 * ``ray_session``: one local Ray per test module that asks for it (Ray starts cost seconds), shut down after
@@ -29,16 +30,17 @@ from pipeline.graph import StageGraph, build_graph
 from pipeline.plan import RunPlan
 from pipeline.scheduler import RunReport, Scheduler, record_commit
 from pipeline.worker import ShardSummary, ShardTask, ShardWorker
+from tests.media_files import MEDIA, find_media, missing_media  # noqa: F401 - MEDIA: for the tests that import it
 
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
 FFP = Path(sys.executable).with_name("ffp")
 
 
 def media(*parts: str) -> Path:
-    """A file or folder of the shared test media, or a skip that says what is missing."""
-    path = MEDIA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"test media {path} not present (it lives in ../shared/media next to the checkout)")
+    """A file or folder of the real test media (``tests/footage``, else ``../shared/media``), or a skip that says what
+    is missing and where it would be found."""
+    path = find_media(*parts)
+    if path is None:
+        pytest.skip(missing_media(*parts))
     return path
 
 
@@ -169,7 +171,8 @@ def check_track_rows(report: Any, run_dir: Path | str, stages: Iterable[str]) ->
 def exported_pairs(run_dir: Path | str, frames: int, height: int, width: int, stage: str = "export",
                    folder: str = "export") -> Iterable[tuple[dict[str, Any], Any, dict[str, Any]]]:
     """Each ok pair of an export folder, checked for what every pair has (src and edit videos of the given size
-    and frame count, ``edit0.png`` = the edit's first frame, a uint8 0/255 mask per frame), as
+    and frame count, ``edit0.png`` = the edit's first frame, a uint8 0/255 mask per frame in ``mask.mkv`` or
+    ``mask.npz``), as
     ``(manifest row, masks, json card)``."""
     import io
     import json
@@ -178,7 +181,7 @@ def exported_pairs(run_dir: Path | str, frames: int, height: int, width: int, st
     from PIL import Image
 
     from manifests.shards import open_shard
-    from media.arrays import read_npz
+    from media.mask_video import pair_masks
     from media.video_io import decode_frames
 
     storage = Storage(str(run_dir))
@@ -193,7 +196,7 @@ def exported_pairs(run_dir: Path | str, frames: int, height: int, width: int, st
             edit0 = np.asarray(Image.open(io.BytesIO(reader.read(sid, "edit0.png"))).convert("RGB"))
             assert edit0.shape == (height, width, 3)
             assert np.abs(edit0.astype(int) - edit[0].astype(int)).mean() < 12  # the first frame, before x264
-            masks = read_npz(reader.read(sid, "mask.npz"))["masks"]
+            masks = pair_masks(reader.sample(sid))  # mask.mkv (the default) or mask.npz, whichever it wrote
             assert masks.shape == (frames, height, width) and masks.dtype == np.uint8
             assert set(np.unique(masks)) <= {0, 255}
             assert (row["num_frames"], row["width"], row["height"]) == (frames, width, height)

@@ -103,7 +103,7 @@ def test_inspect_dumps_the_files_of_every_stage(run_dir, tmp_path):
     expected = {
         "ingest": ("stages/ingest", {"clip.mp4", "frame0.png", "masks.npz", "meta.json"}),
         "augment": ("stages/augment", {"aug.mp4", "aug_mask.npz", "aug.json"}),
-        "export": ("export", {"src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json"}),
+        "export": ("export", {"src.mp4", "edit.mp4", "edit0.png", "mask.mkv", "json"}),
     }
     shard = by_id(manifest_rows(run_dir, "export"))[sample]["shard"]
     for stage, (folder, fields) in expected.items():

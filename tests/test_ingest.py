@@ -28,6 +28,7 @@ from media.vos import read_palette_mask
 from pipeline.graph import build_graph
 from pipeline.plan import list_sources
 from tests.conftest import FAST_INGEST, by_id, ffp_cli, make_config, manifest_rows, media, run_local
+from tests.media_files import make_davis_standin
 
 REAL = {"num_frames": 17, "fps": 8, "width": 320, "height": 192, "max_clips": 2, "stride_s": 2.5, "crf": 18,
         "preset": "ultrafast"}
@@ -125,14 +126,19 @@ def test_real_clip_frames_are_the_planned_source_frames(gallery_run):
             assert scores[0] <= min(scores.values()) + 0.05, (row["sample_id"], j, scores)
 
 
-@pytest.fixture(scope="module")
-def schoolgirls_layout(tmp_path_factory) -> Path:
-    """DAVIS layout from the schoolgirls video: JPEGs of every frame + the palette mask PNGs, as given."""
-    folder = media("e2fgvi_schoolgirls")
+@pytest.fixture(scope="module", params=["standin", "schoolgirls"])
+def schoolgirls_layout(request, tmp_path_factory) -> Path:
+    """DAVIS layout from the schoolgirls video (../shared/media) or from its in-repo stand-in (the same shape,
+    ``tests.media_files.make_davis_standin``): JPEGs of every frame + the palette mask PNGs, as given."""
+    if request.param == "schoolgirls":
+        video = media("e2fgvi_schoolgirls", "schoolgirls.mp4")
+    else:
+        video = make_davis_standin(tmp_path_factory.mktemp("standin"))
+    folder = video.parent
     root = tmp_path_factory.mktemp("davis") / "DAVIS"
     images, annotations = root / "JPEGImages/480p/schoolgirls", root / "Annotations/480p/schoolgirls"
     images.mkdir(parents=True)
-    frames = decode_frames(str(folder / "schoolgirls.mp4"))
+    frames = decode_frames(str(video))
     assert frames.shape == (80, 240, 432, 3)
     for index, frame in enumerate(frames):
         assert cv2.imwrite(str(images / f"{index:05d}.jpg"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR),

@@ -1,7 +1,9 @@
 """The judge stage on real footage: the scores a user filters on and the reasons a pair is rejected.
 
-Pairs are built from the DAVIS schoolgirls clip and its real instance masks: the source clip, and an "edit" that
-is the same clip changed on purpose (background altered, frozen, object left in place for a removal).
+Pairs are built from the DAVIS schoolgirls clip and its real instance masks (../shared/media, where present) or from
+its in-repo stand-in (``tests.media_files.make_davis_standin``: the same shape, moving objects on a still real scene),
+and from the dog clip: the source clip, and an "edit" that is the same clip changed on purpose (background altered,
+frozen, object left in place for a removal).
 """
 
 from __future__ import annotations
@@ -22,16 +24,22 @@ from models.metrics import PSNR_CAP
 from pipeline.config import ConfigError
 from stages.judge import CHECKS, JudgeParams, leak_score
 from tests.conftest import make_config, media, sample_of, stage_of
+from tests.media_files import make_davis_standin
 
 FRAMES = 17
 NO_MODELS = {"clip": None, "dino": None, "leak": None}
 
 
-@pytest.fixture(scope="module")
-def footage() -> tuple[np.ndarray, np.ndarray]:
-    """17 frames of the schoolgirls clip (240x432) and the mask of one girl (instance 1), as 0/255."""
-    folder = media("e2fgvi_schoolgirls")
-    frames = decode_frames(folder / "schoolgirls.mp4")[:FRAMES]
+@pytest.fixture(scope="module", params=["standin", "schoolgirls"])
+def footage(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, np.ndarray]:
+    """17 frames of the schoolgirls clip (240x432) or of its stand-in and the mask of one girl (instance 1), as
+    0/255."""
+    if request.param == "schoolgirls":
+        video = media("e2fgvi_schoolgirls", "schoolgirls.mp4")
+    else:
+        video = make_davis_standin(tmp_path_factory.mktemp("standin"))
+    folder = video.parent
+    frames = decode_frames(video)[:FRAMES]
     masks = np.stack([read_palette_mask(folder / "masks" / f"{i:05d}.png") for i in range(FRAMES)])
     return frames, np.where(masks == 1, 255, 0).astype(np.uint8)
 

@@ -1,6 +1,8 @@
 """The local-edit track end to end on real footage: ingest -> plan (Qwen2.5-VL) -> ground (Grounding DINO) ->
 track (SAM2) -> inpaint (Wan VACE) -> rubric (Qwen2.5-VL) -> judge -> export, on real Ray, every stage through its real model class (the
-``local-tiny`` preset: random-weight tiny models built on this machine)."""
+``local-tiny`` preset: random-weight tiny models built on this machine). Videos: the dog and cups clips
+(tests/footage) and, as a third one of another size and rate, the in-repo stand-in of the schoolgirls sequence
+(``tests.media_files.make_davis_standin``: 432x240 at 24 fps)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import pytest
 from pipeline.config import load_config
 from pipeline.run import execute
 from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
+from tests.media_files import make_davis_standin
 
 pytestmark = pytest.mark.slow
 STAGES = ("ingest", "plan", "ground", "track", "inpaint", "rubric", "judge", "export")
-VIDEOS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("e2fgvi_schoolgirls", "schoolgirls.mp4"))
+VIDEOS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"))  # and the schoolgirls stand-in
 
 
 @pytest.fixture(scope="module")
@@ -22,6 +25,7 @@ def local_run(tmp_path_factory, ray_session):
     folder = tmp_path_factory.mktemp("local_videos")
     for parts in VIDEOS:
         (folder / parts[-1]).symlink_to(media(*parts))
+    (folder / "schoolgirls_standin.mp4").symlink_to(make_davis_standin(tmp_path_factory.mktemp("standin")))
     run_dir = tmp_path_factory.mktemp("local") / "run"
     config = load_config(preset="local-tiny", overrides=[f"inputs.0.path={folder}"], run_dir=str(run_dir))
     _, report = execute(config)
@@ -30,7 +34,7 @@ def local_run(tmp_path_factory, ray_session):
 
 def test_every_sample_of_every_stage_ends_ok_filtered_or_failed_with_a_reason(local_run):
     check_track_rows(local_run["report"], local_run["run"], STAGES)
-    assert len(manifest_rows(local_run["run"], "ingest")) == len(VIDEOS)
+    assert len(manifest_rows(local_run["run"], "ingest")) == len(VIDEOS) + 1
 
 
 def test_each_clip_becomes_a_swap_and_a_removal_sample_that_reach_the_export(local_run):
@@ -105,7 +109,7 @@ def test_the_track_on_cuda_in_bfloat16_with_the_vllm_planner(tmp_path, ray_sessi
         pytest.skip("needs a CUDA GPU")
     folder = tmp_path / "videos"
     folder.mkdir()
-    for parts in VIDEOS[:2]:
+    for parts in VIDEOS:
         (folder / parts[-1]).symlink_to(media(*parts))
     gpu = [f"stages.{s}.params.{k}={v}" for s in ("ground", "track", "inpaint") for k, v in (("device", "cuda"), ("dtype", "bfloat16"))]
     gpu += [f"stages.{s}.resources.gpus=0.2" for s in ("plan", "ground", "track", "inpaint")]

@@ -7,7 +7,6 @@ Ray through the ``ffp`` command line and reads what it wrote with plain webdatas
 
 from __future__ import annotations
 
-import io
 import json
 import shutil
 import sys
@@ -26,10 +25,12 @@ from manifests.manifest import Status
 from manifests.query import query
 from manifests.storage import Storage
 from manifests.verify import verify_run
+from media.mask_video import decode_masks
 from media.video_io import decode_frames, encode_frames
 from pipeline.config import ConfigError, json_schema
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
+from pipeline.run import load_run_config
 from pipeline.stage import Params, Result, Sample, Stage
 from stages import registry
 from tests.conftest import (
@@ -286,7 +287,7 @@ def test_partial_results_are_not_reused_after_params_change(tmp_path, demo_vos, 
 
 # End to end on Ray, through the command line -----------------------------------------------------------------
 
-PAIR_FIELDS = {"src.mp4", "edit.mp4", "edit0.png", "mask.npz", "json"}
+PAIR_FIELDS = {"src.mp4", "edit.mp4", "edit0.png", "mask.mkv", "json"}
 
 
 def write_config(path: Path, config) -> Path:
@@ -339,8 +340,7 @@ def test_export_reads_with_plain_webdataset(e2e):
         assert PAIR_FIELDS <= set(pair)
         src, edit = decode_frames(pair["src.mp4"]), decode_frames(pair["edit.mp4"])
         assert src.shape == edit.shape == (9, 64, 96, 3)
-        with np.load(io.BytesIO(pair["mask.npz"]), allow_pickle=False) as npz:
-            mask = npz["masks"]
+        mask = decode_masks(pair["mask.mkv"])
         assert mask.shape == (9, 64, 96) and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255} and mask.any()
         edit0 = read_png(pair["edit0.png"])
@@ -571,6 +571,10 @@ def test_ffp_demo(tmp_path, ray_session):
     assert code == 0, out + err
     # 3 sequences and 3 still scenes x 1 style: one shard in each of the 4 + 8 + 9 stages
     assert "verify: 21 shards" in out and "clean" in out
+    # a quiet terminal: ffp's lines only (the status table is 26 of them); what the actors printed is in their logs
+    assert len(out.splitlines()) <= 40 and "Loading" not in out and "StageActor" not in out, out
+    assert {p.parent.name for p in (tmp_path / "demo/run/logs/actors").glob("*/*.log")} == set(load_run_config(
+        str(tmp_path / "demo/run")).stages)
     for stage, folder in (("export", "export"), ("export_local", "export-local"), ("export_style", "export-style")):
         rows = manifest_rows(tmp_path / "demo/run", stage)
         # the local judge keeps its motion gate on the tiny models' random pixels: some pairs are rejected

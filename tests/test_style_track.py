@@ -1,10 +1,13 @@
 """The style track end to end on real images and real footage, on real Ray, every stage through its real model
 class on the tiny profile:
 
-* from stills (``style-tiny``): frames of the shared clips as content images, the two shared paintings as
-  styles -> ingest_images -> caption_content -> animate (Wan I2V) -> caption_style -> depth -> stylize -> export;
-* from real videos (``style-videos-tiny``, config alone): ingest -> depth -> style_pairs -> caption_style ->
-  stylize -> export, no animate stage (depth once per clip, before the fan-out into styles).
+* from stills (``style-tiny``): first frames of the dog and cups clips and of the schoolgirls stand-in
+  (``tests.media_files.make_davis_standin``: 432x240, built from those clips) as content images, the two paintings
+  of tests/footage as styles -> ingest_images -> caption_content -> animate (Wan I2V) -> caption_style -> depth ->
+  stylize -> export;
+* from real videos (``style-videos-tiny``, config alone; the dog clip and the stand-in): ingest -> depth ->
+  style_pairs -> caption_style -> stylize -> export, no animate stage (depth once per clip, before the fan-out
+  into styles).
 """
 
 from __future__ import annotations
@@ -23,12 +26,21 @@ from pipeline.config import load_config
 from pipeline.run import execute
 from stages.style_pairs import style_id_for
 from tests.conftest import by_id, check_track_rows, exported_pairs, manifest_rows, media
+from tests.media_files import make_davis_standin
 
 pytestmark = pytest.mark.slow
 IMAGE_STAGES = ("ingest_images", "caption_content", "animate", "caption_style", "depth", "stylize", "rubric", "judge",
                 "export")
 VIDEO_STAGES = ("ingest", "depth", "style_pairs", "caption_style", "stylize", "rubric", "judge", "export")
-CLIPS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("e2fgvi_schoolgirls", "schoolgirls.mp4"))
+# tests/footage parts; the third, the schoolgirls stand-in, is built by the ``clip_videos`` fixture
+CLIPS = (("sam2_gallery", "01_dog.mp4"), ("sam2_gallery", "02_cups.mp4"), ("schoolgirls_standin.mp4",))
+
+
+@pytest.fixture(scope="module")
+def clip_videos(tmp_path_factory) -> list[Path]:
+    """The videos of ``CLIPS``: the in-repo dog and cups clips, and the schoolgirls stand-in built here."""
+    standin = make_davis_standin(tmp_path_factory.mktemp("standin"), name="schoolgirls_standin")
+    return [media(*parts) for parts in CLIPS[:2]] + [standin]
 
 
 def first_frame(path: Path) -> Image.Image:
@@ -37,10 +49,10 @@ def first_frame(path: Path) -> Image.Image:
 
 
 @pytest.fixture(scope="module")
-def image_run(tmp_path_factory, ray_session):
+def image_run(tmp_path_factory, ray_session, clip_videos):
     content = tmp_path_factory.mktemp("content")
-    for parts in CLIPS:
-        first_frame(media(*parts)).save(content / f"{Path(parts[-1]).stem}.jpg", quality=92)
+    for video in clip_videos:
+        first_frame(video).save(content / f"{video.stem}.jpg", quality=92)
     run_dir = tmp_path_factory.mktemp("style") / "run"
     config = load_config(preset="style-tiny", run_dir=str(run_dir),
                          overrides=[f"inputs.0.path={content}", f"inputs.1.path={media('style_refs')}"])
@@ -49,10 +61,10 @@ def image_run(tmp_path_factory, ray_session):
 
 
 @pytest.fixture(scope="module")
-def video_run(tmp_path_factory, ray_session):
+def video_run(tmp_path_factory, ray_session, clip_videos):
     videos = tmp_path_factory.mktemp("style_videos")
-    for parts in (CLIPS[0], CLIPS[2]):
-        (videos / parts[-1]).symlink_to(media(*parts))
+    for video in (clip_videos[0], clip_videos[2]):
+        (videos / video.name).symlink_to(video)
     run_dir = tmp_path_factory.mktemp("style_videos_run") / "run"
     config = load_config(preset="style-videos-tiny", run_dir=str(run_dir),
                          overrides=[f"inputs.0.path={videos}", f"stages.style_pairs.params.styles={media('style_refs')}",

@@ -1,4 +1,4 @@
-"""Tests of media.video_io on real footage (../shared/media) and on small generated files.
+"""Tests of media.video_io on real footage (tests/footage; ../shared/media where present) and on small generated files.
 
 Every claim about output clips is checked by decoding them: frame count, size, fps, and which
 source frames they hold."""
@@ -32,18 +32,29 @@ from media.video_io import (
     resize_center_crop,
 )
 from media.vos import read_palette_mask
-
-MEDIA = Path(__file__).resolve().parents[2] / "shared" / "media"
-DOG = MEDIA / "sam2_gallery" / "01_dog.mp4"
-GIRLS = MEDIA / "e2fgvi_schoolgirls" / "schoolgirls.mp4"
-GIRLS_MASKS = sorted((MEDIA / "e2fgvi_schoolgirls" / "masks").glob("*.png"))
-
-needs_media = pytest.mark.skipif(
-    not DOG.exists() or not GIRLS.exists() or len(GIRLS_MASKS) != 80,
-    reason=f"real test media not found at {MEDIA} (only present beside the project checkout)",
-)
+from tests.conftest import media
+from tests.media_files import make_davis_standin
 
 SMALL = ClipSpec(num_frames=17, fps=8.0, width=320, height=192, max_clips=2)
+
+
+@pytest.fixture(scope="module")
+def dog_mp4() -> Path:
+    return media("sam2_gallery", "01_dog.mp4")
+
+
+@pytest.fixture(scope="module", params=["standin", "schoolgirls"])
+def girls(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Path]]:
+    """A DAVIS sequence, 80 frames of 432x240 at 24 fps (MPEG-4 Part 2, no colour tags, the index at the end of
+    the file), and its 80 palette masks with ids 0..7: the schoolgirls one (../shared/media) or its in-repo stand-in
+    (``tests.media_files.make_davis_standin``: the same layout and shape, built from the dog and cups clips)."""
+    if request.param == "schoolgirls":
+        video = media("e2fgvi_schoolgirls", "schoolgirls.mp4")
+    else:
+        video = make_davis_standin(tmp_path_factory.mktemp("standin"))
+    masks = sorted((video.parent / "masks").glob("*.png"))
+    assert len(masks) == 80
+    return video, masks
 
 
 def stream_facts(mp4: bytes) -> tuple[int, Fraction, str, str]:
@@ -123,29 +134,28 @@ def test_resize_center_crop():
 # ------------------------------------------------------------------ cutting real video
 
 
-@needs_media
-def test_probe_real_media():
-    dog = probe(DOG)
+def test_probe_real_media(dog_mp4: Path, girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
+    dog = probe(dog_mp4)
     assert (dog.width, dog.height, dog.num_frames, dog.codec) == (1280, 720, 289, "h264")
     assert dog.fps == pytest.approx(30000 / 1001)
     assert dog.duration_s == pytest.approx(289 * 1001 / 30000, abs=0.05)
-    with open(GIRLS, "rb") as f:  # file object (as fsspec gives)
+    with open(girls_mp4, "rb") as f:  # file object (as fsspec gives)
         girls = probe(f)
     assert (girls.width, girls.height, girls.fps, girls.num_frames) == (432, 240, 24.0, 80)
 
 
-@needs_media
-def test_cut_dog_small_clips_frames_size_fps_and_selection():
-    info_ = probe(DOG)
+def test_cut_dog_small_clips_frames_size_fps_and_selection(dog_mp4: Path):
+    info_ = probe(dog_mp4)
     plans = plan_clips(info_, SMALL)
     assert len(plans) == 2
-    clips = cut_clips(str(DOG), SMALL, info_)
+    clips = cut_clips(str(dog_mp4), SMALL, info_)
     assert [c.index for c in clips] == [0, 1] and [c.source_frames for c in clips] == plans
 
     # Every needed source frame, resized the same way (RGB path), plus neighbours for contrast.
     wanted = {i + d for p in plans for i in p for d in (0, 3)}
     ref: dict[int, np.ndarray] = {}
-    with av.open(str(DOG)) as c:
+    with av.open(str(dog_mp4)) as c:
         for i, frame in enumerate(c.decode(video=0)):
             if i in wanted:
                 ref[i] = resize_center_crop(frame.to_ndarray(format="rgb24"), 320, 192)
@@ -166,12 +176,12 @@ def test_cut_dog_small_clips_frames_size_fps_and_selection():
             assert right < shifted, (clip.index, j, right, shifted)
 
 
-@needs_media
-def test_cut_native_fps_and_size_back_to_back():
+def test_cut_native_fps_and_size_back_to_back(girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
     spec = ClipSpec(num_frames=24, fps=None, width=None, height=None, max_clips=10)
-    clips = cut_clips(GIRLS, spec)
+    clips = cut_clips(girls_mp4, spec)
     assert [c.source_frames for c in clips] == [list(range(k * 24, k * 24 + 24)) for k in range(3)]
-    original = decode_frames(GIRLS)
+    original = decode_frames(girls_mp4)
     for clip in clips:
         assert stream_facts(clip.mp4)[:2] == (24, 24)
         frames = decode_frames(clip.mp4)
@@ -183,11 +193,11 @@ def test_cut_native_fps_and_size_back_to_back():
         assert mean_abs(frames, original[clip.source_frames]) < 6  # detailed 240p content, crf 18
 
 
-@needs_media
-def test_cut_from_fsspec_file_and_overlapping_clips():
+def test_cut_from_fsspec_file_and_overlapping_clips(girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
     fsspec = pytest.importorskip("fsspec")
     spec = ClipSpec(num_frames=9, fps=12.0, width=216, height=120, stride_s=0.25, max_clips=3)
-    with fsspec.open(f"file://{GIRLS}", "rb") as f:
+    with fsspec.open(f"file://{girls_mp4}", "rb") as f:
         clips = cut_clips(f, spec)
     assert [c.source_frames[0] for c in clips] == [0, 6, 12]  # overlapping: stride 6 < 17 frames span
     for clip in clips:
@@ -199,25 +209,25 @@ def test_cut_from_fsspec_file_and_overlapping_clips():
 # ------------------------------------------------------------------ image sequences and masks
 
 
-@needs_media
-def test_palette_mask_gives_instance_ids():
-    mask = read_palette_mask(GIRLS_MASKS[0])
+def test_palette_mask_gives_instance_ids(girls: tuple[Path, list[Path]]):
+    _, girl_masks = girls
+    mask = read_palette_mask(girl_masks[0])
     assert mask.shape == (240, 432) and mask.dtype == np.uint8
     assert set(np.unique(mask)) == set(range(8))  # ids, not RGB colours
-    assert np.array_equal(read_png(GIRLS_MASKS[0].read_bytes()), mask)
+    assert np.array_equal(read_png(girl_masks[0].read_bytes()), mask)
 
 
-@needs_media
-def test_cut_from_frames_masks_identical_at_kept_frames():
-    frames = decode_frames(GIRLS)
+def test_cut_from_frames_masks_identical_at_kept_frames(girls: tuple[Path, list[Path]]):
+    girls_mp4, girl_masks = girls
+    frames = decode_frames(girls_mp4)
     loaders = [lambda i=i: frames[i] for i in range(len(frames))]
     spec = ClipSpec(num_frames=13, fps=12.0, width=None, height=None, stride_s=1.0, max_clips=3)
-    clips = cut_clips_from_frames(loaders, 24.0, spec, masks=GIRLS_MASKS)
+    clips = cut_clips_from_frames(loaders, 24.0, spec, masks=girl_masks)
     assert [c.source_frames for c in clips] == [[24 * k + 2 * j for j in range(13)] for k in range(3)]
     for clip in clips:
         assert clip.masks is not None and clip.masks.shape == (13, 240, 432) and clip.masks.dtype == np.uint8
         for j, src in enumerate(clip.source_frames):
-            assert np.array_equal(clip.masks[j], read_palette_mask(GIRLS_MASKS[src]))
+            assert np.array_equal(clip.masks[j], read_palette_mask(girl_masks[src]))
         assert np.array_equal(clip.first_frame, frames[clip.source_frames[0]])
         assert stream_facts(clip.mp4)[:2] == (13, 12)
         decoded = decode_frames(clip.mp4)
@@ -225,18 +235,18 @@ def test_cut_from_frames_masks_identical_at_kept_frames():
         assert right < 6 and right < mean_abs(decoded, frames[[i + 1 for i in clip.source_frames]])
 
     # Resized: nearest neighbour keeps the id set, same geometry as the frames.
-    small = cut_clips_from_frames(loaders, 24.0, ClipSpec(num_frames=5, fps=None, width=128, height=128), GIRLS_MASKS)
+    small = cut_clips_from_frames(loaders, 24.0, ClipSpec(num_frames=5, fps=None, width=128, height=128), girl_masks)
     assert small[0].masks.shape == (5, 128, 128)
     assert set(np.unique(small[0].masks)) <= set(range(8))
-    expected = resize_center_crop(read_palette_mask(GIRLS_MASKS[0]), 128, 128, nearest=True)
+    expected = resize_center_crop(read_palette_mask(girl_masks[0]), 128, 128, nearest=True)
     assert np.array_equal(small[0].masks[0], expected)
 
 
-@needs_media
-def test_cut_from_jpeg_paths(tmp_path):
+def test_cut_from_jpeg_paths(tmp_path, girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
     import cv2
 
-    frames = decode_frames(GIRLS)[:12]
+    frames = decode_frames(girls_mp4)[:12]
     paths = []
     for i, rgb in enumerate(frames):
         paths.append(tmp_path / f"{i:05d}.jpg")
@@ -348,9 +358,9 @@ def test_bad_files(tmp_path):
         probe(audio)
 
 
-@needs_media
-def test_truncated_files(tmp_path):
-    data = DOG.read_bytes()  # moov at the front: a truncated copy still opens
+def test_truncated_files(tmp_path, dog_mp4: Path, girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
+    data = dog_mp4.read_bytes()  # moov at the front: a truncated copy still opens
     half = tmp_path / "half.mp4"
     half.write_bytes(data[: len(data) // 2])
     spec = ClipSpec(num_frames=17, fps=8.0, width=320, height=192, max_clips=5)
@@ -366,7 +376,7 @@ def test_truncated_files(tmp_path):
     with pytest.raises(VideoError, match="cannot decode: stream ended after"):
         cut_clips(stub, spec)
 
-    tail = GIRLS.read_bytes()  # moov at the end: a truncated copy cannot be opened
+    tail = girls_mp4.read_bytes()  # moov at the end: a truncated copy cannot be opened
     cut = tmp_path / "no_moov.mp4"
     cut.write_bytes(tail[: len(tail) // 2])
     with pytest.raises(VideoError, match="cannot open"):
@@ -393,10 +403,10 @@ def test_decode_bomb_guard(tmp_path):
     assert probe(big).width == 4608  # no limit asked for
 
 
-@needs_media
-def test_small_limit_refuses_real_video():
+def test_small_limit_refuses_real_video(girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
     with pytest.raises(VideoError, match="too large: 432x240"):
-        cut_clips(GIRLS, ClipSpec(num_frames=5, max_pixels=320 * 240))
+        cut_clips(girls_mp4, ClipSpec(num_frames=5, max_pixels=320 * 240))
 
 
 # ------------------------------------------------------------------ rotation
@@ -411,18 +421,18 @@ def ffmpeg() -> str | None:
         return shutil.which("ffmpeg")
 
 
-@needs_media
 @pytest.mark.skipif(ffmpeg() is None, reason="no ffmpeg binary to write rotation metadata")
-def test_rotation_metadata_is_applied(tmp_path):
+def test_rotation_metadata_is_applied(tmp_path, girls: tuple[Path, list[Path]]):
+    girls_mp4, _ = girls
     rotated = tmp_path / "rot90.mp4"
-    done = subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(GIRLS), "-c", "copy",
+    done = subprocess.run([ffmpeg(), "-v", "error", "-display_rotation", "90", "-i", str(girls_mp4), "-c", "copy",
                            str(rotated)], capture_output=True, text=True)
     if done.returncode != 0:
         pytest.skip(f"this ffmpeg cannot write rotation metadata (-display_rotation needs ffmpeg >= 6): {done.stderr}")
     info_ = probe(rotated)
     assert (info_.width, info_.height, info_.rotation) == (240, 432, 90)
     clip = cut_clips(rotated, ClipSpec(num_frames=3, fps=None, width=None, height=None))[0]
-    upright = np.rot90(decode_frames(GIRLS)[0])  # 90 degrees counter-clockwise, as ffmpeg displays it
+    upright = np.rot90(decode_frames(girls_mp4)[0])  # 90 degrees counter-clockwise, as ffmpeg displays it
     assert mean_abs(clip.first_frame, upright) < 1  # BT.601 -> BT.709 rounding only
     assert decode_frames(clip.mp4).shape == (3, 432, 240, 3)
 

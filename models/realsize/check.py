@@ -41,8 +41,8 @@ from typing import Any
 from pydantic import BaseModel
 
 from manifests.storage import Storage
-from pipeline.gpus import GIB
 from models.weights import TINY_PREFIX, ModelParams
+from pipeline.gpus import GIB
 from pipeline.graph import StageGraph, StageNode
 from pipeline.stage import Params, StageContext
 
