@@ -40,7 +40,7 @@ import av
 import numpy as np
 
 from media.errors import VideoError
-from media.video_io import open_container
+from media.video_io import check_pixels, open_container
 
 Source = Union[bytes, str, "os.PathLike[str]", BinaryIO]
 
@@ -66,7 +66,7 @@ def encode_masks(masks: np.ndarray, fps: float = 16.0) -> bytes:
         what = f"{masks.dtype} {masks.shape}" if isinstance(masks, np.ndarray) else type(masks).__name__
         raise VideoError(f"masks: expected a non-empty (T,H,W) uint8 array, got {what}")
     frames, height, width = masks.shape
-    _check_pixels(width, height, MAX_PIXELS)
+    check_pixels(width, height, MAX_PIXELS)
     if frames > MAX_FRAMES:
         raise VideoError(f"too long: {frames} frames > max_frames ({MAX_FRAMES})")
     if not fps or not np.isfinite(fps) or fps <= 0:
@@ -236,10 +236,10 @@ def _mask_stream(container: av.container.InputContainer, source: Source, max_pix
         with open_container(source, header_only=True) as header:
             if header.streams.video:
                 size = header.streams.video[0].codec_context
-                _check_pixels(size.width, size.height, max_pixels)
+                check_pixels(size.width, size.height, max_pixels)
     if ctx.width <= 0 or ctx.height <= 0:
         raise VideoError("cannot decode masks: the stream header gives no valid frame size")
-    _check_pixels(ctx.width, ctx.height, max_pixels)  # before the pixel format, which FFmpeg leaves unset then
+    check_pixels(ctx.width, ctx.height, max_pixels)  # before the pixel format, which FFmpeg leaves unset then
     if ctx.pix_fmt != "gray":
         raise VideoError(f"not a mask video: pixel format {ctx.pix_fmt}, expected gray")
     stream.thread_type = "SLICE"  # FFV1's slices in parallel, one frame in flight
@@ -257,11 +257,6 @@ def _mask_stream(container: av.container.InputContainer, source: Source, max_pix
     return stream, crcs
 
 
-def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
-    if max_pixels is not None and width * height > max_pixels:
-        raise VideoError(f"too large: {width}x{height} > max_pixels ({max_pixels})")
-
-
 def _npz_masks(data: bytes, max_pixels: int | None, max_frames: int, max_bytes: int) -> np.ndarray:
     try:
         with zipfile.ZipFile(io.BytesIO(data)) as archive:
@@ -275,7 +270,7 @@ def _npz_masks(data: bytes, max_pixels: int | None, max_frames: int, max_bytes: 
             if dtype != np.uint8 or len(shape) != 3 or 0 in shape:
                 raise VideoError(f"not a mask: 'masks' is {dtype} {shape}, expected a non-empty (T,H,W) uint8 array")
             frames, height, width = shape
-            _check_pixels(width, height, max_pixels)
+            check_pixels(width, height, max_pixels)
             if frames > max_frames or frames * height * width > max_bytes:
                 raise VideoError(f"too large: {frames} frames of {width}x{height} (max_frames {max_frames}, "
                                  f"max_bytes {max_bytes})")

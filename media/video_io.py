@@ -272,10 +272,10 @@ def _frame_size(ctx: av.CodecContext, source: Source | bytes, max_pixels: int | 
     if (width <= 0 or height <= 0) and max_pixels is not None:
         with open_container(source, header_only=True) as container:  # the caller's container is not used after this
             header = _video_stream(container).codec_context
-            _check_pixels(header.width, header.height, max_pixels)
+            check_pixels(header.width, header.height, max_pixels)
     if required and (width <= 0 or height <= 0):  # e.g. a header declaring more than FFmpeg accepts (16384x16384)
         raise VideoError("cannot decode: the stream header gives no valid frame size (damaged or oversized)")
-    _check_pixels(width, height, max_pixels)
+    check_pixels(width, height, max_pixels)
     return width, height
 
 
@@ -283,10 +283,10 @@ def _check_cuttable(width: int, height: int, max_pixels: int | None) -> None:
     """A picture clips can be cut from: at least 2x2 (4:2:0) and at most ``max_pixels``."""
     if width < 2 or height < 2:
         raise VideoError(f"too small: {width}x{height}: a 4:2:0 clip needs at least 2x2 pixels")
-    _check_pixels(width, height, max_pixels)
+    check_pixels(width, height, max_pixels)
 
 
-def _check_pixels(width: int, height: int, max_pixels: int | None) -> None:
+def check_pixels(width: int, height: int, max_pixels: int | None) -> None:
     if max_pixels is not None and width * height > max_pixels:
         raise VideoError(f"too large: {width}x{height} > max_pixels ({max_pixels})")
 
