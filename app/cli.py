@@ -21,6 +21,7 @@ from rich.text import Text
 
 from app.status import StageStatus, StatusWatch, WatchFrame, stage_statuses
 from manifests.layout import actor_log, actor_logs_dir
+from manifests.lease import LeaseHeld, LeaseLost, read_lease
 from manifests.manifest import Status
 from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
@@ -30,7 +31,7 @@ from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_sc
 from pipeline.gpus import DEFAULT_MFU
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
-from pipeline.run import RUN_YAML, StaleError, execute, load_run_config, open_run
+from pipeline.run import RUN_YAML, StaleError, execute, last_run_retries, load_run_config, open_run
 
 if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
     from pipeline.runner import RunReport
@@ -67,6 +68,13 @@ def main() -> None:
         err.print(f"[red]error:[/red] {escape(str(exc))}")
         err.print("Free space (or grow the volume), then run the same command again: finished work is kept.")
         sys.exit(1)
+    except LeaseHeld as exc:  # a second driver on a live run: refused before it wrote anything
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        sys.exit(2)
+    except LeaseLost as exc:  # paused or cut off past the lease's expiry: another driver owns the run now
+        err.print(f"[red]error:[/red] {escape(str(exc))}")
+        err.print("Another driver took the run over; this one stopped without writing. Follow it with ffp status.")
+        sys.exit(1)
 
 
 def _run_folder(run_dir: str) -> Storage:
@@ -86,7 +94,7 @@ def _resolve_config(config: str | None, preset: str | None, out: str | None, set
         return load_config(preset=preset, overrides=sets or (), run_dir=out)
     assert config is not None
     run = Storage(config)
-    if run.fs.isdir(run.root) and run.exists(RUN_YAML):
+    if run.is_folder() and run.exists(RUN_YAML):
         if sets:
             raise ConfigError("--set applies to config files; to change a run, edit a copy of its run.yaml")
         return load_run_config(config)
@@ -157,9 +165,13 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
             elif event == "halted":
                 stage, shard, error = data
                 progress.console.print(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
+            elif event == "lease_taken_over":
+                progress.console.print(f"[yellow]took over the run's lease from a driver gone quiet "
+                                       f"({escape(data.describe())})[/yellow]")
 
         plan, report = execute(opened, listener=listener, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
+                  + (f", {report.oom_deaths} of them out of memory" if report.oom_deaths else "")
                   + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")"
                   + ("" if kwargs.get("verbose") else f"; what the actors printed: {cfg.run_dir}/{actor_logs_dir()}/"))
     return report, plan
@@ -238,7 +250,7 @@ def _demo_inputs(out: str, sequences: int) -> str:
             generate(Path(staging))
             console.print(f"uploading the demo inputs to {out}/inputs")
             folder.remove("inputs", recursive=True)
-            folder.fs.put(f"{staging}/", folder.path("inputs"), recursive=True)
+            folder.upload(staging, "inputs")
         folder.write_bytes(DEMO_INPUTS_READY, b"")
     return f"{out}/inputs"
 
@@ -431,9 +443,23 @@ def status(run_dir: RunArg, as_json: JsonOpt = False, watch: WatchOpt = False, e
     if watch:
         sys.exit(_watch_status(run_dir, every))
     _print_status(run_dir, as_json=as_json)
-    logs = Storage(run_dir).walk_files(actor_logs_dir())
-    if logs and not as_json:
-        console.print(f"what the actors printed: {escape(run_dir)}/{actor_logs_dir()}/ ({len(logs)} files, one per actor)")
+    if not as_json:
+        _print_driver(Storage(run_dir))
+        logs = Storage(run_dir).walk_files(actor_logs_dir())
+        if logs:
+            console.print(f"what the actors printed: {escape(run_dir)}/{actor_logs_dir()}/ ({len(logs)} files, one per actor)")
+
+
+def _print_driver(run: Storage) -> None:
+    """Who runs the run now (its lease), and the storage retries its last run needed."""
+    holder = read_lease(run)
+    if holder is not None:
+        state = "[red]gone quiet: a rerun takes it over[/red]" if holder.free() else "[green]running[/green]"
+        console.print(f"driver: {escape(holder.describe())}: {state}")
+    retried = last_run_retries(run)
+    if retried:
+        kinds = ", ".join(f"{kind} {count}" for kind, count in sorted(retried.items()))
+        console.print(f"storage errors retried in the last run: {sum(retried.values())} ({kinds})")
 
 
 def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> None:
@@ -505,19 +531,66 @@ def _print_quarantined(run_dir: str, statuses: list[StageStatus]) -> None:
 
 
 @app.command()
-def verify(run_dir: RunArg, as_json: JsonOpt = False) -> None:
+def verify(
+    run_dir: RunArg,
+    as_json: JsonOpt = False,
+    repair: Annotated[bool, typer.Option("--repair", help="remove each damaged shard and the shards made from it "
+                                         "(manifests, then tars), and orphan temporaries; `ffp run RUN` then makes "
+                                         "them again. Takes the run's lease")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="with --repair: print what it would remove, remove "
+                                          "nothing")] = False,
+) -> None:
     """Check every tar against its manifest (sha256, size, keys, layout); list orphans and leftovers."""
-    report = verify_run(_run_folder(run_dir))
+    from pipeline.repair import RepairResult, repair_run
+
+    if dry_run and not repair:
+        raise typer.BadParameter("--dry-run goes with --repair")
+    run = _run_folder(run_dir)
+    result: RepairResult | None = None
+    if repair:
+        result = repair_run(run, build_graph(load_run_config(run_dir)), dry_run=dry_run)
+        report = result.report
+    else:
+        report = verify_run(run)
     if as_json:
-        print(json.dumps({"ok": report.ok, "problems": report.problems, "warnings": report.warnings,
-                          "shards": report.shards, "rows": report.samples}, indent=1))
+        data: dict[str, Any] = {
+            "ok": report.ok, "problems": report.problems, "warnings": report.warnings, "shards": report.shards,
+            "rows": report.samples, "findings": [finding.to_json() for finding in report.findings],
+        }
+        if result is not None:
+            data["repair"] = {
+                "dry_run": result.dry_run, "complete": result.complete, "error": result.error,
+                "plan": [{"path": r.path, "why": r.why} for r in result.plan.removals],
+                "removed": [{"path": r.path, "why": r.why} for r in result.removed],
+                "regenerate": [[stage, shard] for stage, shard in result.plan.regenerate],
+                "unrepaired": [{"finding": f.to_json(), "why": why} for f, why in result.plan.unrepaired],
+            }
+        print(json.dumps(data, indent=1))
     else:
         for problem in report.problems:
-            console.print(f"[red]problem[/red] {escape(problem)}")
+            console.print(f"[red]problem[/red] {escape(problem)}", soft_wrap=True)
         for warning in report.warnings:
-            console.print(f"[yellow]warning[/yellow] {escape(warning)}")
+            console.print(f"[yellow]warning[/yellow] {escape(warning)}", soft_wrap=True)
         verdict = "[green]clean[/green]" if report.ok else f"[red]{len(report.problems)} problems[/red]"
         console.print(f"{report.shards} shards, {report.samples} rows: {verdict}")
+        if result is None and not report.ok:
+            console.print(f"`ffp verify {escape(run_dir)} --repair` removes what is damaged and what was made from it "
+                          "(`--dry-run` shows it first); `ffp run` then makes it again", soft_wrap=True)
+        if result is not None and not report.ok:
+            plan, verb = result.plan, "would remove" if dry_run else "removed"
+            console.print(f"repair: {escape(plan.summary())}", soft_wrap=True)
+            for removal in plan.removals if dry_run else result.removed:
+                console.print(f"{verb} {escape(removal.path)} ({escape(removal.why)})", soft_wrap=True)
+            for finding, why in plan.unrepaired:
+                console.print(f"[red]not repaired[/red] {escape(finding.message)}: {escape(why)}", soft_wrap=True)
+            if result.error:
+                console.print(f"[red]repair stopped:[/red] {escape(result.error)}; run `ffp verify {escape(run_dir)} "
+                              "--repair` again", soft_wrap=True)
+            if plan.regenerate and result.error is None:
+                console.print(f"{'then run' if dry_run else 'run'} `ffp run {escape(run_dir)}` to regenerate "
+                              f"{len(plan.regenerate)} shards", soft_wrap=True)
+    if result is not None and not dry_run:
+        raise typer.Exit(0 if result.complete else 1)
     raise typer.Exit(0 if report.ok else 1)
 
 

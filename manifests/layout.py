@@ -10,6 +10,7 @@ Everything else asks this module where a thing lives; nothing else writes ``"man
     stages/<stage>/_partial/shard-N/      per-item results of a shard in progress (checkpoints)
     labels/labels-*.parquet               review labels (append-only)
     logs/                                 run logs, the previous run.yaml, finalize markers
+    logs/lease.json                       the lease of the driver running the run now (one writer per run)
     logs/actors/<stage>/<host>-<pid>.log  what each stage actor printed (stdout, stderr, library logging)
     index/                                derived caches (commit info, rows, source digests): delete freely
 
@@ -40,6 +41,10 @@ COMMIT_CACHE = f"{INDEX_DIR}/commits.parquet"
 """Derived copy of the commit info of every manifest of a local run folder (``manifests.manifest.read_commits``)."""
 ROWS_CACHE = f"{INDEX_DIR}/rows"
 """Derived copies of each stage's manifest rows (local run folders); delete them freely."""
+LEASE = f"{LOGS_DIR}/lease.json"
+"""The lease of the driver that runs the run now (``manifests.lease``): one writer per run folder."""
+LEASE_LOCK = f"{LOGS_DIR}/lease.lock"
+"""Local run folders: the lock file that serialises renewals and takeovers of the lease."""
 
 
 def shard_name(shard: int) -> str:
@@ -69,6 +74,15 @@ def manifest_file(stage: str, name: str) -> str:
     return f"{manifests_dir(stage)}/{name}"
 
 
+def manifest_stage_shard(rel: str) -> tuple[str, int] | None:
+    """The (stage, shard) of a manifest's path (``manifest_path``'s inverse); None for any other path."""
+    found = _MANIFEST_RE.fullmatch(rel)
+    return (found.group(1), int(found.group(2))) if found else None
+
+
+_MANIFEST_RE = re.compile(rf"{MANIFESTS_DIR}/([^/]+)/shard-(\d+)\.parquet")
+
+
 # A stage's folders ------------------------------------------------------------------------------------------
 
 
@@ -92,6 +106,11 @@ class StageFolders:
     def tar_path(self, shard: int) -> str:
         return f"{self.tars}/{shard_name(shard)}.tar"
 
+    def tar_shard(self, rel: str) -> int | None:
+        """The shard whose tar ``rel`` is (``tar_path``'s inverse), or None when it is not one of this stage's."""
+        found = _TAR_RE.fullmatch(rel[len(self.tars) + 1:]) if rel.startswith(f"{self.tars}/") else None
+        return int(found.group(1)) if found else None
+
     @property
     def checkpoints(self) -> str:
         return f"{work_dir(self.stage)}/{PARTIAL}"
@@ -102,6 +121,9 @@ class StageFolders:
     def output_file(self, name: str) -> str:
         """A file the stage publishes next to its tars (export's ``dataset.parquet``)."""
         return output_file(self.tars, name)
+
+
+_TAR_RE = re.compile(r"shard-(\d+)\.tar")
 
 
 def output_file(folder: str, name: str) -> str:

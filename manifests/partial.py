@@ -4,6 +4,11 @@ For each input item (a sample, or a source for a root stage) the worker first bu
 then processes it, then writes the item's files (a small tar) and finally its rows (JSON, the item's commit
 marker). A killed worker loses at most the items in flight; on the retry, finished items are reused and an
 item whose counter reached the limit without a result (it killed the worker every time) is quarantined.
+
+Each attempt also records the shard try that began it (``ShardTask.try_id``). When a try's worker is killed for
+memory, the driver notes that try (:func:`note_oom_death`) and the next try blames exactly the items that try had in
+flight (:meth:`PartialStore.apply_oom_deaths`); memory errors raised in ``process`` are counted the same way
+(:meth:`PartialStore.note_oom`).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ from manifests.shards import ShardReader, write_shard
 from manifests.storage import Storage, StorageFull
 
 SHARD_TIMEOUT = "shard-timeout.json"
+OOM_DEATHS = "oom-deaths.json"
 
 
 @dataclass
@@ -33,8 +39,11 @@ class PartialStore:
     deleted on open, so old and new outputs are never mixed.
     """
 
-    def __init__(self, storage: Storage, stage: str, shard: int, fingerprint: str) -> None:
-        self.storage, self.dir = storage, partial_dir(stage, shard)
+    def __init__(
+        self, storage: Storage, stage: str, shard: int, fingerprint: str, try_id: str | None = None
+    ) -> None:
+        """``try_id``: the shard try this store is opened by; each attempt it begins records it."""
+        self.storage, self.dir, self.try_id = storage, partial_dir(stage, shard), try_id
         marker = f"{self.dir}/FINGERPRINT"
         if storage.exists(self.dir) and (not storage.exists(marker) or storage.read_bytes(marker).decode() != fingerprint):
             storage.remove(self.dir, recursive=True)
@@ -49,14 +58,14 @@ class PartialStore:
         return int(json.loads(self.storage.read_bytes(rel))["attempts"]) if self.storage.exists(rel) else 0
 
     def begin(self, key: str, worker: str | None = None) -> int:
-        """Record one more attempt at ``key`` (by ``worker``, "host:pid") before running it; returns the
-        attempt number (1-based)."""
+        """Record one more attempt at ``key`` (by ``worker``, "host:pid", in this store's try) before running it;
+        returns the attempt number (1-based)."""
         attempt = self.attempts(key) + 1
-        self.set_attempts(key, attempt, worker)
+        self.set_attempts(key, attempt, worker, self.try_id)
         return attempt
 
-    def set_attempts(self, key: str, attempts: int, worker: str | None = None) -> None:
-        record = {"attempts": attempts, "worker": worker}
+    def set_attempts(self, key: str, attempts: int, worker: str | None = None, try_id: str | None = None) -> None:
+        record = {"attempts": attempts, "worker": worker, "try": try_id}
         # not flushed to disk: after a power loss a counter one short costs at most one more try
         self.storage.write_bytes(self._rel(key, "attempts.json"), json.dumps(record).encode(), durable=False)
 
@@ -87,6 +96,35 @@ class PartialStore:
             return f"timeouts.shard_s ({json.loads(self.storage.read_bytes(shard))['seconds']:g} s)"
         return None
 
+    def note_oom(self, key: str, event: str, kind: str, error: str = "") -> int:
+        """Record that ``key`` ran out of memory on ``event`` (an attempt, or a try whose worker was killed: the same
+        event recorded twice counts once), of ``kind`` ``raised`` or ``killed``; returns how many times it has."""
+        events = self.ooms(key)
+        events[event] = {"kind": kind, "error": error}
+        self.storage.write_bytes(self._rel(key, "oom.json"), json.dumps(events).encode())
+        return len(events)
+
+    def ooms(self, key: str) -> dict[str, dict[str, str]]:
+        """Each time ``key`` ran out of memory (:meth:`note_oom`), in order."""
+        rel = self._rel(key, "oom.json")
+        return dict(json.loads(self.storage.read_bytes(rel))) if self.storage.exists(rel) else {}
+
+    def apply_oom_deaths(self) -> list[str]:
+        """Blame each try whose worker was killed for memory (:func:`note_oom_death`) on the items it had in flight:
+        begun by that try (their latest attempt), no result saved. Returns those items. Idempotent, so a try that
+        dies while doing this loses nothing; it must run before the try begins any item."""
+        rel = f"{self.dir}/{OOM_DEATHS}"
+        deaths = json.loads(self.storage.read_bytes(rel)) if self.storage.exists(rel) else {}
+        if not deaths:
+            return []
+        blamed = []
+        for path in self.storage.list(self.dir, pattern="*.attempts.json"):
+            key = path.rsplit("/", 1)[-1].removesuffix(".attempts.json")
+            try_id = json.loads(self.storage.read_bytes(path)).get("try")
+            if try_id in deaths and not self.storage.exists(self._rel(key, "rows.json")):
+                self.note_oom(key, f"try {try_id}", "killed", deaths[try_id])
+                blamed.append(key)
+        return blamed
 
     def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
         if any(files.values()):
@@ -116,6 +154,15 @@ class PartialStore:
 def note_shard_timeout(storage: Storage, stage: str, shard: int, seconds: float) -> None:
     """Record, for the next try, that the driver ended a try at this shard for running past its time limit."""
     storage.write_bytes(f"{partial_dir(stage, shard)}/{SHARD_TIMEOUT}", json.dumps({"seconds": seconds}).encode())
+
+
+def note_oom_death(storage: Storage, stage: str, shard: int, try_id: str, error: str) -> None:
+    """Record, for the next try, that the worker of try ``try_id`` at this shard was killed for memory (``error``:
+    the evidence). Written by the driver only."""
+    rel = f"{partial_dir(stage, shard)}/{OOM_DEATHS}"
+    deaths = json.loads(storage.read_bytes(rel)) if storage.exists(rel) else {}
+    deaths[try_id] = error
+    storage.write_bytes(rel, json.dumps(deaths).encode())
 
 
 def finished_items(storage: Storage, stage: str, shard: int) -> int:

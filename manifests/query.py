@@ -44,8 +44,7 @@ log = logging.getLogger("ffp.query")
 
 
 def stage_names(run: Storage) -> list[str]:
-    return sorted(p.rsplit("/", 1)[-1] for p in run.fs.ls(run.path(layout.MANIFESTS_DIR), detail=False)) \
-        if run.exists(layout.MANIFESTS_DIR) else []
+    return run.folders(layout.MANIFESTS_DIR)
 
 
 def _manifest_files(run: Storage, stage: str | None) -> list[str]:

@@ -3,7 +3,8 @@
 Every read and write of the project goes through :class:`Storage`, so a run folder behaves the same on a
 laptop disk and on object storage. Writes are atomic: data goes to a temporary name next to the target and
 is then moved into place (an O(1) rename on local disks; a copy on object stores, where a single PUT is
-atomic anyway).
+atomic anyway). Every call is retried on a transient error (a 503 SlowDown, a reset connection: ``manifests/retry.py``
+names them); a retried write rewrites its whole temporary, and the final move is idempotent.
 """
 
 from __future__ import annotations
@@ -11,17 +12,21 @@ from __future__ import annotations
 import errno
 import os
 import posixpath
+import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
-from typing import IO
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
+from typing import IO, Any, Self, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
 import fsspec
 from fsspec.core import url_to_fs
 
+from manifests import retry
+
 TEMP_MARKER = ".tmp-"
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+T = TypeVar("T")
 
 
 class StorageFull(RuntimeError):
@@ -80,24 +85,52 @@ class Storage:
     def path(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
+    def _retried(self, func: Callable[[], T], what: str, rel: str, **kw: Any) -> T:
+        return retry.call(func, f"{what} {self.url.rstrip('/')}/{rel}", **kw)
+
     def exists(self, rel: str) -> bool:
-        return self.fs.exists(self.path(rel))
+        return self._retried(lambda: self.fs.exists(self.path(rel)), "exists", rel)
 
     def size(self, rel: str) -> int:
-        return int(self.fs.size(self.path(rel)))
+        return int(self._retried(lambda: self.fs.size(self.path(rel)), "size", rel))
 
     def read_bytes(self, rel: str) -> bytes:
-        return self.fs.cat_file(self.path(rel))
+        return self._retried(lambda: self.fs.cat_file(self.path(rel)), "read", rel)
 
     def open(self, rel: str, mode: str = "rb") -> IO[bytes]:
-        return self.fs.open(self.path(rel), mode)
+        """A file to read (``rb``): on object storage, each of its reads is retried like any other call."""
+        if mode != "rb":
+            raise ValueError(f"Storage.open reads only ('rb', not {mode!r}): write through atomic_writer")
+        handle = self._retried(lambda: self.fs.open(self.path(rel), mode), "open", rel)
+        return handle if self.is_local else _RetryingReader(handle, f"{self.url.rstrip('/')}/{rel}")
+
+    def is_folder(self, rel: str = "") -> bool:
+        return bool(self._retried(lambda: self.fs.isdir(self.path(rel)), "isdir", rel))
+
+    def folders(self, rel: str = "") -> list[str]:
+        """Names of the folders directly under ``rel``, sorted (none when ``rel`` does not exist)."""
+        if not self.exists(rel):
+            return []
+        found = self._retried(lambda: self.fs.ls(self.path(rel), detail=True), "list", rel)
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in found if e.get("type") == "directory")
+
+    def make_folder(self, rel: str = "") -> None:
+        self._retried(lambda: self.fs.makedirs(self.path(rel), exist_ok=True), "makedirs", rel)
+
+    def etag(self, rel: str) -> str | None:
+        """The object's ETag on object storage (None where the store has none); FileNotFoundError if absent."""
+        return self._retried(lambda: self.fs.info(self.path(rel)).get("ETag"), "info", rel)
+
+    def upload(self, local_folder: str, rel: str) -> None:
+        """Copy a local folder's files under ``rel`` (retried whole: each file is replaced, so a retry is safe)."""
+        self._retried(lambda: self.fs.put(f"{local_folder.rstrip('/')}/", self.path(rel), recursive=True), "upload", rel)
 
     def list(self, rel: str = "", *, pattern: str = "*") -> list[str]:
         """Paths (relative to this folder) of files under ``rel`` matching a glob, sorted."""
         base = self.path(rel)
-        if not any(ch in rel for ch in "*?[") and not self.fs.exists(base):
+        if not any(ch in rel for ch in "*?[") and not self.exists(rel):
             return []
-        found = self.fs.glob(posixpath.join(base, pattern))
+        found = self._retried(lambda: self.fs.glob(posixpath.join(base, pattern)), "list", rel)
         return sorted(posixpath.relpath(p, self.root) for p in found)
 
     def walk_files(self, rel: str = "") -> list[str]:
@@ -105,16 +138,19 @@ class Storage:
         base = self.path(rel)
         if self.is_local:  # os.walk lists a 66K-file run in ~30 ms, fsspec's find in ~0.7 s
             found = [os.path.join(folder, name) for folder, _, names in os.walk(base) for name in names]
-        elif self.fs.exists(base):
-            found = self.fs.find(base)
+        elif self.exists(rel):
+            found = self._retried(lambda: self.fs.find(base), "list", rel)
         else:
             found = []
         return sorted(posixpath.relpath(p, self.root) for p in found)
 
     def remove(self, rel: str, *, recursive: bool = False) -> None:
         target = self.path(rel)
-        if self.fs.exists(target):
-            self.fs.rm(target, recursive=recursive)
+        if self.exists(rel):
+            try:
+                self._retried(lambda: self.fs.rm(target, recursive=recursive), "remove", rel)
+            except FileNotFoundError:  # a retried delete whose first try did its work
+                pass
 
     def remove_temporaries(self, folder: str = "", *, prefix: str = "", recursive: bool = False) -> int:
         """Delete temporaries of interrupted writes (``<prefix>...<TEMP_MARKER>...``) in ``folder``, or
@@ -132,30 +168,90 @@ class Storage:
     def atomic_writer(self, rel: str, *, durable: bool = True) -> Iterator[IO[bytes]]:
         """Write to a temporary sibling, then move it onto ``rel``; a crash leaves only the temporary.
         ``durable``: flushed to the disk before the move (on local disks), so that a power loss cannot leave
-        the new name with missing content; off for records whose loss costs nothing (attempt counters)."""
+        the new name with missing content; off for records whose loss costs nothing (attempt counters).
+        On object storage the data is first written to a local temporary file, so that a transient error on the
+        upload can be retried by uploading the whole of it again."""
         final = self.path(rel)
-        self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
         temp = f"{final}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
         try:
-            with self.fs.open(temp, "wb") as handle:
-                yield handle
-                if self.is_local and durable:
-                    handle.flush()
-                    os.fsync(handle.fileno())
+            if self.is_local:
+                self.fs.makedirs(posixpath.dirname(final), exist_ok=True)
+                with self.fs.open(temp, "wb") as handle:
+                    yield handle
+                    if durable:
+                        handle.flush()
+                        os.fsync(handle.fileno())
+            else:
+                with tempfile.NamedTemporaryFile(prefix="ffp-upload-") as local:
+                    yield local  # type: ignore[misc]
+                    local.flush()
+                    self._retried(lambda: self.fs.put_file(local.name, temp), "write", posixpath.relpath(temp, self.root))
             self._replace(temp, final)
         except BaseException as exc:
-            if self.fs.exists(temp):
-                self.fs.rm(temp)
+            with suppress(Exception):  # a temporary left here is cleaned up later; the write's own error counts
+                if os.path.exists(temp) if self.is_local else self.fs.exists(temp):
+                    self.fs.rm(temp)
             if isinstance(exc, OSError) and exc.errno in DISK_FULL:
                 raise StorageFull(f"no space left on the device of {self.url} writing {rel} ({exc.strerror})") from exc
             raise
 
     def write_bytes(self, rel: str, data: bytes, *, durable: bool = True) -> None:
-        with self.atomic_writer(rel, durable=durable) as handle:
-            handle.write(data)
+        if self.is_local:
+            with self.atomic_writer(rel, durable=durable) as handle:
+                handle.write(data)
+            return
+        final = self.path(rel)
+        temp = f"{final}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
+        try:
+            self._retried(lambda: self.fs.pipe_file(temp, data), "write", posixpath.relpath(temp, self.root))
+            self._replace(temp, final)
+        except BaseException:
+            with suppress(Exception):  # a temporary left here is cleaned up later; the write's own error counts
+                self.remove(posixpath.relpath(temp, self.root))
+            raise
 
     def _replace(self, temp: str, final: str) -> None:
         if self.is_local:
             os.replace(temp, final)
-        else:
-            self.fs.mv(temp, final)
+            return
+        tries = 0
+
+        def move() -> None:
+            nonlocal tries
+            tries += 1
+            try:
+                self.fs.mv(temp, final)
+            except FileNotFoundError:
+                # the temporary is gone: a try whose answer was lost moved it already (only this writer knows it)
+                if tries > 1 and self.fs.exists(final):
+                    return
+                raise
+
+        self._retried(move, "move into place", posixpath.relpath(final, self.root))
+
+
+class _RetryingReader:
+    """A file of an object store open for reading whose ``read``/``readinto`` calls are retried on a transient
+    error. fsspec's buffered file moves its position only once a read succeeded, so a failed read can simply be
+    made again; anything else is the file's own."""
+
+    def __init__(self, handle: IO[bytes], name: str) -> None:
+        self._handle, self._name = handle, name
+
+    def read(self, size: int = -1) -> bytes:
+        return retry.call(lambda: self._handle.read(size), f"read {self._name}")
+
+    def readinto(self, buffer: Any) -> int:
+        return retry.call(lambda: self._handle.readinto(buffer), f"read {self._name}")  # type: ignore[attr-defined]
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self._handle)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()

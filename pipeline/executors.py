@@ -14,6 +14,7 @@ from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from manifests.lease import LeaseLost
 from manifests.storage import Storage, StorageFull
 from pipeline.config import Resources
 from pipeline.graph import StageGraph
@@ -30,19 +31,23 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    """The try raised; its worker lives on. ``storage_full``: the run folder's storage is full."""
+    """The try raised; its worker lives on. ``storage_full``: the run folder's storage is full. ``lease_lost``: the
+    worker refused to write because the run folder's lease is another driver's now (fencing)."""
 
     ticket: Hashable
     error: str
     storage_full: bool = False
+    lease_lost: bool = False
 
 
 @dataclass(frozen=True)
 class Died:
-    """The worker died during the try (killed, preempted, out of memory, its model failed to load)."""
+    """The worker died during the try (killed, preempted, out of memory, its model failed to load). ``oom``: the
+    engine has evidence that it was killed for memory (``pipeline.oom``)."""
 
     ticket: Hashable
     error: str
+    oom: bool = False
 
 
 Event = Finished | Failed | Died
@@ -149,6 +154,10 @@ class InProcessExecutor:
             if self.raise_errors:
                 raise
             return Failed(ticket, str(exc), storage_full=True)
+        except LeaseLost as exc:
+            if self.raise_errors:
+                raise
+            return Failed(ticket, str(exc), lease_lost=True)
         except Exception as exc:
             if self.raise_errors:
                 raise

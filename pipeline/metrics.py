@@ -10,8 +10,8 @@ the tags ``run`` (the config's ``name``) and ``stage``; ``docker/grafana/ffp-das
 |---|---|---|---|
 | ``ffp_samples_committed`` | counter | ``status`` | samples in committed shards, by status (its rate: items/s) |
 | ``ffp_shards_committed`` | counter | | shards committed by this driver |
-| ``ffp_shard_failures`` | counter | ``reason`` | tries that ended without a commit: error, actor_died, timeout, storage_full |
-| ``ffp_actor_deaths`` | counter | | actors that died during a try |
+| ``ffp_shard_failures`` | counter | ``reason`` | tries that ended without a commit: error, actor_died, out_of_memory, timeout, storage_full |
+| ``ffp_actor_deaths`` | counter | | actors that died during a try (killed for memory included) |
 | ``ffp_gpu_seconds_held``, ``ffp_gpu_seconds_busy`` | counter | | GPU-seconds the stage's actors held, and spent running shards |
 | ``ffp_shard_seconds`` | histogram | | seconds per committed shard, as its worker measured them |
 | ``ffp_shards_queued`` | gauge | | shards ready, waiting for an actor |
@@ -162,7 +162,7 @@ class RayMetrics:
     def shard_failed(self, stage: str, reason: str) -> None:
         def record(m: _Instruments) -> None:
             m.failures.inc(1, tags=self._tags(stage, reason=reason))
-            if reason == "actor_died":
+            if reason in ("actor_died", "out_of_memory"):
                 m.deaths.inc(1, tags=self._tags(stage))
 
         self._record("a failure", record)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import posixpath
 import time
 import uuid
 from dataclasses import asdict
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import yaml
 
-from manifests import layout
+from manifests import layout, retry
 from manifests.layout import RUN_YAML
+from manifests.lease import Lease, LeaseLost
 from manifests.storage import Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
@@ -85,21 +87,43 @@ def execute(
     already opened with it (``open_run``; a CLI that shows progress opens it once and hands it down). ``verbose``:
     the actors' output streams to this terminal instead of their log files (``pipeline/actor_logs.py``)."""
     opened = config if isinstance(config, OpenedRun) else open_run(config)
-    storage, graph, plan = opened
-    config = opened.config
+    storage, plan = opened.storage, opened.plan
     stale = plan.stale_stages()
     if stale and not rerun_stale:
         raise StaleError(stale)
+    # one driver per run folder: the lease is taken before anything is written (LeaseHeld names the holder)
+    lease = Lease(storage)
+    replaced = lease.acquire()
+    try:
+        if replaced is not None and listener is not None:
+            listener("lease_taken_over", replaced)
+        plan, report = _drive(
+            opened, lease, retry_stages=retry_stages, retry_quarantined=retry_quarantined, listener=listener,
+            verbose=verbose,
+        )
+    finally:
+        lease.release()  # a no-op when the lease was lost: it is the new holder's
+    return plan, report
+
+
+def _drive(
+    opened: OpenedRun, lease: Lease, *, retry_stages: set[str] | None, retry_quarantined: bool,
+    listener: Listener | None, verbose: bool,
+) -> tuple[RunPlan, RunReport]:
+    storage, graph, plan = opened
+    config = opened.config
     _clean_leftovers(storage, plan)
     _write_run_yaml(storage, config)
     plan.save_sources()
     from pipeline.runner import Driver, connect_ray
 
     report = Driver(
-        storage, graph, plan, retry_stages=retry_stages, listener=listener, verbose=verbose,
+        storage, graph, plan, retry_stages=retry_stages, listener=_fenced(lease, listener), verbose=verbose,
+        lease_token=lease.token,
         connect=lambda: connect_ray(config.ray, verbose=verbose),
         retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
     ).run()
+    lease.check()  # a driver that lost its lease finalizes nothing and writes no run log
     if not report.halted:  # halted: the storage is full, no dataset files now
         for name in graph.order:
             _finalize(storage, plan, name)
@@ -107,17 +131,36 @@ def execute(
         # caches in index/ current for the next start, as the status that follows a run always has
         plan = RunPlan(storage, graph)
     log = {
-        "seconds": report.seconds, "actor_deaths": report.actor_deaths, "timeouts": report.timeouts,
+        "seconds": report.seconds, "actor_deaths": report.actor_deaths, "oom_deaths": report.oom_deaths,
+        "timeouts": report.timeouts,
         "peak_actors": report.peak_actors, "cluster": report.cluster, "unplaceable": report.unplaceable,
         "halted": report.halted, "errors": {f"{s}/{n}": e for (s, n), e in report.errors.items()},
         "blocked": [f"{s}/{n}" for s, n in report.blocked], "shards": [asdict(s) for s in report.summaries],
+        "retries": run_retries(report.summaries),
+        "lease": lease.record(),
     }
+    lease.check()
     try:
         storage.write_bytes(layout.run_log(_stamp()), json.dumps(log, indent=1).encode())
     except StorageFull:
         if not report.halted:
             raise
     return plan, report
+
+
+def _fenced(lease: Lease, listener: Listener | None) -> Listener:
+    """The scheduler's listener, stopping the run (``LeaseLost`` out of the scheduler's loop) as soon as the lease
+    is known lost: a renewal found another holder's token, or a worker refused to commit for that reason."""
+
+    def listen(event: str, data: object) -> None:
+        if event == "lease_lost" and isinstance(data, tuple):
+            lease.lost = lease.lost or str(data[-1])
+        if lease.lost:
+            raise LeaseLost(lease.lost)
+        if listener is not None:
+            listener(event, data)
+
+    return listen
 
 
 def _write_run_yaml(storage: Storage, config: PipelineConfig) -> None:
@@ -128,6 +171,24 @@ def _write_run_yaml(storage: Storage, config: PipelineConfig) -> None:
             return
         storage.write_bytes(layout.previous_run_yaml(_stamp()), old.encode())
     storage.write_bytes(RUN_YAML, text.encode())
+
+
+def run_retries(summaries: list) -> dict[str, int]:
+    """Storage calls retried in this run, per kind of transient error: every shard's (each counted in its
+    worker's process) and the driver's own."""
+    total = retry.counts()  # this driver process's (a driver runs one run)
+    for summary in summaries:
+        total = retry.add(total, getattr(summary, "retries", {}))
+    return total
+
+
+def last_run_retries(storage: Storage) -> dict[str, int]:
+    """The storage retries of the run folder's last run log, per kind (empty: none, or no log yet); for
+    ``ffp status``."""
+    logs = storage.list(posixpath.dirname(layout.run_log("x")), pattern=posixpath.basename(layout.run_log("*")))
+    if not logs:
+        return {}
+    return dict(json.loads(storage.read_bytes(logs[-1])).get("retries") or {})
 
 
 def _stamp() -> str:

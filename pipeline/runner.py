@@ -15,21 +15,24 @@ from __future__ import annotations
 import logging
 import os
 import re
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import ray
-from ray.exceptions import RayActorError, RayTaskError
+from ray.exceptions import OutOfMemoryError, RayActorError, RayTaskError
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from manifests.layout import actor_logs_dir
+from manifests.lease import LeaseLost
 from manifests.storage import Storage, StorageFull
 from pipeline.actor_logs import QUIET_ENV, ActorLog
 from pipeline.config import PipelineConfig, RayOptions, Resources
 from pipeline.executors import Died, Event, Failed, Finished
 from pipeline.graph import StageGraph
 from pipeline.metrics import RayMetrics
+from pipeline.oom import REASON, died_process, kernel_oom_kill, ray_oom_death
 from pipeline.plan import RunPlan
 from pipeline.scheduler import CAPACITY_REFRESH_S, Listener, RunReport, Scheduler
 from pipeline.worker import ShardSummary, ShardTask, ShardWorker
@@ -59,7 +62,7 @@ def connect_ray(options: RayOptions, *, verbose: bool = False) -> str | None:
     return context.dashboard_url or None
 
 
-def died_reason(exc: RayActorError) -> str:
+def died_reason(exc: Exception) -> str:
     """What killed an actor, in one line: the error its setup raised (a model that would not load), or how its
     process ended (Ray's long explanation of the usual causes is cut)."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(exc))
@@ -68,6 +71,22 @@ def died_reason(exc: RayActorError) -> str:
         return f"its setup raised {lines[-1]}"
     detail = re.search(r"Worker exit detail: (.*?\.)(?:\s|$)", text)
     return f"its process ended ({detail.group(1)})" if detail else "its process ended"
+
+
+def oom_evidence(exc: Exception, since: float | None = None) -> str | None:
+    """Why the death ``ray.get`` raised ``exc`` for was for memory, if anything says so: Ray's memory monitor killed
+    the actor (``ray.exceptions.OutOfMemoryError``), or, for an actor of this node, the kernel's log says its OOM
+    killer killed the actor's process (by the pid Ray gives) since ``since`` (``time.monotonic()``). A SIGKILL alone
+    is no evidence: Ray's text for one always lists the OOM killer among possible causes (``pipeline.oom``)."""
+    said = ray_oom_death(exc)
+    if said is not None:
+        return said
+    pid, ip = died_process(str(exc))
+    if pid is not None and ip is not None and ip == ray.util.get_node_ip_address():
+        line = kernel_oom_kill(pid, since)
+        if line is not None:
+            return f"the kernel's OOM killer killed it: {line}"
+    return None
 
 
 def node_resources() -> list[dict[str, float]]:
@@ -155,6 +174,7 @@ class RayExecutor:
     ) -> None:
         self.storage, self.run_url, self.connect, self.verbose = storage, storage.url, connect, verbose
         self.stage_of: dict[ray.ObjectRef, str] = {}
+        self.submitted_at: dict[ray.ObjectRef, float] = {}  # time.monotonic(): kernel log lines before it are older
         self.config_json = graph.config.model_dump(mode="json")
         self.groups: dict[Any, PlacementGroup] = {}
 
@@ -177,6 +197,7 @@ class RayExecutor:
     def submit(self, worker: Any, task: ShardTask) -> ray.ObjectRef:
         ticket = worker.run_shard.remote(task)
         self.stage_of[ticket] = task.stage
+        self.submitted_at[ticket] = time.monotonic()
         return ticket
 
     def wait(self, tickets: Sequence[ray.ObjectRef], timeout: float) -> list[Event]:
@@ -184,14 +205,22 @@ class RayExecutor:
         return [self._event(ref, self.stage_of.pop(ref, None)) for ref in done]
 
     def _event(self, ref: ray.ObjectRef, stage: str | None) -> Event:
+        since = self.submitted_at.pop(ref, None)
         try:
             summary: ShardSummary = ray.get(ref)
-        except RayActorError as exc:
+        except (RayActorError, OutOfMemoryError) as exc:  # Ray's memory monitor's kill is no RayActorError
+            if isinstance(exc, RayTaskError) and not isinstance(exc, RayActorError):  # run_shard raised it: alive
+                return Failed(ref, str(exc.cause) if exc.cause else str(exc))
             logs = "" if self.verbose or stage is None else f"; its output: {self.storage.path(actor_logs_dir(stage))}/"
+            evidence = oom_evidence(exc, since)
+            if evidence is not None:
+                return Died(ref, f"actor died: {REASON} ({evidence}){logs}", oom=True)
             return Died(ref, f"actor died: {died_reason(exc)}{logs}")
         except RayTaskError as exc:
             if isinstance(exc.cause, StorageFull):  # every other shard would fail the same way
                 return Failed(ref, str(exc.cause), storage_full=True)
+            if isinstance(exc.cause, LeaseLost):  # fenced: another driver holds the run now
+                return Failed(ref, str(exc.cause), lease_lost=True)
             return Failed(ref, str(exc.cause) if exc.cause else str(exc))
         return Finished(ref, summary)
 
@@ -217,9 +246,10 @@ class Driver(Scheduler):
         max_shard_attempts: int | None = None,
         connect: Callable[[], None] = lambda: None,
         verbose: bool = False,
+        lease_token: str | None = None,
     ) -> None:
         super().__init__(
             storage, graph, plan, RayExecutor(storage, graph, connect, verbose=verbose), retry_stages=retry_stages,
-            retry=retry,
-            listener=listener, max_shard_attempts=max_shard_attempts, metrics=RayMetrics(graph.config.name),
+            retry=retry, listener=listener, max_shard_attempts=max_shard_attempts,
+            metrics=RayMetrics(graph.config.name), lease_token=lease_token,
         )

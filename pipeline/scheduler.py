@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from manifests.partial import finished_items, note_shard_timeout
+from manifests.partial import finished_items, note_oom_death, note_shard_timeout
 from manifests.storage import Storage
 from pipeline.allocation import CostModel, Demand, fits, plan_actors, read_calibration, take
 from pipeline.config import Resources
@@ -68,8 +68,8 @@ class MetricsSink(Protocol):
 
     def shard_failed(self, stage: str, reason: str) -> None:
         """A try ended without a commit. ``reason``: ``error`` (the shard raised; its worker lives on),
-        ``actor_died`` (its worker died), ``timeout`` (the scheduler ended it past ``timeouts.shard_s``) or
-        ``storage_full``."""
+        ``actor_died`` (its worker died), ``out_of_memory`` (its worker was killed for memory), ``timeout`` (the
+        scheduler ended it past ``timeouts.shard_s``) or ``storage_full``."""
 
     def capacity(self, nodes: Sequence[Mapping[str, float]]) -> None:
         """The live nodes' CPUs and GPUs, each time the scheduler reads them (they change as nodes come and go)."""
@@ -106,6 +106,8 @@ class RunReport:
     errors: dict[tuple[str, int], str] = field(default_factory=dict)
     blocked: list[tuple[str, int]] = field(default_factory=list)
     actor_deaths: int = 0
+    oom_deaths: int = 0
+    """Of ``actor_deaths``, the workers killed for memory (Ray's memory monitor, the kernel's OOM killer)."""
     timeouts: int = 0
     """Shard tries the driver ended for running past ``timeouts.shard_s``."""
     peak_actors: dict[str, int] = field(default_factory=dict)
@@ -140,6 +142,7 @@ class _Try:
     shard: int
     worker: Any
     started: float
+    try_id: str = ""
 
 
 class Scheduler:
@@ -161,8 +164,10 @@ class Scheduler:
         max_shard_attempts: int | None = None,
         stages: Iterable[str] | None = None,
         metrics: MetricsSink | None = None,
+        lease_token: str | None = None,
     ) -> None:
         self.executor = executor
+        self.lease_token = lease_token  # the driver's lease on the run folder; every task carries it (fencing)
         self.metrics: MetricsSink = metrics or NoMetrics()
         self.storage, self.graph, self.plan = storage, graph, plan
         self.retry_stages, self.retry = set(retry_stages or ()), retry
@@ -418,10 +423,10 @@ class Scheduler:
                 if actor is None:
                     break
                 self.pending[stage].remove(shard)
-                task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage))
+                task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage), lease=self.lease_token)
                 self.tries[(stage, shard)] += 1
                 ticket = self.executor.submit(actor, task)
-                self.inflight[ticket] = _Try(stage, shard, actor, time.time())
+                self.inflight[ticket] = _Try(stage, shard, actor, time.time(), task.try_id)
                 self.listener("started", (stage, shard))
         self._prewarm()
 
@@ -482,7 +487,10 @@ class Scheduler:
         self._end_try(attempt, event.summary if isinstance(event, Finished) else None)
         if isinstance(event, Died):
             self.report.actor_deaths += 1
-            self.metrics.shard_failed(stage, "actor_died")
+            self.metrics.shard_failed(stage, "out_of_memory" if event.oom else "actor_died")
+            if event.oom:  # the next try blames the samples this one had in flight (quarantined at OOM_LIMIT)
+                self.report.oom_deaths += 1
+                note_oom_death(self.storage, stage, shard, attempt.try_id, event.error)
             self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
             self._drop_actor(actor)
             self._forgive_if_progress(stage, shard)
@@ -491,6 +499,10 @@ class Scheduler:
         self.idle[stage].append(actor)
         self.loaded.add(id(actor))
         if isinstance(event, Failed):
+            if event.lease_lost:  # another driver holds the run now: stop at once, retry nothing, write nothing
+                self.report.halted = event.error
+                self.listener("lease_lost", (stage, shard, event.error))
+                return
             self.metrics.shard_failed(stage, "storage_full" if event.storage_full else "error")
             if event.storage_full:  # every other shard would fail the same way: stop, keep all
                 self.report.halted = self.report.errors[(stage, shard)] = event.error

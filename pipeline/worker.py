@@ -20,18 +20,22 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from manifests import retry as storage_retry
 from manifests.labels import current_labels
+from manifests.lease import LeaseLost, check_lease
 from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
 from manifests.partial import ItemResult, PartialStore
 from manifests.shards import ShardReader, open_shard
 from manifests.storage import Storage, StorageFull
 from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
+from pipeline.oom import OOM_LIMIT, drop_traceback, free_memory, is_memory_error, oom_reason
 from pipeline.plan import RunPlan
 from pipeline.stage import DeclaredColumns, Result, Sample, Stage, StageContext, UndeclaredRead
 
@@ -50,14 +54,22 @@ class ShardTask:
     source_rows: tuple[dict[str, Any], ...] = ()
     retry: frozenset[str] = frozenset()
     """Statuses whose committed samples are redone (``ffp retry``)."""
+    lease: str | None = None
+    """The token of the driver's lease (``manifests.lease``): the try writes nothing, and commits nothing, once the
+    run folder's lease carries another one (fencing). None: no lease (workers driven in-process by tests)."""
+    try_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
+    """This dispatch of the shard (unique across drivers and runs): each attempt at an item records it, so that a
+    try whose worker is killed for memory is blamed on exactly the items it had in flight."""
 
     @classmethod
-    def from_plan(cls, plan: RunPlan, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardTask:
+    def from_plan(
+        cls, plan: RunPlan, stage: str, shard: int, *, retry: frozenset[str] = frozenset(), lease: str | None = None
+    ) -> ShardTask:
         expected = plan.expected_inputs_digest(stage, shard)
         if expected is None:
             raise InputError(f"{stage}/shard {shard}: upstream shards are not committed and current")
         rows = plan.source_rows[stage].get(shard, []) if stage in plan.source_rows else []
-        return cls(stage, shard, expected, tuple(rows), retry)
+        return cls(stage, shard, expected, tuple(rows), retry, lease)
 
 
 @dataclass
@@ -70,6 +82,8 @@ class ShardSummary:
     seconds: float = 0.0
     peak_rss_mb: float = 0.0
     """The worker process's peak resident memory so far (its model included), when the shard was committed."""
+    retries: dict[str, int] = field(default_factory=dict)
+    """Storage calls retried while this shard ran, per kind of transient error (``manifests/retry.py``)."""
 
 
 class InputError(RuntimeError):
@@ -94,6 +108,7 @@ class ShardWorker:
         inject("setup", stage_name)
         self.stage.setup()
         self.max_attempts = graph.config.max_attempts
+        self.oom_limit = min(OOM_LIMIT, self.max_attempts)
 
     # Inputs ---------------------------------------------------------------------------------------------
     def _inputs(self, task: ShardTask, readers: _LazyReaders) -> list[Sample]:
@@ -110,11 +125,15 @@ class ShardWorker:
 
     def _run(self, task: ShardTask, samples: list[Sample]) -> ShardSummary:
         started, node, shard = time.time(), self.node, task.shard
+        retries_before = storage_retry.counts()
+        self._fence(task)  # before anything is written: the shard may be another driver's now
         for target in (node.tar_path(shard), manifest_path(node.name, shard)):  # left by a worker killed mid-write
             self.storage.remove_temporaries(posixpath.dirname(target), prefix=posixpath.basename(target))
-        partial = PartialStore(self.storage, node.name, shard, node.fingerprint)
+        partial = PartialStore(self.storage, node.name, shard, node.fingerprint, task.try_id)
         self.storage.remove_temporaries(partial.dir)
         self._move_commit_to_partial(partial, shard, {s.sample_id: s for s in samples}, task.retry)
+        for blamed in partial.apply_oom_deaths():  # before any item is begun: tries are told apart by their items
+            log.warning("%s/shard %s: %s was in flight when a worker was killed for memory", node.name, shard, blamed)
         summary = ShardSummary(node.name, shard)
         results: dict[str, ItemResult] = {}
         pending: list[Sample] = []
@@ -123,6 +142,8 @@ class ShardWorker:
             if saved is not None:
                 results[sample.sample_id] = saved
                 summary.reused += 1
+            elif len(ooms := partial.ooms(sample.sample_id)) >= self.oom_limit:
+                results[sample.sample_id] = self._quarantine(sample, partial, oom_reason(ooms))
             elif partial.attempts(sample.sample_id) >= self.max_attempts:
                 limit = partial.timed_out(sample.sample_id)
                 why = f"ran past {limit}" if limit else "the worker died"
@@ -140,15 +161,26 @@ class ShardWorker:
         rows = [row for item in results.values() for row in item.rows]
         files = {sid: fields for item in results.values() for sid, fields in item.files.items()}
         inject("commit", node.name)
+        self._fence(task)  # fencing: the window left is this read and the writes that follow (docs/reliability.md)
         info = commit_shard(
             self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
             stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
-            extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused},
+            extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused,
+                   "retries": storage_retry.since(retries_before)},
         )
         partial.clear()
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
+        summary.retries = storage_retry.since(retries_before)
         summary.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
         return summary
+
+    def _fence(self, task: ShardTask) -> None:
+        """Refuse to go on unless the run folder's lease still carries the token of the driver that sent ``task``."""
+        try:
+            check_lease(self.storage, task.lease)
+        except LeaseLost as exc:
+            log.error("%s/shard %s: refused: %s", task.stage, task.shard, exc)
+            raise
 
     def _move_commit_to_partial(
         self, partial: PartialStore, shard: int, inputs: dict[str, Sample], retry: frozenset[str]
@@ -193,6 +225,7 @@ class ShardWorker:
         attempts = {s.sample_id: partial.begin(s.sample_id, WORKER) for s in batch}
         started = time.time()
         self.stage.model_seconds = 0.0
+        crash: tuple[str, bool] | None = None
         try:
             with self._watchdog(batch, partial):
                 for sample in batch:
@@ -206,12 +239,11 @@ class ShardWorker:
             log.error("%s/shard %s: %s", self.node.name, batch[0].shard, exc)
             produced = [Result.failed(s.sample_id, f"refused: {exc}") for s in batch]
         except Exception as exc:  # noqa: BLE001 - a crash of the stage code on these samples
-            if len(batch) > 1:
-                return {k: v for s in batch for k, v in self._process_batch([s], partial).items()}
-            sample = batch[0]
-            if attempts[sample.sample_id] < self.max_attempts:
-                return self._process_batch(batch, partial)
-            return {sample.sample_id: self._quarantine(sample, partial, _describe(exc))}
+            crash = (_describe(exc), is_memory_error(exc))
+            if crash[1]:
+                drop_traceback(exc)  # what the failed allocation left half built goes with the frames' locals
+        if crash is not None:  # out of the except block: the exception and its frames are gone
+            return self._after_crash(batch, partial, attempts, *crash)
         elapsed = (time.time() - started) / max(1, len(batch))
         model_elapsed = self.stage.model_seconds / max(1, len(batch))
         try:
@@ -233,6 +265,30 @@ class ShardWorker:
                     partial.forget_attempt(unsaved.sample_id, attempts[unsaved.sample_id])
                 raise
             out[sample.sample_id] = ItemResult(rows, files)
+        return out
+
+    def _after_crash(self, batch: list[Sample], partial: PartialStore, attempts: dict[str, int], error: str,
+                     out_of_memory: bool) -> dict[str, ItemResult]:
+        """``process`` raised ``error`` on ``batch``: a batch is retried one sample at a time (a batch too large for
+        memory included: alone, each may fit), a sample up to ``max_attempts``, or until it ran out of memory
+        ``oom_limit`` times (each sample of a batch that did counts it once, as when its worker is killed for memory
+        with the batch in flight); then it is quarantined."""
+        times: dict[str, int] = {}
+        if out_of_memory:
+            free_memory()
+            log.warning("%s/shard %s: out of memory on %s: %s", self.node.name, batch[0].shard,
+                        [s.sample_id for s in batch], error)
+            times = {s.sample_id: partial.note_oom(s.sample_id, f"attempt {attempts[s.sample_id]}", "raised", error)
+                     for s in batch}
+        out: dict[str, ItemResult] = {}
+        for sample in batch:
+            sid = sample.sample_id
+            if out_of_memory and (times[sid] >= self.oom_limit or attempts[sid] >= self.max_attempts):
+                out[sid] = self._quarantine(sample, partial, oom_reason(partial.ooms(sid)))
+            elif len(batch) > 1 or attempts[sid] < self.max_attempts:
+                out.update(self._process_batch([sample], partial))
+            else:
+                out[sid] = self._quarantine(sample, partial, error)
         return out
 
     @contextmanager
@@ -433,5 +489,5 @@ def _derives(sample_id: str, source_id: str) -> bool:
 def _describe(exc: BaseException) -> str:
     frames = traceback.extract_tb(exc.__traceback__)
     where = f" at {frames[-1].filename.rsplit('/', 1)[-1]}:{frames[-1].lineno}" if frames else ""
-    return f"{type(exc).__name__}: {exc}{where}"
+    return f"{type(exc).__name__}: {exc}{where}" if str(exc) else f"{type(exc).__name__}{where}"
 

@@ -73,6 +73,27 @@ def test_status_table(run_dir):
         assert word in out
 
 
+def test_status_names_the_driver_and_the_retries_of_the_last_run(run_dir, tmp_path):
+    from manifests import layout
+    from manifests.lease import Lease
+
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    code, out, _ = cli_invoke(["status", str(copy)])
+    assert code == 0 and "driver:" not in out and "retried" not in out  # no driver, no run log
+    log = {"retries": {"throttled": 3, "connection": 1}}
+    Storage(str(copy)).write_bytes(layout.run_log("20261204-120000-abcdef"), json.dumps(log).encode())
+    lease = Lease(Storage(str(copy)), expiry_s=60)
+    lease.acquire()
+    try:
+        code, out, _ = cli_invoke(["status", str(copy)])
+    finally:
+        lease.release()
+    assert code == 0
+    assert f"pid {lease.info.pid}" in out and "running" in out
+    assert "storage errors retried in the last run: 4 (connection 1, throttled 3)" in out
+
+
 def test_verify_exit_codes(run_dir, tmp_path):
     code, out, _ = cli_invoke(["verify", str(run_dir), "--json"])
     assert code == 0
