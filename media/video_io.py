@@ -440,12 +440,16 @@ class _Conversion:
     background: tuple[int, int, int]
 
 
-def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, conv: _Conversion) -> _Picture:
+def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, conv: _Conversion,
+                        box: tuple[int, int, int, int] | None = None) -> _Picture:
     """Rotate, centre-crop (by the displayed shape) and resize a decoded frame, converted to the output colour:
     YUV sources on their 4:2:0 planes (each with OpenCV, then one conversion at the output size if the colour
-    differs); RGB, alpha and HDR sources through RGB."""
+    differs); RGB, alpha and HDR sources through RGB. ``box`` (x0, y0, width, height in stored pixels, all even)
+    is cut out first: the picture inside black borders (``media/gates.py``)."""
     if conv.source.path(conv.tonemap) == "rgb":
         rgb = rgb_of(frame, conv.source, conv.background)
+        if box is not None:
+            rgb = rgb[box[1]:box[1] + box[3], box[0]:box[0] + box[2]]
         if conv.rotation:
             rgb = cv2.rotate(rgb, _ROTATE[conv.rotation])
         rgb = resize_center_crop(rgb, out_w, out_h, pixel_aspect=conv.pixel_aspect)
@@ -454,6 +458,9 @@ def _picture_from_frame(frame: av.VideoFrame, out_w: int, out_h: int, conv: _Con
         return _picture_from_rgb(np.ascontiguousarray(rgb), output=conv.output)
     frame = yuv420_in_source_colour(frame, conv.source)
     planes = _planes(frame)
+    if box is not None:
+        bx, by, bw, bh = box
+        planes = [p[by // s:(by + bh) // s, bx // s:(bx + bw) // s] for p, s in zip(planes, (1, 2, 2))]
     if conv.rotation:
         planes = [cv2.rotate(p, _ROTATE[conv.rotation]) for p in planes]
     h, w = planes[0].shape

@@ -5,10 +5,14 @@ streaming), resized and centre-cropped on the displayed picture, converted to on
 configured) and encoded as H.264; docs/media.md says what is done to which source and which columns say so. A
 VOS sequence also gives the per-instance masks of the kept frames, losslessly (``masks.npz``, palette ids,
 unchanged when no resize is needed).
+
+Raw video (params ``shots`` and ``gates``, off by default): clips are placed inside the shots found in the same
+decode pass and gated for borders, brightness, contrast, sharpness and motion (``media/shot_cut.py``; docs/media.md).
 """
 
 from __future__ import annotations
 
+import json
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,7 +27,10 @@ from pydantic import Field, field_validator
 from media.arrays import json_bytes, npz_bytes
 from media.colour import OutputColour
 from media.errors import VideoError
+from media.gates import GateConfig
 from media.png import png_bytes
+from media.shot_cut import ShotCut, cut_in_shots
+from media.shots import ShotConfig
 from media.sources import NotRegularFile, display_uri, input_fs, list_frames, list_inputs, source_columns
 from media.video_io import Clip, ClipSpec, Cut, VideoInfo, cut_clips_from_frames, cut_video, probe, rewound
 from pipeline.stage import Params, Result, Sample, Stage
@@ -32,6 +39,37 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 RGB = tuple[int, int, int]
+
+
+class ShotParams(Params):
+    """Raw video: clips are placed inside shots (``media/shots.py``)."""
+
+    threshold: float = Field(27.0, gt=0, description="ContentDetector score (0-255) that makes a cut")
+    min_shot_frames: int = Field(8, ge=1, description="a cut closer than this many frames to the last is ignored")
+    black_level: float = Field(20.0, ge=0, le=255, description="mean luma below which a frame is part of a fade")
+    margin_frames: int = Field(2, ge=0, description="frames kept clear of a cut on each side of a clip")
+    max_source_clips: int = Field(256, ge=1, description="clips one source gives at most (max_clips is per shot)")
+
+    def config(self) -> ShotConfig:
+        return ShotConfig(self.threshold, self.min_shot_frames, self.black_level, self.margin_frames)
+
+
+class GateParams(Params):
+    """Quality and motion gates of each clip (``media/gates.py``): brightness and contrast on 0-255 full-range luma,
+    the border level on the luma as stored."""
+
+    min_brightness: float = Field(10.0, ge=0, le=255, description="mean luma below which a clip is too dark")
+    max_brightness: float = Field(240.0, ge=0, le=255, description="mean luma above which a clip is too bright")
+    min_contrast: float = Field(6.0, ge=0, description="luma standard deviation below which a clip is near-constant")
+    min_sharpness: float = Field(15.0, ge=0, description="Laplacian variance (at 480 px wide) below which it is blurry")
+    min_motion: float = Field(0.02, ge=0, description="mean optical flow, % of the width per frame, below which static")
+    crop_borders: bool = Field(True, description="cut away black borders (letterbox, pillarbox) before resizing")
+    border_level: float = Field(28.0, ge=0, le=255, description="a border row or column is darker than this")
+    samples: int = Field(5, ge=2, le=32, description="frames measured per clip (and optical-flow pairs)")
+
+    def config(self) -> GateConfig:
+        return GateConfig(self.min_brightness, self.max_brightness, self.min_contrast, self.min_sharpness,
+                          self.min_motion, self.border_level, crop_borders=self.crop_borders, samples=self.samples)
 
 
 class IngestParams(Params):
@@ -56,6 +94,16 @@ class IngestParams(Params):
     alpha: Literal["composite", "filter"] = Field(
         "composite", description="sources with transparency: composited on alpha_background, or filtered")
     alpha_background: RGB = Field((0, 0, 0), description="RGB that transparent pixels are composited on")
+    shots: ShotParams | None = Field(None, description="raw video: place clips inside shots (null: at fixed times)")
+    gates: GateParams | None = Field(None, description="quality and motion gates per clip (null: none)")
+
+    def fingerprint_data(self) -> dict[str, Any]:
+        # shots and gates came later: left out while off, so that the fingerprints of existing configs stay
+        data = super().fingerprint_data()
+        for name in ("shots", "gates"):
+            if data.get(name) is None:
+                data.pop(name, None)
+        return data
 
     @field_validator("alpha_background")
     @classmethod
@@ -108,6 +156,14 @@ class Ingest(Stage):
         "src_fixes": pa.string(),
         "timestamps_repaired": pa.int32(),
         "identical_to": pa.string(),
+        "shots": pa.string(),
+        "shot_index": pa.int32(),
+        "shot_start": pa.int32(),
+        "shot_end": pa.int32(),
+        **{name: pa.int32() for name in ("crop_x", "crop_y", "crop_w", "crop_h")},
+        **{name: pa.float32() for name in (
+            "brightness", "brightness_min", "brightness_max", "contrast", "contrast_min", "sharpness",
+            "sharpness_min", "motion", "camera_motion", "object_motion", "motion_min")},
     }
     params: IngestParams
 
@@ -122,6 +178,8 @@ class Ingest(Stage):
     @classmethod
     def samples_per_source(cls, params: Params) -> int:
         assert isinstance(params, IngestParams)
+        if params.shots is not None:
+            return params.shots.max_source_clips
         return params.max_clips
 
     def process(self, samples: Sequence[Sample]) -> list[Result]:
@@ -136,6 +194,8 @@ class Ingest(Stage):
         try:
             if source["kind"] == "vos":
                 made = self._cut_vos(source, spec)
+            elif self.params.shots is not None or self.params.gates is not None:
+                return self._raw(source, spec, base)
             else:
                 made = self._cut_video(source["uri"], spec)
         except (VideoError, NotRegularFile, _UnreachableUrl) as exc:
@@ -192,6 +252,50 @@ class Ingest(Stage):
                     cut = cut_video(again, spec, info)
         return _SourceFacts.of_video(info, cut, self.params), cut
 
+    def _raw(self, source: dict[str, Any], spec: ClipSpec, base: dict[str, Any]) -> list[Result]:
+        """Clips placed inside shots and gated: a row per clip made, filtered or lost; one for the source when
+        it gives none."""
+        source_id = source["source_id"]
+        made = self._cut_shots(source["uri"], spec)
+        if isinstance(made, str):
+            return [Result.filtered(source_id, made, **base)]
+        facts, cut = made
+        base |= facts.columns() | {"shots": json.dumps([[s.start, s.end] for s in cut.shots])}
+        if not cut.clips and not cut.filtered and not cut.lost:
+            if cut.damaged and not cut.shots:
+                return [Result.failed(source_id, "cannot decode: no frame decoded", **base)]
+            lengths = [s.frames for s in cut.shots]
+            shown = ", ".join(map(str, lengths[:20])) + (f" and {len(lengths) - 20} more" if len(lengths) > 20 else "")
+            reason = (f"no shot long enough: {len(lengths)} shot{'s' * (len(lengths) != 1)} of {shown} frames, a clip spans {cut.span} source "
+                      f"frames (plus {self.params.shots.margin_frames if self.params.shots else 0} on each side)")
+            if cut.damaged:
+                reason += "; the stream is damaged"
+            return [Result.filtered(source_id, reason, **base)]
+        rows = [self._result(source, facts, clip, base, cut.facts[clip.index]) for clip in cut.clips]
+        rows += [Result.filtered(_clip_id(source_id, f.index), f.reason, clip_index=f.index, **f.values, **base)
+                 for f in cut.filtered]
+        rows += [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **base) for c in cut.lost]
+        return rows
+
+    def _cut_shots(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, ShotCut] | str:
+        shots = self.params.shots
+        config = shots.config() if shots else ShotConfig(threshold=1e9, black_level=-1.0, margin_frames=0)
+        gates = self.params.gates.config() if self.params.gates else None
+        limit = shots.max_source_clips if shots else self.params.max_clips
+        fs, path = _input_fs(uri)
+        with fs.open(path, "rb") as handle:
+            info = probe(handle, max_pixels=spec.max_pixels)
+            refusal = self._refusal(info)
+            if refusal:
+                return refusal
+            if rewound(handle):
+                cut = cut_in_shots(handle, spec, info, config, gates, limit)
+            else:
+                with fs.open(path, "rb") as again:
+                    cut = cut_in_shots(again, spec, info, config, gates, limit)
+        summary = Cut([], [], cut.decoded, cut.ended, cut.damaged, 0, 0)
+        return _SourceFacts.of_video(info, summary, self.params), cut
+
     def _cut_vos(self, source: dict[str, Any], spec: ClipSpec) -> tuple[_SourceFacts, Cut] | str:
         frames = list_frames(source["uri"])
         if not frames:
@@ -208,7 +312,8 @@ class Ingest(Stage):
         facts = _SourceFacts(source["fps"], first.shape[1], first.shape[0], len(frames), {"src_codec": "images"})
         return facts, Cut(clips, [], len(frames), True, False, 0, len(clips))
 
-    def _result(self, source: dict[str, Any], facts: _SourceFacts, clip: Clip, base: dict[str, Any]) -> Result:
+    def _result(self, source: dict[str, Any], facts: _SourceFacts, clip: Clip, base: dict[str, Any],
+                extra: dict[str, Any] | None = None) -> Result:
         source_id = source["source_id"]
         files = {"clip.mp4": clip.mp4, "frame0.png": png_bytes(clip.first_frame)}
         instances: list[int] = []
@@ -220,11 +325,16 @@ class Ingest(Stage):
             "source_frames": clip.source_frames, "fps": clip.fps, "width": clip.width, "height": clip.height,
             "instance_ids": instances, "source": facts.meta(),
         }
+        extra = extra or {}
+        if "shot_index" in extra:
+            meta["shot"] = {"index": extra["shot_index"], "start": extra["shot_start"], "end": extra["shot_end"]}
+        if "crop_w" in extra:
+            meta["content_box"] = [extra["crop_x"], extra["crop_y"], extra["crop_w"], extra["crop_h"]]
         files["meta.json"] = json_bytes(meta)
         return Result.ok(
             _clip_id(source_id, clip.index), files, clip_index=clip.index, start_frame=clip.source_frames[0],
             num_frames=len(clip.source_frames), fps=clip.fps, width=clip.width, height=clip.height,
-            num_instances=len(instances), **base,
+            num_instances=len(instances), **extra, **base,
         )
 
 

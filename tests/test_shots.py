@@ -1,0 +1,97 @@
+"""Shot boundaries found in ingest's decode pass, and clips placed inside shots, on real footage with known cuts
+(``tests/raw_footage.py``: the SAM2 gallery clips cut together, with a fade through black)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import av
+import pytest
+
+from manifests.storage import Storage
+from media.shots import ShotTracker, small_planes
+from pipeline.stage import Sample, StageContext
+from stages.ingest import Ingest, IngestParams
+from tests.raw_footage import Edited, edited_video
+
+CLIP = {"num_frames": 16, "fps": None, "width": 160, "height": 90, "crf": 30, "preset": "ultrafast"}
+
+
+@pytest.fixture(scope="module")
+def edited(tmp_path_factory: pytest.TempPathFactory) -> Edited:
+    return edited_video(tmp_path_factory.mktemp("raw"))
+
+
+def ingest(path: Path, **params) -> list:
+    stage = Ingest(IngestParams(**{**CLIP, **params}), StageContext("ingest", Storage(str(path.parent))))
+    return stage.process([Sample(path.stem, 0, {"source_id": path.stem, "uri": str(path), "kind": "video"})])
+
+
+def test_every_cut_and_fade_is_found_within_one_frame(edited: Edited):
+    tracker, starts = ShotTracker(), []
+    with av.open(str(edited.path)) as container:
+        for index, frame in enumerate(container.decode(video=0)):
+            if tracker.push(index, small_planes(frame)):
+                starts.append(index)
+    shots = [(s.start, s.end) for s in tracker.close()]
+    assert len(shots) == len(edited.shots), shots
+    for cut in edited.cuts:
+        assert any(abs(start - cut) <= 1 for start in starts[1:]), (cut, starts)
+    for (start, end), (built_start, built_end) in zip(shots, edited.shots):
+        assert abs(start - built_start) <= 1 and abs(end - built_end) <= 1, (shots, edited.shots)
+    black_first, black_last = edited.black
+    assert not any(start <= black_first <= end or start <= black_last <= end for start, end in shots)
+
+
+def test_clips_lie_inside_shots_and_keep_their_source_frames(edited: Edited):
+    rows = ingest(edited.path, max_clips=3, shots={})
+    made = [r for r in rows if r.status == "ok"]
+    assert len(made) == 11  # 70, 45, 80 and 83-frame shots: 3 + 2 + 3 + 3 clips of 16 frames with 2-frame margins
+    for row in made:
+        frames = json.loads(row.files["meta.json"])["source_frames"]
+        assert frames == list(range(frames[0], frames[0] + 16))
+        inside = [shot for shot in edited.shots if shot[0] <= frames[0] and frames[-1] <= shot[1]]
+        assert inside, f"clip {frames[0]}-{frames[-1]} spans a cut ({edited.shots})"
+        assert (row.columns["shot_start"], row.columns["shot_end"]) == inside[0]
+        assert row.columns["start_frame"] == frames[0]
+    assert json.loads(made[0].columns["shots"]) == [list(s) for s in edited.shots]
+    per_shot = [sum(r.columns["shot_index"] == k for r in made) for k in range(4)]
+    assert per_shot == [3, 2, 3, 3]
+
+
+def test_max_clips_is_per_shot_and_max_source_clips_caps_the_source(edited: Edited):
+    one = ingest(edited.path, max_clips=1, shots={})
+    assert [r.columns["shot_index"] for r in one] == [0, 1, 2, 3]
+    capped = ingest(edited.path, max_clips=3, shots={"max_source_clips": 2})
+    assert [r.columns["clip_index"] for r in capped] == [0, 1]
+
+
+def test_a_source_without_a_shot_long_enough_is_one_filtered_row_with_the_shot_lengths(edited: Edited):
+    rows = ingest(edited.path, num_frames=90, shots={})
+    assert len(rows) == 1 and rows[0].status == "filtered"
+    assert rows[0].sample_id == "edited"
+    assert "no shot long enough: 4 shots of 70, 45, 80, 83 frames" in rows[0].reason
+
+
+def test_shots_and_gates_off_keep_the_fingerprint_of_existing_configs():
+    data = IngestParams().fingerprint_data()
+    assert "shots" not in data and "gates" not in data
+    assert "shots" in IngestParams(shots={}).fingerprint_data()
+
+
+def test_memory_is_bounded_by_a_clip_not_by_the_source(tmp_path: Path):
+    """A source of 60 short shots (1800 frames): the decoded frames held at once never exceed one clip's (each
+    clip's frames are released once it is encoded or dropped), however long the source."""
+    from media.shot_cut import cut_in_shots
+    from media.shots import ShotConfig
+    from media.video_io import ClipSpec, probe
+    from tests.raw_footage import footage, write_video
+
+    dog, cups = footage("01_dog.mp4", 0, 30, (64, 36)), footage("02_cups.mp4", 0, 30, (64, 36))
+    path = write_video(tmp_path / "long.mp4", [f for k in range(60) for f in (dog if k % 2 else cups)])
+    spec = ClipSpec(num_frames=16, fps=None, width=64, height=36, max_clips=1, crf=30, preset="ultrafast")
+    cut = cut_in_shots(str(path), spec, probe(str(path)), ShotConfig(), None, 1000)
+    assert cut.decoded == 1800 and len(cut.shots) == 60
+    assert len(cut.clips) == 60
+    assert cut.peak_held <= spec.num_frames
