@@ -14,6 +14,7 @@ variable-rate file are not consulted, except to number the frames after a decode
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -23,7 +24,7 @@ import cv2
 import numpy as np
 
 from media.gates import GateConfig, GateResult, measure
-from media.shots import Shot, ShotConfig, ShotTracker, small_planes
+from media.shots import Decision, Shot, ShotConfig, ShotTracker, small_planes
 from media.video_io import (
     Clip,
     ClipSpec,
@@ -161,6 +162,27 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
         clips.append(Clip(index, source_frames, mp4, first_rgb, out_w, out_h, float(fps)))
         facts[index] = row
 
+    def place(decision: Decision, frame: av.VideoFrame, small: np.ndarray) -> None:
+        """One decided frame: open, feed and finish the candidates."""
+        nonlocal placed
+        idx = decision.index
+        if decision.starts or decision.black:
+            open_.clear()  # they would span a cut or a fade
+            placed = 0
+        if decision.black:
+            return
+        if placed < spec.max_clips and idx >= first and made() + len(open_) < max_source_clips:
+            if idx >= decision.shot_start + margin + placed * stride:
+                open_.append(_Candidate(idx, decision.shot))
+                placed += 1
+        for c in open_:
+            if idx - c.start in wanted:
+                c.frames[idx - c.start] = (frame, cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
+        for c in [c for c in open_ if idx >= c.start + offsets[-1] + margin]:
+            open_.remove(c)
+            finish(c)
+
+    delayed: deque[tuple[int, av.VideoFrame, np.ndarray]] = deque()  # frames waiting for the tracker's decision
     with open_container(source, spec.max_pixels) as container:
         stream = container.streams[info.stream_index]
         stream.thread_type = "AUTO"
@@ -185,26 +207,20 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
             if (damage.corrupt and damage.corrupt[-1] == number) or any(i == number for i, _ in damage.after_start):
                 damaged_frames.add(idx)
             small = small_planes(frame)
-            if tracker.push(idx, small) or tracker.start is None:
-                open_.clear()  # they would span a cut or a fade
-                placed = 0
-            if tracker.start is not None and placed < spec.max_clips and idx >= first:
-                if idx >= tracker.start + margin + placed * stride and made() + len(open_) < max_source_clips:
-                    open_.append(_Candidate(idx, len(tracker.shots)))
-                    placed += 1
-            for c in open_:
-                if idx - c.start in wanted:
-                    c.frames[idx - c.start] = (frame, cv2.cvtColor(small, cv2.COLOR_BGR2GRAY))
-            peak = max(peak, sum(len(c.frames) for c in open_))
-            for c in [c for c in open_ if idx >= c.start + offsets[-1] + margin]:
-                open_.remove(c)
-                finish(c)
+            delayed.append((idx, frame, small))
+            for decision in tracker.push(idx, small):
+                place(decision, *delayed.popleft()[1:])
+            peak = max(peak, len(delayed) + sum(len(c.frames) for c in open_))
             if made() >= max_source_clips and not open_:
                 break
-        for c in open_:  # the stream ended: no cut can follow, the margin is not needed
-            if c.start + offsets[-1] <= tracker.last:
-                finish(c)
-    tracker.close()
+        else:
+            for decision in tracker.close():
+                place(decision, *delayed.popleft()[1:])
+            for c in open_:  # the stream ended: no cut can follow, the margin is not needed
+                if c.start + offsets[-1] <= tracker.last:
+                    finish(c)
+    if tracker.start is not None:  # decoding stopped early: the last shot ends where it did
+        tracker.close()
     for index, row in facts.items():  # the shot's end is known once it closed
         row["shot_end"] = _shot_of(tracker.shots, row["shot_index"]).end
         row["shot_start"] = _shot_of(tracker.shots, row["shot_index"]).start

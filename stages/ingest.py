@@ -45,13 +45,16 @@ class ShotParams(Params):
     """Raw video: clips are placed inside shots (``media/shots.py``)."""
 
     threshold: float = Field(27.0, gt=0, description="ContentDetector score (0-255) that makes a cut")
+    jump_ratio: float = Field(4.0, gt=1, description="jump cuts: changed share of a frame over its neighbours' mean")
+    jump_min_changed: float = Field(0.02, gt=0, le=1, description="jump cuts: the least share of the picture changed")
     min_shot_frames: int = Field(8, ge=1, description="a cut closer than this many frames to the last is ignored")
     black_level: float = Field(20.0, ge=0, le=255, description="mean luma below which a frame is part of a fade")
     margin_frames: int = Field(2, ge=0, description="frames kept clear of a cut on each side of a clip")
     max_source_clips: int = Field(256, ge=1, description="clips one source gives at most (max_clips is per shot)")
 
     def config(self) -> ShotConfig:
-        return ShotConfig(self.threshold, self.min_shot_frames, self.black_level, self.margin_frames)
+        return ShotConfig(self.threshold, self.jump_ratio, self.jump_min_changed, self.min_shot_frames,
+                          self.black_level, self.margin_frames)
 
 
 class GateParams(Params):
@@ -279,7 +282,7 @@ class Ingest(Stage):
 
     def _cut_shots(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, ShotCut] | str:
         shots = self.params.shots
-        config = shots.config() if shots else ShotConfig(threshold=1e9, black_level=-1.0, margin_frames=0)
+        config = shots.config() if shots else ShotConfig(threshold=1e9, jump_ratio=1e9, black_level=-1.0, margin_frames=0)
         gates = self.params.gates.config() if self.params.gates else None
         limit = shots.max_source_clips if shots else self.params.max_clips
         fs, path = _input_fs(uri)

@@ -28,13 +28,19 @@ def ingest(path: Path, **params) -> list:
     return stage.process([Sample(path.stem, 0, {"source_id": path.stem, "uri": str(path), "kind": "video"})])
 
 
-def test_every_cut_and_fade_is_found_within_one_frame(edited: Edited):
-    tracker, starts = ShotTracker(), []
-    with av.open(str(edited.path)) as container:
+def detect(path: Path) -> tuple[list[tuple[int, int]], list[int]]:
+    """The shots of a video, and the frames that start one (decoded as ingest does)."""
+    tracker, decisions = ShotTracker(), []
+    with av.open(str(path)) as container:
         for index, frame in enumerate(container.decode(video=0)):
-            if tracker.push(index, small_planes(frame)):
-                starts.append(index)
-    shots = [(s.start, s.end) for s in tracker.close()]
+            decisions += tracker.push(index, small_planes(frame))
+    decisions += tracker.close()
+    assert [d.index for d in decisions] == list(range(len(decisions)))
+    return [(s.start, s.end) for s in tracker.shots], [d.index for d in decisions if d.starts]
+
+
+def test_every_cut_and_fade_is_found_within_one_frame(edited: Edited):
+    shots, starts = detect(edited.path)
     assert len(shots) == len(edited.shots), shots
     for cut in edited.cuts:
         assert any(abs(start - cut) <= 1 for start in starts[1:]), (cut, starts)
@@ -84,7 +90,7 @@ def test_memory_is_bounded_by_a_clip_not_by_the_source(tmp_path: Path):
     """A source of 60 short shots (1800 frames): the decoded frames held at once never exceed one clip's (each
     clip's frames are released once it is encoded or dropped), however long the source."""
     from media.shot_cut import cut_in_shots
-    from media.shots import ShotConfig
+    from media.shots import LOOKAHEAD, ShotConfig
     from media.video_io import ClipSpec, probe
     from tests.raw_footage import footage, write_video
 
@@ -94,4 +100,18 @@ def test_memory_is_bounded_by_a_clip_not_by_the_source(tmp_path: Path):
     cut = cut_in_shots(str(path), spec, probe(str(path)), ShotConfig(), None, 1000)
     assert cut.decoded == 1800 and len(cut.shots) == 60
     assert len(cut.clips) == 60
-    assert cut.peak_held <= spec.num_frames
+    assert cut.peak_held <= spec.num_frames + LOOKAHEAD + 1  # the tracker's decisions come LOOKAHEAD frames late
+
+
+def test_a_jump_cut_within_one_scene_is_found_and_a_single_shot_has_no_cut(tmp_path: Path):
+    """The same static camera on the same room, 130 frames apart (the woman and the dog moved): little of the
+    picture changes, so only the adaptive detector sees it; the gallery clips themselves (fast hands, running dog)
+    are one shot each."""
+    from tests.media_files import find_media
+    from tests.raw_footage import footage, write_video
+
+    jump = write_video(tmp_path / "jump.mp4", footage("01_dog.mp4", 0, 70) + footage("01_dog.mp4", 200, 80))
+    shots, _ = detect(jump)
+    assert len(shots) == 2 and abs(shots[1][0] - 70) <= 1, shots
+    for name, frames in (("01_dog.mp4", 289), ("02_cups.mp4", 300)):
+        assert detect(find_media("sam2_gallery", name))[0] == [(0, frames - 1)]
