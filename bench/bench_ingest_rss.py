@@ -1,13 +1,15 @@
 """Benchmark: peak RSS of an ingest actor per source, short source vs a 5-minute one (streaming keeps it bounded).
 
     python bench/bench_ingest_rss.py [--video tests/footage/sam2_gallery/01_dog.mp4] [--minutes 5]
-                                     [--out bench/results/ingest_rss.txt]
+                                     [--only-shots] [--out bench/results/ingest_rss.txt]
 
 The long source is the short one looped with ``ffmpeg -stream_loop N -c copy`` (no re-encode, same bitstream).
 Each case runs in a fresh Python process that imports the stage, measures its RSS (the baseline: Python, numpy,
 PyAV, OpenCV, pyarrow), then runs ``Ingest.process`` on the source (probe, cut_clips, PNG of frame 0, the
 results held in memory as an actor holds them before writing) and reports ``ru_maxrss``. The production
-shape: 81 frames, 16 fps, 1280x720, crf 18, veryfast, x264 threads auto.
+shape: 81 frames, 16 fps, 1280x720, crf 18, veryfast, x264 threads auto. The raw-video cases (``shots`` and ``gates``
+on, ``--only-shots`` alone) decode the whole source: each loop of the long one is a shot (the jump back to the first
+frame is a cut), so it gives a clip per loop.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ def main() -> None:
     ap.add_argument("--video", type=Path, default=MEDIA / "01_dog.mp4")
     ap.add_argument("--minutes", type=float, default=5.0)
     ap.add_argument("--out", type=Path)
+    ap.add_argument("--only-shots", action="store_true", help="only the raw-video cases (shots and gates on)")
     args = ap.parse_args()
     exe = ffmpeg_exe()
     report = Report()
@@ -91,19 +94,27 @@ def main() -> None:
             ("long, 4 overlapping clips at the end", long, {**base, "max_clips": 4, "stride_s": 1.0,
                                                            "start_s": info.duration_s - 9.5}),
             ("long, 12 clips spread over it", long, {**base, "max_clips": 12, "stride_s": (info.duration_s - 6) / 11}),
+            ("short, shots + gates, a clip per shot", args.video, {**base, "max_clips": 1, "shots": {}, "gates": {}}),
+            (f"long, shots + gates, a clip per shot ({loops + 1})", long,
+             {**base, "max_clips": 1, "shots": {}, "gates": {}}),
         ]
+        if args.only_shots:
+            cases = [case for case in cases if "shots" in case[2]]
         say()
-        head = f"{'case':40}{'clips':>6}{'baseline MB':>12}{'peak MB':>9}{'peak-base MB':>13}{'wall s':>8}"
+        head = (f"{'case':44}{'clips':>6}{'baseline MB':>12}{'peak MB':>9}{'peak-base MB':>13}{'wall s':>8}"
+                f"{'mp4 MB':>8}")
         report.header(head)
         for name, uri, params in cases:
             r = run_case(uri, params, tmp)
             if r["reasons"]:
                 say(f"{name}: {r['reasons']}")
-            say(f"{name:40}{r['clips']:>6}{r['base_kb'] / 1024:12.0f}{r['peak_kb'] / 1024:9.0f}"
-                f"{(r['peak_kb'] - r['base_kb']) / 1024:13.0f}{r['wall']:8.1f}")
+            say(f"{name:44}{r['clips']:>6}{r['base_kb'] / 1024:12.0f}{r['peak_kb'] / 1024:9.0f}"
+                f"{(r['peak_kb'] - r['base_kb']) / 1024:13.0f}{r['wall']:8.1f}{r['mp4_bytes'] / 2**20:8.0f}")
     say()
     say("peak-base: what processing one source adds to the actor (decoder + open encoders + finished clips held as "
-        "results). One 1280x720 RGB frame is 2.6 MiB; the 81-frame clip as RGB would be 213 MiB.")
+        "results; mp4 MB: the clips' bytes among them). One 1280x720 RGB frame is 2.6 MiB; the 81-frame clip as RGB would "
+        "be 213 MiB. With shots on, a clip's source frames are held until it is confirmed inside its shot (81 decoded "
+        "4:2:0 frames: 112 MiB), then encoded and released.")
     report.append_to(args.out, "bench_ingest_rss.py")
 
 

@@ -143,12 +143,12 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
         if conv is None:
             conv = _Conversion(describe(c.frames[0][0]), spec.output, info.rotation, info.pixel_aspect, spec.tonemap,
                                spec.background)
-        encoder = _Encoder(out_w, out_h, fps, spec.output, spec.crf, spec.preset, spec.threads, queue_size=len(offsets))
+        encoder = _Encoder(out_w, out_h, fps, spec.output, spec.crf, spec.preset, spec.threads)
         try:
             previous, picture, first_rgb = -1, None, None
             for o in offsets:
                 if o != previous:
-                    picture = _picture_from_frame(c.frames[o][0], out_w, out_h, conv, box)
+                    picture = _picture_from_frame(c.frames.pop(o)[0], out_w, out_h, conv, box)  # released once used
                     previous = o
                 assert picture is not None
                 if first_rgb is None:
