@@ -69,12 +69,14 @@ def edited_video(folder: Path) -> Edited:
     return Edited(path, [70, 115], (195, 200), [(0, 69), (70, 114), (115, 194), (start_d, len(frames) - 1)])
 
 
-def letterboxed_video(folder: Path, bar: int = 24) -> tuple[Path, list[np.ndarray]]:
-    """The dog clip's first 60 frames in a 320x180 picture with black bars of ``bar`` rows above and below;
-    returns the path and the content frames (320 x (180 - 2 bar))."""
-    content = footage("01_dog.mp4", 0, 60, (W, H - 2 * bar))
-    frames = [np.pad(f, ((bar, bar), (0, 0), (0, 0))) for f in content]
-    return write_video(folder / "letterboxed.mp4", frames), content
+def letterboxed_video(folder: Path, bar: int = 24, pillars: bool = False) -> tuple[Path, list[np.ndarray]]:
+    """The dog clip's first 60 frames in a 320x180 picture with black bars of ``bar`` rows above and below (or
+    ``bar`` columns left and right: ``pillars``); returns the path and the content frames."""
+    size = (W - 2 * bar, H) if pillars else (W, H - 2 * bar)
+    content = footage("01_dog.mp4", 0, 60, size)
+    pad = ((0, 0), (bar, bar), (0, 0)) if pillars else ((bar, bar), (0, 0), (0, 0))
+    frames = [np.pad(f, pad) for f in content]
+    return write_video(folder / ("pillarboxed.mp4" if pillars else "letterboxed.mp4"), frames), content
 
 
 def still_video(folder: Path, count: int = 90) -> Path:

@@ -30,21 +30,29 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 10 * np.log10(255**2 / max(mse, 1e-9))
 
 
-def test_a_letterbox_is_cut_away_before_the_resize(folder: Path):
-    bar = 24
-    path, content = letterboxed_video(folder, bar)
+@pytest.mark.parametrize("pillars", [False, True], ids=["letterbox", "pillarbox"])
+def test_black_borders_are_cut_away_before_the_resize(folder: Path, pillars: bool):
+    bar = 24 if not pillars else 40
+    path, content = letterboxed_video(folder, bar, pillars)
     size = {"width": 160, "height": 90, "max_clips": 1}
     cropped = ingest(path, gates={"min_motion": 0}, **size)
     kept = ingest(path, gates={"min_motion": 0, "crop_borders": False}, **size)
     assert [r.status for r in cropped + kept] == ["ok", "ok"]
     x, y, w, h = (cropped[0].columns[k] for k in ("crop_x", "crop_y", "crop_w", "crop_h"))
-    assert (x, w) == (0, W) and bar <= y <= bar + 4 and H - 2 * bar - 8 <= h <= H - 2 * bar
+    if pillars:
+        assert (y, h) == (0, H) and bar <= x <= bar + 4 and W - 2 * bar - 8 <= w <= W - 2 * bar
+    else:
+        assert (x, w) == (0, W) and bar <= y <= bar + 4 and H - 2 * bar - 8 <= h <= H - 2 * bar
     frames = decode_frames(cropped[0].files["clip.mp4"])
-    assert frames.mean(axis=3).mean(axis=2).min() > 40, "a dark row is left in the clip"  # any row of any frame
+    assert frames.shape == (16, 90, 160, 3)
+    luma = frames.mean(axis=3)
+    assert luma.mean(axis=2).min() > 40 and luma.mean(axis=1).min() > 40, "a dark row or column is left"
     first = json.loads(cropped[0].files["meta.json"])["source_frames"][0]
-    assert psnr(frames[0], resize_center_crop(content[first][y - bar:y - bar + h], 160, 90)) > 28
+    ox, oy = (x - bar, y) if pillars else (x, y - bar)  # the box in the content frame's pixels
+    assert psnr(frames[0], resize_center_crop(content[first][oy:oy + h, ox:ox + w], 160, 90)) > 28
     # without the crop the bars stay in the picture: the check above sees them
-    assert decode_frames(kept[0].files["clip.mp4"]).mean(axis=3).mean(axis=2).min() < 25
+    plain = decode_frames(kept[0].files["clip.mp4"]).mean(axis=3)
+    assert min(plain.mean(axis=2).min(), plain.mean(axis=1).min()) < 25
 
 
 def test_a_still_video_is_filtered_for_motion_and_moving_footage_is_not(folder: Path):

@@ -7,10 +7,12 @@ import json
 from pathlib import Path
 
 import av
+import numpy as np
 import pytest
 
 from manifests.storage import Storage
 from media.shots import ShotTracker, small_planes
+from media.video_io import decode_frames, resize_center_crop
 from pipeline.stage import Sample, StageContext
 from stages.ingest import Ingest, IngestParams
 from tests.raw_footage import Edited, edited_video
@@ -62,6 +64,17 @@ def test_clips_lie_inside_shots_and_keep_their_source_frames(edited: Edited):
         assert (row.columns["shot_start"], row.columns["shot_end"]) == inside[0]
         assert row.columns["start_frame"] == frames[0]
     assert json.loads(made[0].columns["shots"]) == [list(s) for s in edited.shots]
+    # on pixels: each clip's first and last frames are its source frames
+    wanted = {f for row in made for f in json.loads(row.files["meta.json"])["source_frames"][::15]}
+    with av.open(str(edited.path)) as container:
+        source = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i in wanted}
+    for row in made:
+        frames = json.loads(row.files["meta.json"])["source_frames"]
+        clip = decode_frames(row.files["clip.mp4"])
+        assert clip.shape == (16, 90, 160, 3)
+        for j in (0, 15):
+            expected = resize_center_crop(source[frames[j]], 160, 90).astype(float)
+            assert np.abs(clip[j] - expected).mean() < 10, (row.sample_id, j)  # crf 30: a few levels
     per_shot = [sum(r.columns["shot_index"] == k for r in made) for k in range(4)]
     assert per_shot == [3, 2, 3, 3]
 
