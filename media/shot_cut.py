@@ -57,8 +57,8 @@ class FilteredClip:
 
 @dataclass
 class ShotCut:
-    """What ``cut_in_shots`` made of a source: clips (``facts[index]`` holds each one's shot and gate columns),
-    clips the gates filtered, clips lost to damage, and the shots found."""
+    """What ``cut_in_shots`` made of a source: clips (``facts[index]`` holds the shot and gate columns of each, and
+    the shot of each lost one), clips the gates filtered, clips lost to damage, and the shots found."""
 
     clips: list[Clip]
     filtered: list[FilteredClip]
@@ -125,12 +125,12 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
         source_frames = [c.start + o for o in offsets]
         row: dict[str, Any] = {"shot_index": c.shot}
         gone = sorted({c.start + o for o in offsets if o not in c.frames})
-        if gone:
-            lost.append(LostClip(index, f"missing frames: source frames {_ranges(gone)} of this clip did not decode"))
-            return
         bad = sorted(i for i in set(source_frames) if i in damaged_frames)
-        if bad:
-            lost.append(LostClip(index, f"corrupt frames: source frames {_ranges(bad)} of this clip are damaged"))
+        if gone or bad:
+            facts[index] = row | {"start_frame": c.start}
+            why = (f"missing frames: source frames {_ranges(gone)} of this clip did not decode" if gone else
+                   f"corrupt frames: source frames {_ranges(bad)} of this clip are damaged")
+            lost.append(LostClip(index, why))
             return
         result = _gate(c, offsets, gates) if gates is not None else None
         if result is not None:

@@ -277,7 +277,8 @@ class Ingest(Stage):
         rows = [self._result(source, facts, clip, base, cut.facts[clip.index]) for clip in cut.clips]
         rows += [Result.filtered(_clip_id(source_id, f.index), f.reason, clip_index=f.index, **f.values, **base)
                  for f in cut.filtered]
-        rows += [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **base) for c in cut.lost]
+        rows += [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **cut.facts[c.index], **base)
+                 for c in cut.lost]
         return rows
 
     def _cut_shots(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, ShotCut] | str:

@@ -102,6 +102,8 @@ def test_a_damaged_middle_gives_rows_for_the_clips_it_touches(folder: Path):
     rows = ingest(damaged, shots={}, max_clips=3)
     failed = [r for r in rows if r.status == "failed"]
     assert failed and all("frames" in r.reason for r in failed)
+    for row in failed:  # the shot of a lost clip is said too
+        assert row.columns["shot_start"] <= row.columns["start_frame"] <= row.columns["shot_end"]
     assert sum(r.status == "ok" for r in rows) >= 6
     # frame numbers come from timestamps: the shots after the damage keep their places
     assert json.loads(rows[0].columns["shots"])[-1] == list(edited.shots[-1])
