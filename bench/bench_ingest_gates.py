@@ -6,11 +6,12 @@ sources, side by side in one run (the issue's budget: at most 15 % more).
 
 Sources: the two SAM2 gallery clips (1280x720, one shot each) and an edited 1280x720 video cut together from them
 (four shots, a fade; ``tests/raw_footage.py`` at full size). "off" cuts ``--max-clips`` clips at fixed times per
-source (today's ingest); "shots" places clips in shots with no gate; "on" places up to ``--max-clips`` clips in each shot, gated. Both go through
-``Ingest.process``; the two alternate ``--repeat`` times and the lowest CPU seconds (user+sys of the process, encoder
-threads included) of each are kept: the machine may be shared. CPU per clip counts the clips made (ok rows); the
-"on" side also decodes the whole source, which a raw source needs (shots after the last clip). A third line times
-the detection alone (decode + ``small_planes`` + ``ShotTracker.push``) against the decode alone.
+source (today's ingest); "shots" places up to ``--max-clips`` clips in each shot, with no gate; "on" also gates them.
+All go through ``Ingest.process``; they alternate ``--repeat`` times and the lowest CPU seconds (user+sys of the
+process, encoder threads included) of each are kept: the machine may be shared. CPU per clip counts the clips made
+(ok rows; "off" also counts clips that span a cut); "shots" and "on" decode the whole source, which a raw source
+needs (shots after the last clip). The last line times the detection alone (decode + ``small_planes`` +
+``ShotTracker.push``) against the decode alone.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ def main() -> None:
     lines = [
         f"# bench_ingest_gates: {platform.node()} {platform.processor() or platform.machine()}, "
         f"{time.strftime('%Y-%m-%d %H:%M:%S')}",
-        f"# {len(sources)} sources ({', '.join(p.name for p in sources)}); clips {args.frames} frames at {args.fps} fps,"
+        f"# {len(sources)} sources ({', '.join(p.name for p in sources)}); "
+        f"clips {args.frames} frames at {args.fps} fps,"
         f" {width}x{height}, x264 {args.preset} crf 18; max_clips {args.max_clips}; best of {args.repeat}",
     ]
     for name, (seconds, clips, rows) in best.items():

@@ -2,8 +2,8 @@
 
 * Borders (letterbox, pillarbox): rows and columns that are dark and flat in every sampled frame, measured on the
   full-resolution luma; the content box is cut away before the clip's resize (``content_box``).
-* Brightness (mean luma, 0-255 full range), contrast (luma standard deviation: a near-constant picture has none), sharpness
-  (variance of the Laplacian at ``ANALYSIS_WIDTH``), each on the content box.
+* Brightness (mean luma, 0-255 full range), contrast (luma standard deviation: a near-constant picture has none),
+  sharpness (variance of the Laplacian at ``ANALYSIS_WIDTH``), each on the content box.
 * Motion: Farneback optical flow between a few pairs of small frames, in percent of the picture width per output
   frame: overall (mean flow length), camera (length of the median flow vector: what moves the whole picture) and
   object (mean length of the flow minus that median).

@@ -269,8 +269,9 @@ class Ingest(Stage):
                 return [Result.failed(source_id, "cannot decode: no frame decoded", **base)]
             lengths = [s.frames for s in cut.shots]
             shown = ", ".join(map(str, lengths[:20])) + (f" and {len(lengths) - 20} more" if len(lengths) > 20 else "")
-            reason = (f"no shot long enough: {len(lengths)} shot{'s' * (len(lengths) != 1)} of {shown} frames, a clip spans {cut.span} source "
-                      f"frames (plus {self.params.shots.margin_frames if self.params.shots else 0} on each side)")
+            margin = self.params.shots.margin_frames if self.params.shots else 0
+            reason = (f"no shot long enough: {len(lengths)} shot{'s' * (len(lengths) != 1)} of {shown} frames, "
+                      f"a clip spans {cut.span} source frames (plus {margin} on each side)")
             if cut.damaged:
                 reason += "; the stream is damaged"
             return [Result.filtered(source_id, reason, **base)]
@@ -283,7 +284,8 @@ class Ingest(Stage):
 
     def _cut_shots(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, ShotCut] | str:
         shots = self.params.shots
-        config = shots.config() if shots else ShotConfig(threshold=1e9, jump_ratio=1e9, black_level=-1.0, margin_frames=0)
+        # gates alone: the whole source is one shot
+        config = shots.config() if shots else ShotConfig(threshold=1e9, jump_ratio=1e9, black_level=-1, margin_frames=0)
         gates = self.params.gates.config() if self.params.gates else None
         limit = shots.max_source_clips if shots else self.params.max_clips
         fs, path = _input_fs(uri)
