@@ -257,7 +257,7 @@ class Ingest(Stage):
 
     def _raw(self, source: dict[str, Any], spec: ClipSpec, base: dict[str, Any]) -> list[Result]:
         """Clips placed inside shots and gated: a row per clip made, filtered or lost; one for the source when
-        it gives none."""
+        it gives none (no shot long enough, or every clip filtered by the same gate: the first clip's measures)."""
         source_id = source["source_id"]
         made = self._cut_shots(source["uri"], spec)
         if isinstance(made, str):
@@ -275,6 +275,15 @@ class Ingest(Stage):
             if cut.damaged:
                 reason += "; the stream is damaged"
             return [Result.filtered(source_id, reason, **base)]
+        kinds = {f.reason.split(":")[0] for f in cut.filtered}
+        if not cut.clips and not cut.lost and len(kinds) == 1:  # e.g. a slideshow, a long still: say it once
+            first = cut.filtered[0]
+            shots = len({f.values["shot_index"] for f in cut.filtered})
+            reason = (f"{kinds.pop()}: every clip placed ({len(cut.filtered)} in {shots} shot{'s' * (shots != 1)}) "
+                      f"was filtered; the first: {first.reason.split(': ', 1)[-1]}")
+            gates = {k: v for k, v in first.values.items() if k not in ("shot_index", "shot_start", "shot_end",
+                                                                         "start_frame")}
+            return [Result.filtered(source_id, reason, **gates, **base)]
         rows = [self._result(source, facts, clip, base, cut.facts[clip.index]) for clip in cut.clips]
         rows += [Result.filtered(_clip_id(source_id, f.index), f.reason, clip_index=f.index, **f.values, **base)
                  for f in cut.filtered]
