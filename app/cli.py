@@ -694,8 +694,8 @@ def _report_bars() -> Progress:
 
 @app.command()
 def report(run_dir: RunArg, out: ReportOutOpt = None, max_media: MaxMediaOpt = 200) -> None:
-    """Write an HTML report of the judged pairs (run summary, scores, reasons, pairs with their clips); open its
-    index.html in a browser, no server needed."""
+    """Write an HTML report of the judged pairs (run summary, scores, reasons, pairs with their clips) and of
+    ingest's gates on raw video; open its index.html in a browser, no server needed."""
     from app.report import ReportError, build_report
 
     try:
@@ -706,7 +706,8 @@ def report(run_dir: RunArg, out: ReportOutOpt = None, max_media: MaxMediaOpt = 2
         raise typer.Exit(2) from None
     for warning in result.warnings:
         err.print(f"[yellow]warning[/yellow] {escape(warning)}")
-    console.print(f"report: {result.pairs} pairs ({result.media} with media) in {result.seconds:.1f} s: "
+    gates = f", the gates of {', '.join(result.gates)}" if result.gates else ""
+    console.print(f"report: {result.pairs} pairs ({result.media} with media){gates} in {result.seconds:.1f} s: "
                   f"[cyan]{result.index}[/cyan]")
 
 

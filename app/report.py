@@ -12,7 +12,11 @@ What it reads (nothing is written to the run except the report folder):
   stage's column shows without the report knowing it;
 * per judge shard, the judge's input samples (``pipeline.worker.open_upstream``): instruction and captions of every
   pair, and the media of the pairs chosen for media (``max_media`` per judge stage, chosen deterministically: one
-  pair of each (outcome, task) group in turn, rejected groups first; see ``choose_media``).
+  pair of each (outcome, task) group in turn, rejected groups first; see ``choose_media``);
+* the gates of every stage that has some (ingest's quality and motion gates on raw video), found generically: a
+  declared column ``X`` with a declared threshold column ``X_min`` and/or ``X_max`` (``gate_columns``). Each gate's
+  values over the stage's rows, ok against filtered, binned with its thresholds, and the filter reasons counted.
+  A run with gates and no judge (``curate-videos``) gets a report of its gates alone.
 
 What it writes, through ``Storage`` (any fsspec URL), into ``RUN/report/`` by default:
 
@@ -63,6 +67,10 @@ DEFAULT_MAX_MEDIA = 200
 CHUNK = 200
 """Pairs per details file: the page loads one small file when a pair opens."""
 HIST_BINS = 24
+GATE_CLIP_ROWS = 100
+"""From this many values on, a gate histogram spans the 1st-99th percentile (and its thresholds): one extreme clip
+(a sharpness of 20,000 among hundreds) would otherwise squash every other value into a bin or two."""
+GATE_REASONS = 30
 THUMB_HEIGHT = 96
 MASK_WIDTH = 160
 MASK_MAX_FRAMES = 256
@@ -101,6 +109,8 @@ class ReportResult:
     """(judge stage, sample_id) -> the pair's index in the page's data."""
     seconds: float
     warnings: list[str] = field(default_factory=list)
+    gates: list[str] = field(default_factory=list)
+    """The stages whose gates the report shows."""
 
 
 def _no_progress(description: str, total: int) -> Advance:
@@ -126,16 +136,20 @@ def build_report(
         cfg = load_run_config(run_dir)
         graph = build_graph(cfg)
         judges = graph.with_role("judge")
-        if not judges:
-            stages = ", ".join(f"{n.name} ({n.type})" for n in graph.nodes.values())
-            raise ReportError(f"{run_dir} has no judge stage (stages: {stages}); the report shows judged pairs: "
-                              "add a judge stage to the tracks (see the presets)")
+        gated = [node for node in graph.nodes.values() if gate_columns(node.columns)]
+        present = set(stage_names(run))
+        if not judges and not any(node.name in present for node in gated):
+            raise ReportError(_no_judge(run_dir, graph))
         plan = RunPlan(run, graph)  # the graph built above: the run is opened once
     except (ConfigError, GraphError, InputListError) as exc:
         raise ReportError(f"{run_dir}: {exc}") from None
     target = Storage(out or default_out(run_dir))
     collector = _Collector(run, graph, target, max_media, progress or _no_progress)
+    gates = collector.gates([node for node in gated if node.name in present])
+    if not judges and not gates:  # gate columns declared, but no row has a value: the gates were off
+        raise ReportError(_no_judge(run_dir, graph))
     data = collector.collect(judges)
+    data["gates"] = gates
     data["run"] = {
         "url": run_dir, "name": cfg.name, "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "stages": [{**s.as_dict(), "type": graph.nodes[s.stage].type} for s in stage_statuses(plan)],
@@ -148,8 +162,15 @@ def build_report(
         files=sorted(collector.files),
         pair_shards={(p.stage, p.sample_id): p.shard for p in collector.pairs},
         pair_index={(p.stage, p.sample_id): i for i, p in enumerate(collector.pairs)},
-        seconds=time.perf_counter() - started, warnings=collector.warnings,
+        seconds=time.perf_counter() - started, warnings=collector.warnings, gates=[g["stage"] for g in gates],
     )
+
+
+def _no_judge(run_dir: str, graph: StageGraph) -> str:
+    stages = ", ".join(f"{n.name} ({n.type})" for n in graph.nodes.values())
+    return (f"{run_dir} has no judge stage and no gate values (stages: {stages}); the report shows judged pairs "
+            "and the gates of raw-video ingest: add a judge stage to the tracks, or turn ingest's gates on (see the "
+            "presets)")
 
 
 # Collecting ----------------------------------------------------------------------------------------------
@@ -197,6 +218,13 @@ class _Collector:
         self._threshold_index: dict[str, int] = {}
         self._scores: dict[str, dict[str, np.ndarray]] = {}
         self._pending: list[dict[str, Any]] = []
+        self._con: Any = None
+
+    @property
+    def con(self) -> Any:
+        if self._con is None:
+            self._con = connect(self.run)
+        return self._con
 
     def _write(self, rel: str, data: bytes) -> None:
         self.target.write_bytes(rel, data)
@@ -206,7 +234,7 @@ class _Collector:
         if self.target.exists("data.js"):  # an earlier report of ours: drop what this one may no longer have
             for folder in ("media", "pairs"):
                 self.target.remove(folder, recursive=True)
-        con = connect(self.run)
+        con = self.con
         present = set(stage_names(self.run))
         labels = current_labels(self.run)
         summaries = []
@@ -237,6 +265,43 @@ class _Collector:
             "chunk": CHUNK,
             "warnings": self.warnings[:50],
         }
+
+    def gates(self, nodes: list[StageNode]) -> list[dict[str, Any]]:
+        """Per stage with gate values: row counts by status, a histogram per gate (``gate_histogram``) and the
+        filter reasons (the text before the first colon) with their counts."""
+        out = []
+        for node in nodes:
+            available = set(self.con.sql(f"select * from {_quoted(node.name)} limit 0").columns)
+            gates = {value: {kind: column for kind, column in bounds.items() if column in available}
+                     for value, bounds in gate_columns(node.columns).items() if value in available}
+            columns = ["status", "reason", *gates, *(c for bounds in gates.values() for c in bounds.values())]
+            if not gates or not {"status", "reason"} <= available:
+                continue  # manifests from before the gates existed
+            select = f'select {", ".join(map(_quoted, columns))} from {_quoted(node.name)}'
+            table = self.con.sql(select).to_arrow_table()
+            status = [str(s) for s in table["status"].to_pylist()]
+            state = np.array([GATE_STATES.get(s, STATE_FAILED) for s in status], np.int8)
+            histograms = []
+            for value, bounds in gates.items():
+                values = _floats(table[value])
+                if np.isnan(values).all():
+                    continue
+                thresholds = {kind: _floats(table[column]) for kind, column in bounds.items()}
+                histograms.append({"column": value, **gate_histogram(values, state, thresholds),
+                                   "threshold_columns": bounds})
+            if not histograms:
+                continue
+            reasons = Counter(_text(str(r).split(":", 1)[0], 200)
+                              for s, r in zip(status, table["reason"].to_pylist()) if s == "filtered" and r)
+            counts = Counter(status)
+            out.append({
+                "stage": node.name, "type": node.type,
+                "counts": {"rows": len(status), "ok": counts["ok"], "filtered": counts["filtered"],
+                           "failed": len(status) - counts["ok"] - counts["filtered"]},
+                "histograms": histograms,
+                "reasons": [{"reason": r, "count": n} for r, n in reasons.most_common(GATE_REASONS)],
+            })
+        return out
 
     def finish(self, data: dict[str, Any]) -> None:
         for name in ASSETS:
@@ -496,6 +561,54 @@ def histograms(values: Mapping[str, np.ndarray], tasks_of: list[str], state: np.
     return out
 
 
+GATE_STATES = {"ok": STATE_ACCEPTED, "filtered": STATE_REJECTED}
+"""A gated stage's row status as the histograms colour it: ok, filtered, anything else (failed)."""
+
+
+def gate_columns(columns: Mapping[str, Any]) -> dict[str, dict[str, str]]:
+    """The gates among a stage's declared columns: ``{X: {"min": "X_min", "max": "X_max"}}`` for every numeric
+    column ``X`` declared with a numeric ``X_min`` and/or ``X_max`` (the threshold each row was measured against)."""
+    import pyarrow as pa
+
+    def numeric(name: str) -> bool:
+        kind = columns.get(name)
+        return isinstance(kind, pa.DataType) and (pa.types.is_floating(kind) or pa.types.is_integer(kind))
+
+    out: dict[str, dict[str, str]] = {}
+    for name in columns:
+        bounds = {kind: f"{name}_{kind}" for kind in ("min", "max") if numeric(f"{name}_{kind}")}
+        if bounds and numeric(name):
+            out[name] = bounds
+    return out
+
+
+def gate_histogram(values: np.ndarray, state: np.ndarray, thresholds: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """One gate over a stage's rows: common bins (widened to show every distinct threshold), counts split by row
+    status (``a`` ok, ``r`` filtered, ``o`` other), and the distinct thresholds the rows were measured against. From
+    ``GATE_CLIP_ROWS`` values on the bins span the 1st-99th percentile; values beyond fall in the end bins and are
+    counted in ``below`` / ``above``."""
+    finite = np.isfinite(values)
+    lines = [{"kind": kind, "value": float(v)} for kind, column in thresholds.items()
+             for v in np.unique(column[np.isfinite(column)])]
+    shown = values[finite]
+    if shown.size >= GATE_CLIP_ROWS:
+        shown = np.percentile(shown, [1, 99])
+    known = np.concatenate([shown, np.array([line["value"] for line in lines], dtype=np.float64)])
+    lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
+    if hi - lo < 1e-9:
+        lo, hi = lo - 0.5, hi + 0.5
+    pad = (hi - lo) * 0.02
+    lo, hi = lo - pad, hi + pad
+    bin_of = np.zeros(len(values), np.int64)
+    bin_of[finite] = np.clip(np.floor((values[finite] - lo) / (hi - lo) * HIST_BINS).astype(np.int64), 0,
+                             HIST_BINS - 1)
+    counts = {key: np.bincount(bin_of[finite & (state == code)], minlength=HIST_BINS).tolist()
+              for key, code in (("a", STATE_ACCEPTED), ("r", STATE_REJECTED), ("o", STATE_FAILED))}
+    return {"lo": lo, "hi": hi, "bins": HIST_BINS, "counts": counts, "thresholds": lines,
+            "below": int((values[finite] < lo).sum()), "above": int((values[finite] > hi).sum()),
+            "missing": int((~finite).sum())}
+
+
 def reasons_table(pairs: list[_Pair], offset: int, examples: int = 5) -> list[dict[str, Any]]:
     """Per failing check: how many pairs, per task, and a few example pairs (those with media first)."""
     table: dict[str, dict[str, Any]] = {}
@@ -606,6 +719,11 @@ def _floats(column: Any) -> np.ndarray:
         return np.asarray(pc.fill_null(column.cast(pa.float64()), math.nan).to_numpy(), dtype=np.float64)
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return np.full(len(column), math.nan)
+
+
+def _quoted(name: str) -> str:
+    """A SQL identifier (a stage or column name) for DuckDB."""
+    return '"' + name.replace('"', '""') + '"'
 
 
 def _json(data: Any) -> str:

@@ -25,6 +25,7 @@ import numpy as np
 
 from media.gates import GateConfig, GateResult, measure
 from media.shots import Decision, Shot, ShotConfig, ShotTracker, small_planes
+from media.signature import frame_hash, positions, signature
 from media.video_io import (
     Clip,
     ClipSpec,
@@ -146,20 +147,25 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
         encoder = _Encoder(out_w, out_h, fps, spec.output, spec.crf, spec.preset, spec.threads)
         try:
             previous, picture, first_rgb = -1, None, None
-            for o in offsets:
+            hashed = positions(len(offsets)) if spec.signature else []
+            hashes: list[int] = []
+            for j, o in enumerate(offsets):
                 if o != previous:
                     picture = _picture_from_frame(c.frames.pop(o)[0], out_w, out_h, conv, box)  # released once used
                     previous = o
                 assert picture is not None
                 if first_rgb is None:
                     first_rgb = picture.to_rgb()
+                if j in hashed:
+                    hashes += [frame_hash(picture.luma())] * hashed.count(j)
                 encoder.add(picture)
             mp4, encoder = encoder.finish(), None
         finally:
             if encoder is not None:
                 encoder.abort()
         assert first_rgb is not None
-        clips.append(Clip(index, source_frames, mp4, first_rgb, out_w, out_h, float(fps)))
+        clips.append(Clip(index, source_frames, mp4, first_rgb, out_w, out_h, float(fps),
+                          signature=signature(hashes) if spec.signature else None))
         facts[index] = row
 
     def place(decision: Decision, frame: av.VideoFrame, small: np.ndarray) -> None:

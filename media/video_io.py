@@ -49,6 +49,7 @@ import numpy as np
 
 from media.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
 from media.errors import VideoError
+from media.signature import frame_hash, positions, signature
 from media.vos import frame_label_mask
 
 Source = Union[str, "os.PathLike[str]", BinaryIO]
@@ -92,6 +93,7 @@ class ClipSpec:
     deinterlace: bool = True  # interlaced frames go through bwdif (each frame flagged interlaced; others untouched)
     tonemap: bool = True  # HDR (PQ, HLG) sources are tone-mapped to SDR (``colour.tonemap``)
     background: tuple[int, int, int] = (0, 0, 0)  # what transparent pixels are composited on
+    signature: bool = False  # hash a few output frames of each clip (``Clip.signature``, ``media/signature.py``)
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Clip:
     height: int
     fps: float
     masks: np.ndarray | None = None  # (T,H,W) uint8 palette ids (image-sequence input only)
+    signature: str | None = None  # perceptual signature of its output frames (``ClipSpec.signature``)
 
 
 # --------------------------------------------------------------------------------------------
@@ -404,6 +407,9 @@ class _Picture:
     rgb: np.ndarray | None = None  # known when the input was RGB
     mask: np.ndarray | None = None
 
+    def luma(self) -> np.ndarray:
+        return self.i420[:self.i420.shape[0] * 2 // 3]
+
     def to_rgb(self) -> np.ndarray:
         if self.rgb is None:
             self.rgb = self.frame().to_ndarray(format="rgb24")
@@ -578,6 +584,8 @@ def _run_plans(
     last = max(uses)
     encoders: dict[int, _Encoder] = {}
     masks: dict[int, list[np.ndarray]] = {}
+    hashed = {k: positions(len(plan)) for k, plan in enumerate(plans)} if spec.signature else {}
+    hashes: dict[int, list[int]] = {k: [] for k in hashed}
     firsts: dict[int, np.ndarray] = {}
     done: dict[int, Clip] = {}
     try:
@@ -593,13 +601,16 @@ def _run_plans(
                     enc = encoders[k] = _Encoder(out_w, out_h, fps, pic.colour, spec.crf, spec.preset, spec.threads)
                     firsts[k] = pic.to_rgb()
                     masks[k] = []
+                if k in hashed and enc.count in hashed[k]:
+                    hashes[k] += [frame_hash(pic.luma())] * hashed[k].count(enc.count)
                 enc.add(pic)
                 if with_masks:
                     masks[k].append(pic.mask)
                 if enc.count == len(plans[k]):
                     mp4 = encoders.pop(k).finish()
                     clip_masks = np.stack(masks.pop(k)) if with_masks else None
-                    done[k] = Clip(k, plans[k], mp4, firsts.pop(k), out_w, out_h, float(fps), clip_masks)
+                    done[k] = Clip(k, plans[k], mp4, firsts.pop(k), out_w, out_h, float(fps), clip_masks,
+                                   signature(hashes.pop(k)) if k in hashes else None)
     except av.FFmpegError as e:  # decode errors are collected by the caller's picture source
         raise VideoError(f"cannot encode: {e}") from e
     finally:

@@ -47,6 +47,10 @@ class StageNode:
     """The upstream fields and columns this stage may read at run time: its ``reads``, its ``optional_reads_for``,
     the pair columns for an ``export``, and the review label columns for a stage that uses labels."""
 
+    @property
+    def run_wide(self) -> bool:
+        return self.cls.run_wide
+
     def label_stage(self, graph: StageGraph) -> str | None:
         """The stage whose review labels this one honours: the nearest ``labelled`` stage before it."""
         if not self.cls.uses_labels:
@@ -130,6 +134,8 @@ def build_graph(config: PipelineConfig) -> StageGraph:
             raise GraphError(f"stage {name!r} ({spec.type}) is a source stage but comes after {node.deps}")
         if not cls.is_source and not node.deps:
             raise GraphError(f"stage {name!r} ({spec.type}) needs a stage before it in a track")
+        if cls.run_wide and cls.uses_labels:
+            raise GraphError(f"stage {name!r} ({spec.type}) is run-wide and uses review labels: not supported")
         for field_name in cls.writes_for(node.params):
             try:
                 check_field(field_name)

@@ -147,9 +147,12 @@ class Commits(dict[tuple[str, int], CommitInfo]):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.changes: dict[int, int] = {}
+        self.stage_changes: Counter[str] = Counter()
+        """Changes per stage: what a run-wide stage's digest depends on (every shard of the stages before it)."""
 
     def _changed(self, key: tuple[str, int]) -> None:
         self.changes[key[1]] = self.changes.get(key[1], 0) + 1
+        self.stage_changes[key[0]] += 1
 
     def __setitem__(self, key: tuple[str, int], value: CommitInfo) -> None:
         super().__setitem__(key, value)
@@ -210,6 +213,9 @@ class RunPlan:
         self.commits: dict[tuple[str, int], CommitInfo] = Commits(read_commits(storage, graph.order))
         self._digests: dict[int, tuple[tuple[Any, ...], dict[str, str | None]]] = {}
         self._source_digests: dict[tuple[str, int], str] = {}
+        self._run_wide: dict[str, tuple[tuple[Any, ...], str | None]] = {}
+        # the stages whose commits a run-wide stage's digest depends on (those before any run-wide stage)
+        self._before_run_wide = sorted({a for n in graph.nodes.values() if n.run_wide for a in n.ancestors})
 
     def record_commit(self, stage: str, shard: int) -> CommitInfo:
         """Take a shard's commit into the plan once its manifest is written (what a driver calls when a worker
@@ -241,15 +247,18 @@ class RunPlan:
         """What the shard's inputs digest must be now; ``None`` while an upstream shard is not current."""
         return self._shard_digests(shard)[stage]
 
-    def _shard_digests(self, shard: int) -> dict[str, str | None]:
-        """``expected_inputs_digest`` of every stage for one shard, in one pass down the graph. Memoised per shard
-        with the commits (and labels) it was computed from: the driver adds commits as shards finish, so the memo
-        is used only while those are still the ones in ``commits``."""
+    def _shard_digests(self, shard: int, *, until: str | None = None) -> dict[str, str | None]:
+        """``expected_inputs_digest`` of every stage for one shard, in one pass down the graph (``until``: of the
+        stages before that one only, not memoised). Memoised per shard with the commits (and labels) it was computed
+        from: the driver adds commits as shards finish, so the memo is used only while those are still the ones in
+        ``commits`` (and, with a run-wide stage, while the stages before it have the same commits)."""
         order, nodes, commits = self.graph.order, self.graph.nodes, self.commits
-        memo = self._digests.get(shard)
+        memo = None if until is not None else self._digests.get(shard)
         if isinstance(commits, Commits):  # counts its changes per shard: no need to look at every commit
-            key: tuple[Any, ...] = (commits, commits.changes.get(shard, 0), self.labels)
-            if memo is not None and memo[0][0] is commits and memo[0][1] == key[1] and memo[0][2] is self.labels:
+            before = tuple(commits.stage_changes[name] for name in self._before_run_wide)
+            key: tuple[Any, ...] = (commits, commits.changes.get(shard, 0), self.labels, before)
+            if (memo is not None and memo[0][0] is commits and memo[0][1] == key[1] and memo[0][2] is self.labels
+                    and memo[0][3] == before):
                 return memo[1]
         else:
             key = (self.labels, *[commits.get((name, shard)) for name in order])
@@ -257,9 +266,14 @@ class RunPlan:
                 return memo[1]
         expected: dict[str, str | None] = {}
         for name in order:
+            if name == until:
+                return expected
             node = nodes[name]
             if node.cls.is_source:
                 expected[name] = self._source_digest(name, shard)
+                continue
+            if node.run_wide:
+                expected[name] = self._run_wide_digest(name)
                 continue
             parts: list[str] = []
             for dep in node.deps:
@@ -276,6 +290,37 @@ class RunPlan:
             expected[name] = None
         self._digests[shard] = (key, expected)
         return expected
+
+    def _run_wide_digest(self, stage: str) -> str | None:
+        """A run-wide stage's inputs digest, the same for each of its shards: the ``ok_digest`` of every shard of
+        every stage before it, once all of them are committed and current (a barrier); ``None`` until then."""
+        node, commits = self.graph.nodes[stage], self.commits
+        key: tuple[Any, ...] = (
+            (id(commits), *(commits.stage_changes[a] for a in node.ancestors), id(self.labels))
+            if isinstance(commits, Commits) else (self.labels, *[commits.get((a, s)) for a in node.ancestors
+                                                                 for s in self.shards(stage)])
+        )
+        memo = self._run_wide.get(stage)
+        if memo is not None and memo[0] == key:
+            return memo[1]
+        shards = self.shards(stage)
+        found: str | None = None
+        if all(sum(1 for s in shards if (dep, s) in commits) == len(shards) for dep in node.deps):
+            parts: list[str] = []
+            for shard in shards:
+                before = self._shard_digests(shard, until=stage)
+                for dep in node.deps:
+                    info = commits[(dep, shard)]
+                    if info.fingerprint != self.graph.nodes[dep].fingerprint or before[dep] != info.inputs_digest:
+                        break
+                    parts.append(info.ok_digest)
+                else:
+                    continue
+                break
+            else:
+                found = digest(parts)
+        self._run_wide[stage] = (key, found)
+        return found
 
     def _source_digest(self, stage: str, shard: int) -> str:
         """Digest of a source shard's frozen rows (computed once)."""

@@ -221,8 +221,13 @@ class Scheduler:
         self.resolved_count[stage] += 1
         self.listener("resolved", (stage, shard))
         for downstream in self.graph.downstream(stage):
-            if all((dep, shard) in self.resolved for dep in self.graph.nodes[downstream].deps):
-                self._consider(downstream, shard)
+            deps = self.graph.nodes[downstream].deps
+            if not self.graph.nodes[downstream].run_wide:
+                if all((dep, shard) in self.resolved for dep in deps):
+                    self._consider(downstream, shard)
+            elif all(self.resolved_count[dep] == self.total_shards[dep] for dep in deps):  # the barrier is passed
+                for each in self.plan.shards(downstream):
+                    self._consider(downstream, each)
 
     def _downstream(self, stage: str) -> list[str]:
         return [name for name in self.graph.downstream(stage) if name in self.wanted]
@@ -312,6 +317,8 @@ class Scheduler:
             return None
         limit = self.graph.config.scheduler.max_queued_shards
         for downstream in self._downstream(stage):
+            if self.graph.nodes[downstream].run_wide:  # it waits for every shard: holding this one back deadlocks
+                continue
             allowed = limit or 2 * max(1, self.targets.get(downstream, 1)) + 1
             if self._queued_for(stage, downstream) >= allowed:
                 return None

@@ -130,6 +130,9 @@ class StageContext:
     """The pair columns the stages before this one declare (``Stage.pair_columns``): what an export carries."""
     tensor_parallel: int = 1
     """GPUs one model instance spans (``resources.tensor_parallel``); the actor holds a placement group."""
+    run_rows: Callable[[], list[dict[str, Any]]] | None = None
+    """For a ``run_wide`` stage, set by its worker for each shard: every sample that reaches the stage in the whole
+    run, as ``{"sample_id", "shard", <each column the stage reads>}``, sorted by shard then sample id."""
 
 
 class Stage:
@@ -156,6 +159,11 @@ class Stage:
     """Folder of the stage's tars inside the run; ``None`` means ``stages/<name>``."""
     is_source: ClassVar[bool] = False
     """Source stages read the run's inputs instead of another stage."""
+    run_wide: ClassVar[bool] = False
+    """The stage decides each sample against every sample of the run (near-duplicate removal): its shards run once
+    every shard of the stages before it is committed and current (a barrier; the stages before it are not held
+    back waiting for it), and ``StageContext.run_rows()`` gives it the columns it reads for every sample that
+    reaches it, from every shard. A changed shard before it redoes all of its shards."""
     labelled: ClassVar[bool] = False
     """Reviewers label this stage's samples (the judge): labels name the pair by this stage's name."""
     uses_labels: ClassVar[bool] = False

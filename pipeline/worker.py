@@ -28,6 +28,7 @@ from typing import Any
 
 from manifests import retry as storage_retry
 from manifests.labels import current_labels
+from manifests.layout import MANIFEST_PATTERN, manifests_dir, shard_of
 from manifests.lease import LeaseLost, check_lease
 from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
 from manifests.partial import ItemResult, PartialStore
@@ -105,6 +106,7 @@ class ShardWorker:
             tensor_parallel=self.node.resources.tensor_parallel, pair_columns=self.node.pair_columns,
         )
         self.stage: Stage = self.node.cls(self.node.params, context)
+        self._run_rows: tuple[str, list[dict[str, Any]]] | None = None  # a run-wide stage's rows, per inputs digest
         inject("setup", stage_name)
         self.stage.setup()
         self.max_attempts = graph.config.max_attempts
@@ -120,8 +122,17 @@ class ShardWorker:
     def run_shard(self, task: ShardTask) -> ShardSummary:
         if task.stage != self.node.name:
             raise ValueError(f"worker of stage {self.node.name} got a task of stage {task.stage}")
+        if self.node.run_wide:
+            self.stage.context.run_rows = lambda: self._rows_of_run(task.inputs_digest)
         with _LazyReaders(self.storage, self.graph, task.shard) as readers:
             return self._run(task, self._inputs(task, readers))
+
+    def _rows_of_run(self, inputs_digest: str) -> list[dict[str, Any]]:
+        """``StageContext.run_rows`` of a run-wide stage: read once per actor for each state of the shards before
+        it (their digest is the same for all of its shards)."""
+        if self._run_rows is None or self._run_rows[0] != inputs_digest:
+            self._run_rows = (inputs_digest, run_wide_rows(self.storage, self.graph, self.node.name))
+        return self._run_rows[1]
 
     def _run(self, task: ShardTask, samples: list[Sample]) -> ShardSummary:
         started, node, shard = time.time(), self.node, task.shard
@@ -129,9 +140,11 @@ class ShardWorker:
         self._fence(task)  # before anything is written: the shard may be another driver's now
         for target in (node.tar_path(shard), manifest_path(node.name, shard)):  # left by a worker killed mid-write
             self.storage.remove_temporaries(posixpath.dirname(target), prefix=posixpath.basename(target))
-        partial = PartialStore(self.storage, node.name, shard, node.fingerprint, task.try_id)
+        # a run-wide stage's results hold only for the state of the whole run they were made from
+        valid_for = f"{node.fingerprint}/{task.inputs_digest}" if node.run_wide else node.fingerprint
+        partial = PartialStore(self.storage, node.name, shard, valid_for, task.try_id)
         self.storage.remove_temporaries(partial.dir)
-        self._move_commit_to_partial(partial, shard, {s.sample_id: s for s in samples}, task.retry)
+        self._move_commit_to_partial(partial, shard, {s.sample_id: s for s in samples}, task)
         for blamed in partial.apply_oom_deaths():  # before any item is begun: tries are told apart by their items
             log.warning("%s/shard %s: %s was in flight when a worker was killed for memory", node.name, shard, blamed)
         summary = ShardSummary(node.name, shard)
@@ -183,13 +196,15 @@ class ShardWorker:
             raise
 
     def _move_commit_to_partial(
-        self, partial: PartialStore, shard: int, inputs: dict[str, Sample], retry: frozenset[str]
+        self, partial: PartialStore, shard: int, inputs: dict[str, Sample], task: ShardTask
     ) -> None:
         found = read_manifest(self.storage, self.node.name, shard)
         if found is None:
             return
-        info, table = found
-        if info.fingerprint == self.node.fingerprint:
+        info, table, retry = *found, task.retry
+        if info.fingerprint == self.node.fingerprint and (
+            not self.node.run_wide or info.inputs_digest == task.inputs_digest  # run-wide: made from another run
+        ):
             by_input: dict[str, list[dict[str, Any]]] = {}
             for row in table.to_pylist():
                 by_input.setdefault(row["input_id"], []).append(row)
@@ -399,6 +414,21 @@ def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int
                                       undeclared=frozenset(node.owners) - allowed)
         samples.append(Sample(sample_id, shard, columns, readers.reader_for(keys, node.owners, stage, allowed)))
     return samples
+
+
+def run_wide_rows(storage: Storage, graph: StageGraph, stage: str) -> list[dict[str, Any]]:
+    """Every sample that reaches ``stage`` in the run, from every shard, with the columns it declared it reads:
+    ``{"sample_id", "shard", ...}`` sorted by shard, then sample id. Only manifests are read (no tar is opened)."""
+    node = graph.nodes[stage]
+    first = node.deps[0]
+    shards = sorted(shard_of(rel) for rel in storage.list(manifests_dir(first), pattern=MANIFEST_PATTERN))
+    rows: list[dict[str, Any]] = []
+    for shard in shards:
+        with _LazyReaders(storage, graph, shard) as readers:
+            samples = upstream_samples(storage, graph, stage, shard, readers)
+        for sample in sorted(samples, key=lambda s: s.sample_id):
+            rows.append({**dict(sample.columns.items()), "sample_id": sample.sample_id, "shard": shard})
+    return rows
 
 
 @contextmanager

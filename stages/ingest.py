@@ -8,6 +8,8 @@ unchanged when no resize is needed).
 
 Raw video (params ``shots`` and ``gates``, off by default): clips are placed inside the shots found in the same
 decode pass and gated for borders, brightness, contrast, sharpness and motion (``media/shot_cut.py``; docs/media.md).
+With ``signature: true`` each clip also gets a perceptual ``signature`` of its output frames (``media/signature.py``),
+which the run-wide near-duplicate pass compares (``media/dedup.py``).
 """
 
 from __future__ import annotations
@@ -99,12 +101,13 @@ class IngestParams(Params):
     alpha_background: RGB = Field((0, 0, 0), description="RGB that transparent pixels are composited on")
     shots: ShotParams | None = Field(None, description="raw video: place clips inside shots (null: at fixed times)")
     gates: GateParams | None = Field(None, description="quality and motion gates per clip (null: none)")
+    signature: bool = Field(False, description="a perceptual signature of each clip, for near-duplicate removal")
 
     def fingerprint_data(self) -> dict[str, Any]:
-        # shots and gates came later: left out while off, so that the fingerprints of existing configs stay
+        # shots, gates and signature came later: left out while off, so that existing configs keep their fingerprints
         data = super().fingerprint_data()
-        for name in ("shots", "gates"):
-            if data.get(name) is None:
+        for name in ("shots", "gates", "signature"):
+            if data.get(name) in (None, False):
                 data.pop(name, None)
         return data
 
@@ -121,7 +124,7 @@ class IngestParams(Params):
             max_clips=self.max_clips, start_s=self.start_s, crf=self.crf, preset=self.preset,
             max_pixels=self.max_pixels, threads=self.threads, output=OutputColour(self.output_matrix, self.output_range),
             deinterlace=self.interlaced == "deinterlace", tonemap=self.hdr == "tonemap",
-            background=self.alpha_background,
+            background=self.alpha_background, signature=self.signature,
         )
 
 
@@ -159,6 +162,7 @@ class Ingest(Stage):
         "src_fixes": pa.string(),
         "timestamps_repaired": pa.int32(),
         "identical_to": pa.string(),
+        "signature": pa.string(),
         "shots": pa.string(),
         "shot_index": pa.int32(),
         "shot_start": pa.int32(),
@@ -341,6 +345,8 @@ class Ingest(Stage):
             "instance_ids": instances, "source": facts.meta(),
         }
         extra = extra or {}
+        if clip.signature is not None:
+            extra = extra | {"signature": clip.signature}
         if "shot_index" in extra:
             meta["shot"] = {"index": extra["shot_index"], "start": extra["shot_start"], "end": extra["shot_end"]}
         if "crop_w" in extra:

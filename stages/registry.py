@@ -8,6 +8,7 @@ from pipeline.stage import Stage
 
 STAGES: dict[str, str] = {
     "ingest": "stages.ingest:Ingest",
+    "dedup": "stages.dedup:Dedup",
     "synth_augment": "stages.synth:SynthAugment",
     "plan": "stages.plan:Plan",
     "ground": "stages.ground:Ground",

@@ -27,7 +27,8 @@ DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
 
 
 def style_folder(tmp_path: Path) -> Path:
-    """A folder with one style image (the style-videos-tiny preset lists its styles when its graph is built)."""
+    """A folder with one style image (the presets with a style_pairs stage list their styles when their graph is
+    built)."""
     from media.png import png_bytes
     from models.realsize.inputs import image
 
@@ -48,8 +49,9 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     here. Two processes share the machine's two cores (each preset's stages run in order)."""
     styles = ("--set", f"stages.style_pairs.params.styles={style_folder(tmp_path)}")
     heavy = ["local-gpu", "local-gpu-480p", "demo", "local-tiny"]
-    rest = [p for p in preset_names() if p not in heavy and p != "style-videos-tiny"]
-    runs = [checks_of(*heavy), checks_of(*rest), checks_of("style-videos-tiny", extra=styles)]
+    styled = [p for p in preset_names() if any(s.type == "style_pairs" for s in load_config(preset=p).stages.values())]
+    rest = [p for p in preset_names() if p not in heavy and p not in styled]
+    runs = [checks_of(*heavy), checks_of(*rest), checks_of(*styled, extra=styles)]
     rows = []
     for run in runs:
         out, err = run.communicate(timeout=900)
@@ -57,7 +59,7 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
         rows += json.loads(out)
     checked = {(r["config"], r["stage"]) for r in rows}
     for preset in preset_names():
-        cfg = load_config(preset=preset, overrides=styles[1:] if preset == "style-videos-tiny" else ())
+        cfg = load_config(preset=preset, overrides=styles[1:] if preset in styled else ())
         graph = build_graph(cfg)
         from models.realsize.check import is_model_stage
 
@@ -200,16 +202,18 @@ def test_a_stage_that_breaks_at_real_shapes_fails_the_check(monkeypatch: pytest.
         check_stage(graph, "inpaint")
 
 
-@pytest.mark.parametrize("preset", ["local-gpu", "local-gpu-480p", "ffp300k-style"])
-def test_each_gpu_presets_plan_fits_every_gpu_type(preset: str) -> None:
+@pytest.mark.parametrize("preset", ["local-gpu", "local-gpu-480p", "ffp300k-style", "local-gpu-raw",
+                                    "ffp300k-style-raw"])
+def test_each_gpu_presets_plan_fits_every_gpu_type(preset: str, tmp_path: Path) -> None:
     """A GPU preset carries a resource plan for each GPU type (gpu_plans); each plan's stages fit that GPU."""
     from models.realsize.check import check_config
     from models.realsize.fit import fits
     from pipeline.gpus import GPUS
 
     assert set(load_config(preset=preset).gpu_plans) == set(GPUS)
+    styles = [f"stages.style_pairs.params.styles={style_folder(tmp_path)}"] if preset == "ffp300k-style-raw" else []
     for name, card in GPUS.items():
-        graph = build_graph(load_config(preset=preset, overrides=[f"gpu={name}"]))
+        graph = build_graph(load_config(preset=preset, overrides=[f"gpu={name}", *styles]))
         for report in check_config(graph):  # cached after the first type
             fit = fits(report, graph.nodes[report.stage], card)[0]
             assert fit.fits, (preset, name, report.stage, fit)

@@ -302,3 +302,129 @@ def test_report_cli_writes_the_report_and_explains_bad_folders(run, tmp_path):
     assert code == 2 and "no judge stage" in err
     with pytest.raises(ReportError, match="max-media"):
         build_report(str(run["dir"]), max_media=-1)
+
+
+# Gates of raw-video ingest ------------------------------------------------------------------------------------------
+
+GATES = ("brightness", "contrast", "sharpness", "motion")
+
+
+def report_data(out: Path | str) -> dict[str, Any]:
+    """``window.FFP_REPORT`` as the page gets it, from ``data.js``."""
+    text = Path(out, "data.js").read_text().rstrip()
+    prefix = "window.FFP_REPORT = JSON.parse("
+    assert text.startswith(prefix) and text.endswith(");")
+    return json.loads(json.loads(text[len(prefix):-2]))
+
+
+@pytest.fixture(scope="module")
+def curated(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A finished curate-videos run (ingest with shots and every gate, no judge) on raw footage: 4 clips of an edited
+    video and a slowed one kept, a still and a dark video filtered."""
+    from tests.test_raw_presets import raw_config, raw_footage
+
+    root = tmp_path_factory.mktemp("curated")
+    config = raw_config("curate-videos", raw_footage(root / "videos"), root / "run", small=True)
+    run_local(config)
+    (root / "run" / "run.yaml").write_text(config_to_yaml(config))
+    rows = manifest_rows(root / "run", "ingest")
+    result = build_report(str(root / "run"))
+    return {"dir": root / "run", "rows": rows, "result": result, "data": report_data(result.out)}
+
+
+def test_a_run_with_gates_and_no_judge_gets_a_report_of_its_gates(curated):
+    data, rows = curated["data"], curated["rows"]
+    assert data["judges"] == [] and curated["result"].pairs == 0
+    (gates,) = data["gates"]
+    status = Counter(r["status"] for r in rows)
+    assert status == {"ok": 5, "filtered": 2}
+    assert gates["stage"] == "ingest" and gates["counts"] == {"rows": 7, "ok": 5, "filtered": 2, "failed": 0}
+    assert {r["reason"]: r["count"] for r in gates["reasons"]} == {"static": 1, "too dark": 1}
+    assert [h["column"] for h in gates["histograms"]] == list(GATES)
+    for h in gates["histograms"]:
+        column = h["column"]
+        # the thresholds are the ones each row was measured against
+        expected = sorted({(kind, r[f"{column}_{kind}"]) for r in rows for kind in ("min", "max")
+                           if f"{column}_{kind}" in r and r[f"{column}_{kind}"] is not None})
+        assert sorted((t["kind"], t["value"]) for t in h["thresholds"]) == expected, column  # float32 both ways
+        assert h["lo"] < min(v for _, v in expected) and h["hi"] > max(v for _, v in expected)
+        # each row in its bin, ok rows in "a", filtered ones in "r"
+        for key, wanted in (("a", "ok"), ("r", "filtered")):
+            counts = [0] * h["bins"]
+            for r in rows:
+                if r["status"] == wanted:
+                    counts[min(h["bins"] - 1, int((r[column] - h["lo"]) / (h["hi"] - h["lo"]) * h["bins"]))] += 1
+            assert h["counts"][key] == counts, (column, key)
+        assert sum(h["counts"]["o"]) == 0 and h["missing"] == h["below"] == h["above"] == 0
+    # the still's row lies left of the motion threshold, the dark one's left of the brightness minimum
+    by_column = {h["column"]: h for h in gates["histograms"]}
+    for column, reason in (("motion", "static"), ("brightness", "too dark")):
+        h = by_column[column]
+        (row,) = [r for r in rows if r["reason"] and r["reason"].startswith(reason)]
+        assert row[column] < row[f"{column}_min"] and h["lo"] <= row[column]
+
+
+def test_the_page_draws_each_gate_with_its_thresholds_and_no_judge_sections(curated, page, tmp_path):
+    p = open_report(page, curated["result"].index)
+    assert p.locator("#gates-section").is_visible()
+    for hidden in ("#filters", "#reasons-section", "#hist-section", "#pairs-section"):
+        assert p.locator(hidden).is_hidden(), hidden
+    assert p.text_content(".gate-counts[data-stage=ingest]") == "ingest (ingest): 7 rows, 5 ok, 2 filtered, 0 failed"
+    figures = p.locator("#gates figure.hist.gate")
+    assert figures.evaluate_all("els => els.map(e => e.dataset.column)") == list(GATES)
+    for h in curated["data"]["gates"][0]["histograms"]:
+        lines = p.locator(f"#gates figure[data-column={h['column']}] line.threshold")
+        values = sorted(float(v) for v in lines.evaluate_all("els => els.map(e => e.dataset.value)"))
+        assert values == pytest.approx(sorted(t["value"] for t in h["thresholds"]))
+        bars = p.locator(f"#gates figure[data-column={h['column']}] rect.bar")
+        assert bars.count() >= 1
+    assert p.locator("#gates figure[data-column=motion] line.threshold.min").count() == 1
+    assert p.locator("#gates figure[data-column=brightness] line.threshold.max").count() == 1
+    motion = next(h for h in curated["data"]["gates"][0]["histograms"] if h["column"] == "motion")
+    red = p.locator("#gates figure[data-column=motion] rect.bar.r")
+    assert red.count() == sum(n > 0 for n in motion["counts"]["r"])  # the still and the dark clip
+    line = float(p.get_attribute("#gates figure[data-column=motion] line.threshold", "x1"))
+    assert min(float(x) for x in red.evaluate_all("els => els.map(e => e.getAttribute('x'))")) < line  # the still
+    assert p.text_content("table.gate-reasons tr[data-reason=static] td.n") == "1"
+    shot = save_screenshot(p, tmp_path / "gates.png", "report-gates-screenshot.png")
+    assert shot.stat().st_size > 10_000
+    assert page.errors == []
+
+
+def test_report_cli_says_it_shows_the_gates(curated, tmp_path):
+    code, out, err = cli_invoke(["report", str(curated["dir"]), "--out", str(tmp_path / "rep")])
+    assert code == 0, err
+    assert "0 pairs (0 with media), the gates of ingest" in out and (tmp_path / "rep" / "index.html").is_file()
+    assert report_data(tmp_path / "rep")["gates"] == curated["data"]["gates"]
+
+
+def test_a_judged_run_without_gates_has_no_gate_section(run, page):
+    assert report_data(run["result"].out)["gates"] == []  # ingest declares the gate columns; no row has a value
+    p = open_report(page, run["result"].index)
+    assert p.locator("#gates-section").is_hidden() and p.locator("#pairs-section").is_visible()
+    assert page.errors == []
+
+
+def test_a_run_without_judge_and_with_its_gates_off_is_refused(curated, tmp_path):
+    config = make_config(tmp_path / "run", inputs=[{"kind": "videos", "path": str(curated["dir"].parent / "videos")}],
+                         stages={"ingest": {"type": "ingest", "params": FAST_INGEST}})
+    run_local(config)
+    (tmp_path / "run" / "run.yaml").write_text(config_to_yaml(config))
+    assert manifest_rows(tmp_path / "run", "ingest")
+    with pytest.raises(ReportError, match="no judge stage and no gate values"):
+        build_report(str(tmp_path / "run"))
+
+
+def test_a_gate_histogram_spans_the_bulk_of_many_values_and_counts_the_rest():
+    import numpy as np
+
+    from app.report import GATE_CLIP_ROWS, HIST_BINS, STATE_ACCEPTED, STATE_REJECTED, gate_histogram
+
+    values = np.concatenate([np.linspace(100, 900, GATE_CLIP_ROWS * 2), [20_000.0, 5.0, np.nan]])
+    state = np.where(values < 15, STATE_REJECTED, STATE_ACCEPTED).astype(np.int8)
+    h = gate_histogram(values, state, {"min": np.full(len(values), 15.0)})
+    assert h["thresholds"] == [{"kind": "min", "value": 15.0}]
+    assert h["lo"] < 5.0 and 900 < h["hi"] < 1000  # the threshold and the 1st-99th percentile, not the 20,000
+    assert h["above"] == 1 and h["below"] == 0 and h["missing"] == 1
+    assert h["counts"]["a"][-1] >= 1 and sum(h["counts"]["a"]) == GATE_CLIP_ROWS * 2 + 1
+    assert h["counts"]["r"][0] == 1 and len(h["counts"]["a"]) == HIST_BINS

@@ -286,6 +286,7 @@
     }
     return [...lines.values()];
   }
+  const JUDGED = { a: "accepted", r: "rejected", o: "other" };
   function histogram(j, h) {
     const task = state.task >= 0 ? R.tasks[state.task] : null;
     const sum = { a: new Array(h.bins).fill(0), r: new Array(h.bins).fill(0), o: new Array(h.bins).fill(0) };
@@ -295,15 +296,20 @@
       for (const k of ["a", "r", "o"]) counts[k].forEach((v, b) => { sum[k][b] += v; });
       infinite += h.infinite[t] || 0;
     }
+    const lines = thresholdLines(j, h.check, task).map((l) => ({ kind: l.kind, value: l.value, note: l.tasks.join(", ") }));
+    return plot(j.stage, h, h.check, sum, lines, JUDGED, infinite ? ", " + infinite + " infinite" : "");
+  }
+  // one histogram: bars stacked by outcome (a, r, o), threshold lines [{kind, value, note}]
+  function plot(stage, h, caption, sum, lines, names, extra) {
     const totals = sum.a.map((v, b) => v + sum.r[b] + sum.o[b]);
     const peak = Math.max(1, ...totals);
     const n = totals.reduce((a, b) => a + b, 0);
     const fig = el("figure", "hist");
     fig.dataset.column = h.column;
-    fig.dataset.stage = j.stage;
-    fig.appendChild(el("figcaption", null, h.check));
+    fig.dataset.stage = stage;
+    fig.appendChild(el("figcaption", null, caption));
     const s = svg("svg", { viewBox: "0 0 " + W + " " + (H + 16), width: W, height: H + 16, role: "img" });
-    s.setAttribute("aria-label", "histogram of " + h.check);
+    s.setAttribute("aria-label", "histogram of " + caption);
     const bw = (W - 2 * PAD) / h.bins;
     const y = (v) => H - (v / peak) * (H - PAD);
     for (let b = 0; b < h.bins; b++) {
@@ -313,18 +319,18 @@
         if (!v) continue;
         const rect = svg("rect", { x: PAD + b * bw + 0.5, y: y(base + v), width: Math.max(0.5, bw - 1), height: y(base) - y(base + v), class: "bar " + k });
         const title = svg("title");
-        title.textContent = v + " " + { a: "accepted", r: "rejected", o: "other" }[k] + " in [" + fmt(h.lo + b * (h.hi - h.lo) / h.bins) + ", " + fmt(h.lo + (b + 1) * (h.hi - h.lo) / h.bins) + ")";
+        title.textContent = v + " " + names[k] + " in [" + fmt(h.lo + b * (h.hi - h.lo) / h.bins) + ", " + fmt(h.lo + (b + 1) * (h.hi - h.lo) / h.bins) + ")";
         rect.appendChild(title);
         s.appendChild(rect);
         base += v;
       }
     }
     const x = (v) => PAD + ((v - h.lo) / (h.hi - h.lo)) * (W - 2 * PAD);
-    for (const line of thresholdLines(j, h.check, task)) {
+    for (const line of lines) {
       const l = svg("line", { x1: x(line.value), x2: x(line.value), y1: 0, y2: H, class: "threshold " + line.kind });
       l.dataset.value = String(line.value);
       const title = svg("title");
-      title.textContent = line.kind + " " + fmt(line.value) + " (" + line.tasks.join(", ") + ")";
+      title.textContent = line.kind + " " + fmt(line.value) + (line.note ? " (" + line.note + ")" : "");
       l.appendChild(title);
       s.appendChild(l);
     }
@@ -335,7 +341,7 @@
     hi.textContent = fmt(h.hi);
     s.append(lo, hi);
     fig.appendChild(s);
-    fig.appendChild(el("div", "muted small", n + " values" + (infinite ? ", " + infinite + " infinite" : "")));
+    fig.appendChild(el("div", "muted small", n + " values" + extra));
     return fig;
   }
   function renderHistograms() {
@@ -346,6 +352,46 @@
       for (const h of j.histograms) row.appendChild(histogram(j, h));
       if (!j.histograms.length) row.appendChild(el("p", "muted", "no scores"));
       box.appendChild(row);
+    }
+  }
+
+  // Gates of raw-video ingest: each gate's values over the stage's rows, ok against filtered ----------------
+  const GATED = { a: "ok", r: "filtered", o: "failed" };
+  function gateHistogram(g, h) {
+    const lines = h.thresholds.map((l) => ({ kind: l.kind, value: l.value, note: h.threshold_columns[l.kind] }));
+    const beyond = [h.below ? h.below + " below the range" : "", h.above ? h.above + " above it" : "",
+      h.missing ? h.missing + " rows without a value" : ""].filter(Boolean);
+    const fig = plot(g.stage, h, h.column, h.counts, lines, GATED, beyond.length ? " (" + beyond.join(", ") + ")" : "");
+    fig.classList.add("gate");
+    return fig;
+  }
+  function renderGates() {
+    const gates = R.gates || [];
+    $("gates-section").hidden = !gates.length;
+    const box = clear($("gates"));
+    for (const g of gates) {
+      const c = g.counts;
+      const p = el("p", "gate-counts", g.stage + " (" + g.type + "): " + c.rows + " rows, " + c.ok + " ok, " +
+        c.filtered + " filtered, " + c.failed + " failed");
+      p.dataset.stage = g.stage;
+      box.appendChild(p);
+      const row = el("div", "hist-row");
+      for (const h of g.histograms) row.appendChild(gateHistogram(g, h));
+      box.appendChild(row);
+      if (!g.reasons.length) continue;
+      const table = el("table", "gate-reasons");
+      table.dataset.stage = g.stage;
+      const head = el("tr");
+      for (const h of ["filtered because", "rows"]) head.appendChild(el("th", null, h));
+      table.createTHead().appendChild(head);
+      const body = table.createTBody();
+      for (const r of g.reasons) {
+        const tr = el("tr");
+        tr.dataset.reason = r.reason;
+        tr.append(el("td", null, r.reason), el("td", "n", r.count));
+        body.appendChild(tr);
+      }
+      box.appendChild(table);
     }
   }
 
@@ -522,6 +568,8 @@
   }
 
   renderSummary();
+  renderGates();
+  for (const id of ["filters", "reasons-section", "hist-section", "pairs-section"]) $(id).hidden = !R.judges.length;
   setupFilters();
   refresh();
   document.body.dataset.ready = "1";
