@@ -6,7 +6,8 @@ sources, side by side in one run (the issue's budget: at most 15 % more).
 
 Sources: the two SAM2 gallery clips (1280x720, one shot each) and an edited 1280x720 video cut together from them
 (four shots, a fade; ``tests/raw_footage.py`` at full size). "off" cuts ``--max-clips`` clips at fixed times per
-source (today's ingest); "shots" places up to ``--max-clips`` clips in each shot, with no gate; "on" also gates them.
+source (today's ingest); "shots" places up to ``--max-clips`` clips in each shot, with no gate; "on" also gates them
+and signs them (``signature``, for dedup).
 All go through ``Ingest.process``; they alternate ``--repeat`` times and the lowest CPU seconds (user+sys of the
 process, encoder threads included) of each are kept: the machine may be shared. CPU per clip counts the clips made
 (ok rows; "off" also counts clips that span a cut); "shots" and "on" decode the whole source, which a raw source
@@ -101,7 +102,7 @@ def main() -> None:
         context = StageContext("ingest", Storage(tmp))
         stages = {"off": Ingest(IngestParams(**common), context),
                   "shots": Ingest(IngestParams(**common, shots={}), context),
-                  "on": Ingest(IngestParams(**common, shots={}, gates={}), context)}
+                  "on": Ingest(IngestParams(**common, shots={}, gates={}, signature=True), context)}
         best: dict[str, tuple[float, int, int]] = {}
         for _ in range(args.repeat):
             for name, stage in stages.items():

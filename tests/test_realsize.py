@@ -24,6 +24,7 @@ from tests.conftest import FFP, cli_invoke
 ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"stage", "model", "params", "weights_gib", "activation_gib", "tflops_per_clip", "fits"}
 DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
+RAW_VARIANTS = ("local-gpu-raw", "ffp300k-style-raw")
 
 
 def style_folder(tmp_path: Path) -> Path:
@@ -49,8 +50,11 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     here. Two processes share the machine's two cores (each preset's stages run in order)."""
     styles = ("--set", f"stages.style_pairs.params.styles={style_folder(tmp_path)}")
     heavy = ["local-gpu", "local-gpu-480p", "demo", "local-tiny"]
-    styled = [p for p in preset_names() if any(s.type == "style_pairs" for s in load_config(preset=p).stages.values())]
-    rest = [p for p in preset_names() if p not in heavy and p not in styled]
+    # the raw-video variants' model stages are those of local-gpu and ffp300k-style, same params and per-actor
+    # resources (tests/test_raw_presets.py): checking them again would only double the time
+    presets = [p for p in preset_names() if p not in RAW_VARIANTS]
+    styled = [p for p in presets if any(s.type == "style_pairs" for s in load_config(preset=p).stages.values())]
+    rest = [p for p in presets if p not in heavy and p not in styled]
     runs = [checks_of(*heavy), checks_of(*rest), checks_of(*styled, extra=styles)]
     rows = []
     for run in runs:
@@ -58,7 +62,7 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
         assert run.returncode == 0, err[-3000:]
         rows += json.loads(out)
     checked = {(r["config"], r["stage"]) for r in rows}
-    for preset in preset_names():
+    for preset in presets:
         cfg = load_config(preset=preset, overrides=styles[1:] if preset in styled else ())
         graph = build_graph(cfg)
         from models.realsize.check import is_model_stage
