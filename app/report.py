@@ -540,14 +540,7 @@ def histograms(values: Mapping[str, np.ndarray], tasks_of: list[str], state: np.
         finite = np.isfinite(scores)
         check = column[len("score_"):]
         bounds = [v for t in task_thresholds.values() for v in threshold_sets[t].get(check, {}).values()]
-        known = np.concatenate([scores[finite], np.array(bounds, dtype=np.float64)])
-        lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
-        if hi - lo < 1e-9:
-            lo, hi = lo - 0.5, hi + 0.5
-        pad = (hi - lo) * 0.02
-        lo, hi = lo - pad, hi + pad
-        bin_of = np.zeros(len(scores), np.int64)
-        bin_of[finite] = np.clip(((scores[finite] - lo) / (hi - lo) * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+        lo, hi, bin_of = _bins(scores, finite, np.concatenate([scores[finite], np.array(bounds, dtype=np.float64)]))
         counts: dict[str, dict[str, list[int]]] = {}
         infinite: dict[str, int] = {}
         for t, task in enumerate(tasks):
@@ -593,20 +586,25 @@ def gate_histogram(values: np.ndarray, state: np.ndarray, thresholds: Mapping[st
     shown = values[finite]
     if shown.size >= GATE_CLIP_ROWS:
         shown = np.percentile(shown, [1, 99])
-    known = np.concatenate([shown, np.array([line["value"] for line in lines], dtype=np.float64)])
+    lo, hi, bin_of = _bins(values, finite, np.concatenate([shown, np.array([v["value"] for v in lines], np.float64)]))
+    counts = {key: np.bincount(bin_of[finite & (state == code)], minlength=HIST_BINS).tolist()
+              for key, code in (("a", STATE_ACCEPTED), ("r", STATE_REJECTED), ("o", STATE_FAILED))}
+    return {"lo": lo, "hi": hi, "bins": HIST_BINS, "counts": counts, "thresholds": lines,
+            "below": int((values[finite] < lo).sum()), "above": int((values[finite] > hi).sum()),
+            "missing": int((~finite).sum())}
+
+
+def _bins(values: np.ndarray, finite: np.ndarray, known: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """``HIST_BINS`` bins spanning ``known`` (the values to show and the thresholds), 2 % wider on each side, and the
+    bin of each finite value (those outside fall in the end bins)."""
     lo, hi = (float(known.min()), float(known.max())) if known.size else (0.0, 1.0)
     if hi - lo < 1e-9:
         lo, hi = lo - 0.5, hi + 0.5
     pad = (hi - lo) * 0.02
     lo, hi = lo - pad, hi + pad
     bin_of = np.zeros(len(values), np.int64)
-    bin_of[finite] = np.clip(np.floor((values[finite] - lo) / (hi - lo) * HIST_BINS).astype(np.int64), 0,
-                             HIST_BINS - 1)
-    counts = {key: np.bincount(bin_of[finite & (state == code)], minlength=HIST_BINS).tolist()
-              for key, code in (("a", STATE_ACCEPTED), ("r", STATE_REJECTED), ("o", STATE_FAILED))}
-    return {"lo": lo, "hi": hi, "bins": HIST_BINS, "counts": counts, "thresholds": lines,
-            "below": int((values[finite] < lo).sum()), "above": int((values[finite] > hi).sum()),
-            "missing": int((~finite).sum())}
+    bin_of[finite] = np.clip(np.floor((values[finite] - lo) / (hi - lo) * HIST_BINS).astype(np.int64), 0, HIST_BINS - 1)
+    return lo, hi, bin_of
 
 
 def reasons_table(pairs: list[_Pair], offset: int, examples: int = 5) -> list[dict[str, Any]]:

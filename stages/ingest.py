@@ -18,7 +18,7 @@ import json
 import posixpath
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import cv2
 import numpy as np
@@ -41,6 +41,8 @@ X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium"
 
 
 RGB = tuple[int, int, int]
+
+T = TypeVar("T")
 
 
 class ShotParams(Params):
@@ -246,6 +248,14 @@ class Ingest(Stage):
         return self._too_small(info.width, info.height)
 
     def _cut_video(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, Cut] | str:
+        made = self._probed_cut(uri, spec, lambda handle, info: cut_video(handle, spec, info))
+        if isinstance(made, str):
+            return made
+        info, cut = made
+        return _SourceFacts.of_video(info, cut, self.params), cut
+
+    def _probed_cut(self, uri: str, spec: ClipSpec, cut: Callable[[Any, VideoInfo], T]) -> tuple[VideoInfo, T] | str:
+        """Probe a video source, refuse it (the reason) or cut it with ``cut(handle, info)`` in one decode pass."""
         fs, path = _input_fs(uri)
         with fs.open(path, "rb") as handle:
             info = probe(handle, max_pixels=spec.max_pixels)
@@ -253,11 +263,9 @@ class Ingest(Stage):
             if refusal:
                 return refusal
             if rewound(handle):
-                cut = cut_video(handle, spec, info)
-            else:  # a stream (an HTTP answer without a length): read it again from the start
-                with fs.open(path, "rb") as again:
-                    cut = cut_video(again, spec, info)
-        return _SourceFacts.of_video(info, cut, self.params), cut
+                return info, cut(handle, info)
+            with fs.open(path, "rb") as again:  # a stream (an HTTP answer without a length): read it from the start
+                return info, cut(again, info)
 
     def _raw(self, source: dict[str, Any], spec: ClipSpec, base: dict[str, Any]) -> list[Result]:
         """Clips placed inside shots and gated: a row per clip made, filtered or lost; one for the source when
@@ -301,17 +309,10 @@ class Ingest(Stage):
         config = shots.config() if shots else ShotConfig(threshold=1e9, jump_ratio=1e9, black_level=-1, margin_frames=0)
         gates = self.params.gates.config() if self.params.gates else None
         limit = shots.max_source_clips if shots else self.params.max_clips
-        fs, path = _input_fs(uri)
-        with fs.open(path, "rb") as handle:
-            info = probe(handle, max_pixels=spec.max_pixels)
-            refusal = self._refusal(info)
-            if refusal:
-                return refusal
-            if rewound(handle):
-                cut = cut_in_shots(handle, spec, info, config, gates, limit)
-            else:
-                with fs.open(path, "rb") as again:
-                    cut = cut_in_shots(again, spec, info, config, gates, limit)
+        made = self._probed_cut(uri, spec, lambda handle, info: cut_in_shots(handle, spec, info, config, gates, limit))
+        if isinstance(made, str):
+            return made
+        info, cut = made
         summary = Cut([], [], cut.decoded, cut.ended, cut.damaged, 0, 0)
         return _SourceFacts.of_video(info, summary, self.params), cut
 

@@ -19,6 +19,7 @@ import signal
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -117,21 +118,25 @@ def test_second_driver_refused_naming_the_holder(
     assert log["lease"]["pid"] == first.pid and log["lease"]["took_over"] is None
 
 
+def _killed_mid_run(launcher: Launcher, config: Path, run_dir: Path, tmp_path: Path,
+                    env: dict[str, str] | None = None) -> tuple[Any, dict[str, tuple[str, int]]]:
+    """A driver SIGKILLed once augment has committed (export held in its setup), its Ray gone: the driver's
+    process and the committed shards."""
+    first = launcher.start(["run", str(config)], tmp_path / "ffp-run-1.log",
+                           env={**_hold("export", "setup", tmp_path / "gate"), **(env or {})})
+    poll(lambda: (run_dir / layout.manifest_path("augment", 0)).exists(), what="augment committed", process=first)
+    first.sigkill()
+    assert not launcher.wait_gone(), "Ray outlived its killed driver"
+    return first, snapshot_committed(run_dir)
+
+
 def test_crashed_driver_lease_taken_over(
     tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path,
 ) -> None:
     """SIGKILL the driver mid-run. Its lease, as if it had run on another node (its host rewritten), holds the run
     until its expiry (4 s, set through the environment of that driver); then the same command takes it over."""
-    run_dir = tmp_path / "run"
-    config = write_tiny_config(tiny_inputs, run_dir, tmp_path / "config.yaml")
-    gate = tmp_path / "gate"
-    first = launcher.start(["run", str(config)], tmp_path / "ffp-run-1.log",
-                           env={**_hold("export", "setup", gate), EXPIRY_ENV: "4"})
-    poll(lambda: (run_dir / layout.manifest_path("augment", 0)).exists(), what="augment committed", process=first)
-    first.sigkill()
-    assert not launcher.wait_gone(), "Ray outlived its killed driver"
-    committed = snapshot_committed(run_dir)
-
+    run_dir, config = tmp_path / "run", write_tiny_config(tiny_inputs, tmp_path / "run", tmp_path / "config.yaml")
+    first, committed = _killed_mid_run(launcher, config, run_dir, tmp_path, {EXPIRY_ENV: "4"})
     lease = _lease(run_dir)
     assert lease is not None and lease["pid"] == first.pid and lease["expiry_s"] == 4
     lease.update(host="another-node", renewed=time.time())  # a driver elsewhere: its pid cannot be checked here
@@ -154,14 +159,8 @@ def test_killed_driver_on_this_host_taken_over_at_once(
     tiny_inputs: Path, tiny_reference: RunState, launcher: Launcher, tmp_path: Path,
 ) -> None:
     """A driver of this host whose process is gone: no wait for the expiry (default 120 s)."""
-    run_dir = tmp_path / "run"
-    config = write_tiny_config(tiny_inputs, run_dir, tmp_path / "config.yaml")
-    gate = tmp_path / "gate"
-    first = launcher.start(["run", str(config)], tmp_path / "ffp-run-1.log", env=_hold("export", "setup", gate))
-    poll(lambda: (run_dir / layout.manifest_path("augment", 0)).exists(), what="augment committed", process=first)
-    first.sigkill()
-    assert not launcher.wait_gone(), "Ray outlived its killed driver"
-    committed = snapshot_committed(run_dir)
+    run_dir, config = tmp_path / "run", write_tiny_config(tiny_inputs, tmp_path / "run", tmp_path / "config.yaml")
+    first, committed = _killed_mid_run(launcher, config, run_dir, tmp_path)
     second = launcher.start(["run", str(config)], tmp_path / "ffp-run-2.log")
     _finish(second, run_dir, launcher, tiny_reference, "driver SIGKILLed, lease taken over (process gone)", committed)
     [log] = run_logs(run_dir)
