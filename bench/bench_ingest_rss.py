@@ -4,9 +4,10 @@
                                      [--only-shots] [--out bench/results/ingest_rss.txt]
 
 The long source is the short one looped with ``ffmpeg -stream_loop N -c copy`` (no re-encode, same bitstream).
-Each case runs in a fresh Python process that imports the stage, measures its RSS (the baseline: Python, numpy,
-PyAV, OpenCV, pyarrow), then runs ``Ingest.process`` on the source (probe, cut_clips, PNG of frame 0, the
-results held in memory as an actor holds them before writing) and reports ``ru_maxrss``. The production
+Each case runs in a fresh Python process that builds a one-stage run (the source as its one input), measures its
+RSS (the baseline: Python, numpy, PyAV, OpenCV, pyarrow, the stage), then runs the shard through the worker an
+ingest actor runs (``ShardWorker``: ``Ingest.process``, the item's result saved to ``_partial/``, the shard's tar and
+manifest committed) and reports ``ru_maxrss``. The production
 shape: 81 frames, 16 fps, 1280x720, crf 18, veryfast, x264 threads auto. The raw-video cases (``shots`` and ``gates``
 on, ``--only-shots`` alone) decode the whole source: each loop of the long one is a shot (the jump back to the first
 frame is a cut), so it gives a clip per loop.
@@ -32,26 +33,30 @@ MEDIA = media_path("sam2_gallery")
 CHILD = r"""
 import json, resource, sys, time
 sys.path.insert(0, {root!r})
-from manifests.storage import Storage
-from pipeline.stage import Sample, StageContext
-from stages.ingest import Ingest
+import pyarrow.parquet as pq
+from tests.conftest import LocalRun, make_config
+run = LocalRun(make_config({tmp!r} + "/run", inputs=[{{"kind": "videos", "path": {uri!r}}}],
+                           stages={{"ingest": {{"type": "ingest", "params": {params!r}}}}}))
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-params = Ingest.Params.model_validate({params!r})
-stage = Ingest(params, StageContext(name="ingest", run=Storage({tmp!r})))
 t = time.perf_counter()
-results = stage.process([Sample("src", 0, {{"source_id": "src", "uri": {uri!r}, "kind": "video"}})])
+run.run_shard("ingest", 0)
 wall = time.perf_counter() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-ok = [r for r in results if r.status == "ok"]
-print(json.dumps({{"base_kb": base, "peak_kb": peak, "clips": len(ok), "wall": wall,
-                  "mp4_bytes": sum(len(r.files["clip.mp4"]) for r in ok),
-                  "reasons": [r.reason for r in results if r.status != "ok"]}}))
+rows = pq.read_table({tmp!r} + "/run/manifests/ingest/shard-000000.parquet").to_pylist()
+ok = [r for r in rows if r["status"] == "ok"]
+tar = {tmp!r} + "/run/" + run.graph.nodes["ingest"].tar_path(0)
+import os
+print(json.dumps({{"base_kb": base, "peak_kb": peak, "clips": len(ok), "wall": wall, "tar_bytes": os.path.getsize(tar),
+                  "reasons": [r["reason"] for r in rows if r["status"] != "ok"]}}))
 """
 
 
 def run_case(uri: Path, params: dict, tmp: Path) -> dict:
-    code = CHILD.format(root=str(ROOT), params=params, tmp=str(tmp), uri=str(uri))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    with tempfile.TemporaryDirectory(dir=tmp) as case:
+        code = CHILD.format(root=str(ROOT), params=params, tmp=case, uri=str(uri))
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        if out.returncode:
+            raise SystemExit(f"case failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -111,19 +116,20 @@ def main() -> None:
             cases = [case for case in cases if "shots" in case[2]]
         say()
         head = (f"{'case':58}{'clips':>6}{'baseline MB':>12}{'peak MB':>9}{'peak-base MB':>13}{'wall s':>8}"
-                f"{'mp4 MB':>8}")
+                f"{'tar MB':>8}")
         report.header(head)
         for name, uri, params in cases:
             r = run_case(uri, params, tmp)
             if r["reasons"]:
                 say(f"{name}: {r['reasons']}")
             say(f"{name:58}{r['clips']:>6}{r['base_kb'] / 1024:12.0f}{r['peak_kb'] / 1024:9.0f}"
-                f"{(r['peak_kb'] - r['base_kb']) / 1024:13.0f}{r['wall']:8.1f}{r['mp4_bytes'] / 2**20:8.0f}")
+                f"{(r['peak_kb'] - r['base_kb']) / 1024:13.0f}{r['wall']:8.1f}{r['tar_bytes'] / 2**20:8.0f}")
     say()
-    say("peak-base: what processing one source adds to the actor (decoder + open encoders + finished clips held as "
-        "results; mp4 MB: the clips' bytes among them). One 1280x720 RGB frame is 2.6 MiB; the 81-frame clip as RGB would "
-        "be 213 MiB. With shots on, a clip's source frames are held until it is confirmed inside its shot (81 decoded "
-        "4:2:0 frames: 112 MiB), then encoded and released.")
+    say("peak-base: what running the shard of one source adds to the actor (decoder, open encoders, finished clips, "
+        "the partial save and the commit; tar MB: the committed shard). One 1280x720 RGB frame is 2.6 MiB; the "
+        "81-frame clip as RGB would be 213 MiB. With shots on, a clip's source frames are held until it is confirmed inside its "
+        "shot (81 decoded 4:2:0 frames: 112 MiB), then encoded, spilled to a local file (StageContext.spill) and "
+        "released; the worker streams the files into _partial/ and the commit copies them one sample at a time.")
     report.append_to(args.out, "bench_ingest_rss.py")
 
 

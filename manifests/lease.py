@@ -252,8 +252,12 @@ class Lease:
     def _read_back(self) -> bool:
         if self.kind == "best-effort" and self.storage.fs.protocol not in ("memory", ("memory",)):
             time.sleep(SETTLE_S)  # memory:// lives in this process alone: nothing to settle
+        return self._holds()
+
+    def _holds(self, token: str | None = None) -> bool:
+        """Whether the lease in the store carries ``token`` (ours by default)."""
         found = read_lease(self.storage)
-        return found is not None and found.token == self.token
+        return found is not None and found.token == (self.token if token is None else token)
 
     def _read(self) -> tuple[LeaseInfo, str | None] | None:
         etag = None
@@ -269,8 +273,7 @@ class Lease:
         """Replace the lease with ours if it still carries ``expected`` (compare-and-swap where the store can)."""
         if self.kind == "local":
             with self._locked():
-                found = read_lease(self.storage)
-                if found is None or found.token != expected:
+                if not self._holds(expected):
                     return False
                 self.storage.write_bytes(layout.LEASE, self.info.to_bytes())
                 return True
@@ -280,8 +283,7 @@ class Lease:
             except _Conflict:
                 return False
             return self._read_back()
-        found = read_lease(self.storage)
-        if found is None or found.token != expected:
+        if not self._holds(expected):
             return False
         self.storage.write_bytes(layout.LEASE, self.info.to_bytes())
         return self._read_back()
@@ -387,12 +389,10 @@ class Lease:
         with contextlib.suppress(FileNotFoundError):
             if self.kind == "local":
                 with self._locked():
-                    found = read_lease(self.storage)
-                    if found is not None and found.token == self.token:
+                    if self._holds():
                         os.unlink(self.storage.path(layout.LEASE))
                 return
-            found = read_lease(self.storage)
-            if found is not None and found.token == self.token:
+            if self._holds():
                 self.storage.remove(layout.LEASE)
 
     def record(self) -> dict[str, Any]:

@@ -14,22 +14,17 @@ flight (:meth:`PartialStore.apply_oom_deaths`); memory errors raised in ``proces
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any
 
 from manifests.layout import partial_dir
-from manifests.shards import ShardReader, write_shard
+from manifests.manifest import Status
+from manifests.shards import FieldData, LazySamples, ShardReader, write_shard
 from manifests.storage import Storage, StorageFull
 
 SHARD_TIMEOUT = "shard-timeout.json"
 OOM_DEATHS = "oom-deaths.json"
-
-
-@dataclass
-class ItemResult:
-    rows: list[dict[str, Any]]
-    files: dict[str, dict[str, bytes]]
 
 
 class PartialStore:
@@ -126,29 +121,59 @@ class PartialStore:
                 blamed.append(key)
         return blamed
 
-    def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, bytes]]) -> None:
-        if any(files.values()):
+    def save(self, key: str, rows: list[dict[str, Any]], files: Mapping[str, Mapping[str, FieldData]]) -> None:
+        """The result of item ``key``: its files (a tar, streamed sample by sample), then its rows (the marker)."""
+        if len(files):
             write_shard(self.storage, self._rel(key, "files.tar"), files)
         self.storage.write_bytes(self._rel(key, "rows.json"), json.dumps(rows, default=str).encode())
 
-    def load(self, key: str) -> ItemResult | None:
+    def load(self, key: str) -> list[dict[str, Any]] | None:
+        """The rows of item ``key``'s saved result (its files: :meth:`files`), or None when it has none."""
         rows_rel = self._rel(key, "rows.json")
         if not self.storage.exists(rows_rel):
             return None
-        rows = json.loads(self.storage.read_bytes(rows_rel))
-        files: dict[str, dict[str, bytes]] = {}
-        tar_rel = self._rel(key, "files.tar")
-        if self.storage.exists(tar_rel):
-            with self.storage.open(tar_rel) as handle:
-                reader = ShardReader(handle, name=tar_rel)
-                files = {sample_id: reader.sample(sample_id) for sample_id in reader.keys}
-        return ItemResult(rows=rows, files=files)
+        return list(json.loads(self.storage.read_bytes(rows_rel)))
+
+    @contextmanager
+    def files(self, rows: Iterable[Mapping[str, Any]]) -> Iterator[LazySamples]:
+        """The saved files of the ok ``rows`` (of saved items), read from their items' tars one sample at a time
+        when asked for, as a commit writes them: a shard of any size is copied holding one sample's files."""
+        owners = {row["sample_id"]: row["input_id"] for row in rows if row["status"] == Status.OK}
+        reader = _ItemReader(self)
+        try:
+            yield LazySamples(owners, lambda sample_id: reader.sample(owners[sample_id], sample_id))
+        finally:
+            reader.close()
 
     def clear(self) -> None:
         self.storage.remove(self.dir, recursive=True)
         parent = self.dir.rsplit("/", 1)[0]
         if self.storage.exists(parent) and not self.storage.walk_files(parent):
             self.storage.remove(parent, recursive=True)
+
+
+class _ItemReader:
+    """One item's ``files.tar`` open at a time (the samples of an item come together in a commit's sorted order)."""
+
+    def __init__(self, store: PartialStore) -> None:
+        self.store, self.key = store, ""
+        self.reader: ShardReader | None = None
+
+    def sample(self, key: str, sample_id: str) -> dict[str, bytes]:
+        if key != self.key:
+            self.close()
+            rel = self.store._rel(key, "files.tar")
+            self.key = key
+            storage = self.store.storage
+            self.reader = ShardReader(storage.open(rel), name=rel) if storage.exists(rel) else None
+        if self.reader is None or sample_id not in self.reader.index:
+            return {}
+        return self.reader.sample(sample_id)
+
+    def close(self) -> None:
+        if self.reader is not None:
+            self.reader.close()
+        self.key, self.reader = "", None
 
 
 def note_shard_timeout(storage: Storage, stage: str, shard: int, seconds: float) -> None:

@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import re
 import tarfile
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import IO
 
@@ -66,24 +68,93 @@ class TarInfo:
     samples: int
 
 
-def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, bytes]]) -> TarInfo:
-    """Atomically write ``{sample_id: {field: bytes}}`` as a key-grouped, sorted tar at ``rel``.
+@dataclass(frozen=True)
+class Spilled:
+    """A field's bytes kept in a local file until its shard is written. A stage that makes many large outputs from
+    one input (ingest cutting a long source into clips) hands these instead of bytes (``StageContext.spill``), so
+    that memory holds one output at a time, not all of them: :func:`write_shard` streams the file into the tar."""
+
+    path: str
+    size: int
+
+    @classmethod
+    def write(cls, data: bytes, folder: str) -> Spilled:
+        handle, path = tempfile.mkstemp(dir=folder, suffix=".field")
+        with os.fdopen(handle, "wb") as out:
+            out.write(data)
+        return cls(path, len(data))
+
+    def open(self) -> IO[bytes]:
+        return open(self.path, "rb")
+
+    def read(self) -> bytes:
+        with self.open() as handle:
+            return handle.read()
+
+    def discard(self) -> None:
+        try:
+            os.remove(self.path)
+        except FileNotFoundError:
+            pass
+
+
+FieldData = bytes | Spilled
+"""A field's content as a stage hands it over: bytes, or bytes spilled to a local file."""
+
+
+def field_bytes(data: FieldData) -> bytes:
+    return data.read() if isinstance(data, Spilled) else data
+
+
+class LazySamples(Mapping[str, Mapping[str, FieldData]]):
+    """``{sample_id: fields}`` whose fields are loaded only when asked for, one sample at a time: what
+    :func:`write_shard` needs to copy a shard's worth of outputs while holding one sample's."""
+
+    def __init__(self, keys: Iterable[str], load: Callable[[str], Mapping[str, FieldData]]) -> None:
+        self._keys, self._load = list(dict.fromkeys(keys)), load
+        self._known = frozenset(self._keys)
+
+    def __getitem__(self, sample_id: str) -> Mapping[str, FieldData]:
+        if sample_id not in self._known:
+            raise KeyError(sample_id)
+        return self._load(sample_id)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+
+def write_shard(storage: Storage, rel: str, samples: Mapping[str, Mapping[str, FieldData]]) -> TarInfo:
+    """Atomically write ``{sample_id: {field: bytes}}`` as a key-grouped, sorted tar at ``rel``. Each sample's
+    fields are asked for once, in order (``samples`` may load them then: :class:`LazySamples`), and spilled fields
+    are streamed from their files.
 
     A sample without fields (a stage whose output is manifest columns only) has no members in the tar."""
+    with_fields = 0
     with storage.atomic_writer(rel) as handle:
         hashing = _HashingWriter(handle)
         with tarfile.open(fileobj=hashing, mode="w|", format=tarfile.PAX_FORMAT) as tar:  # type: ignore[call-overload]
             for sample_id in sorted(samples):
                 check_sample_id(sample_id)
-                for field in sorted(samples[sample_id]):
+                fields = samples[sample_id]
+                with_fields += bool(fields)
+                for field in sorted(fields):
                     check_field(field)
-                    _add_member(tar, f"{sample_id}.{field}", samples[sample_id][field])
-    return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=sum(1 for f in samples.values() if f))
+                    _add_member(tar, f"{sample_id}.{field}", fields[field])
+    return TarInfo(sha256=hashing.sha256.hexdigest(), size=hashing.size, samples=with_fields)
 
 
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+def _add_member(tar: tarfile.TarFile, name: str, data: FieldData) -> None:
     info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(data), 0o444, 0
+    info.mode, info.mtime = 0o444, 0
+    if isinstance(data, Spilled):
+        info.size = data.size
+        with data.open() as handle:
+            tar.addfile(info, handle)
+        return
+    info.size = len(data)
     tar.addfile(info, io.BytesIO(data))
 
 

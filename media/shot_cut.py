@@ -15,6 +15,7 @@ variable-rate file are not consulted, except to number the frames after a decode
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import Any
@@ -23,7 +24,9 @@ import av
 import cv2
 import numpy as np
 
+from manifests.shards import FieldData
 from media.gates import GateConfig, GateResult, measure
+from media.png import png_bytes
 from media.shots import Decision, Shot, ShotConfig, ShotTracker, small_planes
 from media.signature import frame_hash, positions, signature
 from media.video_io import (
@@ -89,10 +92,12 @@ def _luma(frame: av.VideoFrame) -> np.ndarray:
 
 
 def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotConfig, gates: GateConfig | None,
-                 max_source_clips: int) -> ShotCut:
+                 max_source_clips: int, spill: Callable[[bytes], FieldData] | None = None) -> ShotCut:
     """Clips of ``spec`` inside the shots of ``source``: up to ``spec.max_clips`` per shot and ``max_source_clips``
     in all, each gated by ``gates`` (None: no gate, no border crop). Decodes the whole source once (it stops early
-    only when ``max_source_clips`` clips are made)."""
+    only when ``max_source_clips`` clips are made: the shot list then ends there). Each clip's ``mp4`` and
+    ``frame0`` (its first frame as PNG) go through ``spill`` as soon as it is encoded (``StageContext.spill``: to a
+    local file), so that the clips made so far cost no memory."""
     _check_spec(spec)
     _check_cuttable(info.width, info.height, spec.max_pixels)
     out_w, out_h = _output_size(info.width, info.height, spec)
@@ -164,8 +169,9 @@ def cut_in_shots(source: Source, spec: ClipSpec, info: VideoInfo, shots: ShotCon
             if encoder is not None:
                 encoder.abort()
         assert first_rgb is not None
-        clips.append(Clip(index, source_frames, mp4, first_rgb, out_w, out_h, float(fps),
-                          signature=signature(hashes) if spec.signature else None))
+        kept: Callable[[bytes], FieldData] = spill or bytes
+        clips.append(Clip(index, source_frames, kept(mp4), None, out_w, out_h, float(fps),
+                          signature=signature(hashes) if spec.signature else None, frame0=kept(png_bytes(first_rgb))))
         facts[index] = row
 
     def place(decision: Decision, frame: av.VideoFrame, small: np.ndarray) -> None:

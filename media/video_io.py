@@ -47,6 +47,7 @@ import av
 import cv2
 import numpy as np
 
+from manifests.shards import FieldData
 from media.colour import OutputColour, SourceColour, convert_yuv420, describe, rgb_of, tonemap, yuv420_in_source_colour
 from media.errors import VideoError
 from media.signature import frame_hash, positions, signature
@@ -100,13 +101,14 @@ class ClipSpec:
 class Clip:
     index: int  # clip index within the video
     source_frames: list[int]  # source frame index of each output frame
-    mp4: bytes  # H.264 yuv420p mp4, exactly len(source_frames) frames at fps
-    first_frame: np.ndarray  # RGB uint8 HxWx3 of output frame 0 (pre-encode pixels)
+    mp4: FieldData  # H.264 yuv420p mp4, exactly len(source_frames) frames at fps (spilled: in a local file)
+    first_frame: np.ndarray | None  # RGB uint8 HxWx3 of output frame 0 (pre-encode pixels); None when frame0 is set
     width: int
     height: int
     fps: float
     masks: np.ndarray | None = None  # (T,H,W) uint8 palette ids (image-sequence input only)
     signature: str | None = None  # perceptual signature of its output frames (``ClipSpec.signature``)
+    frame0: FieldData | None = None  # the PNG of output frame 0, when the cutter made it (and spilled it)
 
 
 # --------------------------------------------------------------------------------------------

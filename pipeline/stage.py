@@ -18,7 +18,9 @@ import pyarrow as pa
 from pydantic import BaseModel, ConfigDict
 
 from manifests.manifest import Status
+from manifests.shards import FieldData, Spilled, field_bytes
 from manifests.storage import Storage
+from pipeline import scratch
 
 SOURCE_SAMPLE_TIMEOUT_S = 600.0
 """``timeouts.sample_s`` of a source stage whose config and type set none: a source reads files and URLs from
@@ -48,13 +50,18 @@ class Params(BaseModel):
 class Result:
     sample_id: str
     status: Status
-    files: dict[str, bytes] = field(default_factory=dict)
+    files: dict[str, FieldData] = field(default_factory=dict)
+    """Tar fields: bytes, or bytes spilled to a local file (``StageContext.spill``)."""
     columns: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
 
     @classmethod
-    def ok(cls, sample_id: str, files: Mapping[str, bytes] | None = None, **columns: Any) -> Result:
+    def ok(cls, sample_id: str, files: Mapping[str, FieldData] | None = None, **columns: Any) -> Result:
         return cls(sample_id, Status.OK, dict(files or {}), columns)
+
+    def read(self, field_name: str) -> bytes:
+        """The bytes of one of its fields, spilled or not."""
+        return field_bytes(self.files[field_name])
 
     @classmethod
     def filtered(cls, sample_id: str, reason: str, **columns: Any) -> Result:
@@ -133,6 +140,24 @@ class StageContext:
     run_rows: Callable[[], list[dict[str, Any]]] | None = None
     """For a ``run_wide`` stage, set by its worker for each shard: every sample that reaches the stage in the whole
     run, as ``{"sample_id", "shard", <each column the stage reads>}``, sorted by shard then sample id."""
+    run_state: str = ""
+    """For a ``run_wide`` stage, set with ``run_rows``: the state of the run those rows are of (the same value, the
+    same rows), for a stage that derives something from all of them once per state."""
+    _scratch: str | None = field(default=None, repr=False, compare=False)
+
+    def spill(self, data: bytes) -> Spilled:
+        """``data`` moved to a local file, to hand over as a field in place of the bytes: a stage that makes many
+        outputs from one input spills each as it is made, so that memory holds one, not all (ingest's clips of a
+        long source). The worker streams spilled fields into ``_partial/`` and empties the folder after each
+        batch; without a worker (tests, notebooks) they stay until the process exits."""
+        if self._scratch is None:
+            self._scratch = scratch.folder(self.name)
+        return Spilled.write(data, self._scratch)
+
+    def discard_spilled(self) -> None:
+        """Remove every field spilled so far (its results are saved, or lost with a crash)."""
+        if self._scratch is not None:
+            scratch.empty(self._scratch)
 
 
 class Stage:

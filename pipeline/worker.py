@@ -31,8 +31,8 @@ from manifests.labels import current_labels
 from manifests.layout import MANIFEST_PATTERN, manifests_dir, shard_of
 from manifests.lease import LeaseLost, check_lease
 from manifests.manifest import Status, commit_shard, manifest_path, read_manifest, uncommit_shard
-from manifests.partial import ItemResult, PartialStore
-from manifests.shards import ShardReader, open_shard
+from manifests.partial import PartialStore
+from manifests.shards import LazySamples, ShardReader, open_shard
 from manifests.storage import Storage, StorageFull
 from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
@@ -124,6 +124,7 @@ class ShardWorker:
             raise ValueError(f"worker of stage {self.node.name} got a task of stage {task.stage}")
         if self.node.run_wide:
             self.stage.context.run_rows = lambda: self._rows_of_run(task.inputs_digest)
+            self.stage.context.run_state = task.inputs_digest
         with _LazyReaders(self.storage, self.graph, task.shard) as readers:
             return self._run(task, self._inputs(task, readers))
 
@@ -148,7 +149,7 @@ class ShardWorker:
         for blamed in partial.apply_oom_deaths():  # before any item is begun: tries are told apart by their items
             log.warning("%s/shard %s: %s was in flight when a worker was killed for memory", node.name, shard, blamed)
         summary = ShardSummary(node.name, shard)
-        results: dict[str, ItemResult] = {}
+        results: dict[str, list[dict[str, Any]]] = {}  # the rows of each item; their files stay in _partial/
         pending: list[Sample] = []
         for sample in samples:
             saved = partial.load(sample.sample_id)
@@ -168,19 +169,22 @@ class ShardWorker:
         if pending:
             self.stage.prepare_shard(samples)
         for batch in _batches(pending, self.stage.batch_size):
-            for sample_id, item in self._process_batch(batch, partial).items():
-                results[sample_id] = item
-                summary.processed += 1
-        rows = [row for item in results.values() for row in item.rows]
-        files = {sid: fields for item in results.values() for sid, fields in item.files.items()}
+            try:
+                for sample_id, item_rows in self._process_batch(batch, partial).items():
+                    results[sample_id] = item_rows
+                    summary.processed += 1
+            finally:
+                self.stage.context.discard_spilled()  # saved to _partial/ by now, or lost with the batch
+        rows = [row for item_rows in results.values() for row in item_rows]
         inject("commit", node.name)
         self._fence(task)  # fencing: the window left is this read and the writes that follow (docs/reliability.md)
-        info = commit_shard(
-            self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
-            stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
-            extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused,
-                   "retries": storage_retry.since(retries_before)},
-        )
+        with partial.files(rows) as files:  # read back sample by sample as the tar is written: memory holds one
+            info = commit_shard(
+                self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
+                stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
+                extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused,
+                       "retries": storage_retry.since(retries_before)},
+            )
         partial.clear()
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
         summary.retries = storage_retry.since(retries_before)
@@ -215,8 +219,8 @@ class ShardWorker:
                 if keep and partial.load(input_id) is None:
                     for row in rows:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
-                    files = {r["sample_id"]: reader.sample(r["sample_id"]) for r in rows if reader and r["status"] == Status.OK}
-                    partial.save(input_id, rows, files)
+                    ok = [r["sample_id"] for r in rows if reader and reader.fields(r["sample_id"])]
+                    partial.save(input_id, rows, LazySamples(ok, reader.sample if reader else lambda _: {}))
                 elif retried and input_id in inputs and not any(r["status"] == Status.QUARANTINED for r in rows):
                     # failed samples carry their attempts forward, so repeated failures end in quarantine;
                     # quarantined ones retried on request start afresh
@@ -231,9 +235,10 @@ class ShardWorker:
         return self.node.cls.uses_labels and any(row.get("label") != sample.columns.get("label") for row in rows)
 
     # Processing -----------------------------------------------------------------------------------------
-    def _process_batch(self, batch: list[Sample], partial: PartialStore) -> dict[str, ItemResult]:
+    def _process_batch(self, batch: list[Sample], partial: PartialStore) -> dict[str, list[dict[str, Any]]]:
+        """The rows of each sample of ``batch``, its result (rows and files) saved to ``partial`` first."""
         if len(batch) > 1 and any(partial.attempts(s.sample_id) for s in batch):
-            batch_results: dict[str, ItemResult] = {}
+            batch_results: dict[str, list[dict[str, Any]]] = {}
             for sample in batch:  # an earlier try of this batch crashed: isolate the culprit
                 batch_results.update(self._process_batch([sample], partial))
             return batch_results
@@ -265,13 +270,13 @@ class ShardWorker:
             grouped = self._group(batch, produced)
         except ValueError as exc:  # a stage bug (wrong ids): every sample of the batch fails, the shard goes on
             grouped = {s.sample_id: [Result.failed(s.sample_id, str(exc))] for s in batch}
-        out: dict[str, ItemResult] = {}
+        out: dict[str, list[dict[str, Any]]] = {}
         for sample in batch:
             rows, files = [], {}
             for result in grouped[sample.sample_id]:
                 result = self._check(result)
                 rows.append(self._row(result, sample, attempts[sample.sample_id], elapsed, model_elapsed))
-                if result.status == Status.OK:
+                if result.status == Status.OK and result.files:
                     files[result.sample_id] = result.files
             try:
                 partial.save(sample.sample_id, rows, files)
@@ -279,11 +284,11 @@ class ShardWorker:
                 for unsaved in batch[batch.index(sample):]:
                     partial.forget_attempt(unsaved.sample_id, attempts[unsaved.sample_id])
                 raise
-            out[sample.sample_id] = ItemResult(rows, files)
+            out[sample.sample_id] = rows
         return out
 
     def _after_crash(self, batch: list[Sample], partial: PartialStore, attempts: dict[str, int], error: str,
-                     out_of_memory: bool) -> dict[str, ItemResult]:
+                     out_of_memory: bool) -> dict[str, list[dict[str, Any]]]:
         """``process`` raised ``error`` on ``batch``: a batch is retried one sample at a time (a batch too large for
         memory included: alone, each may fit), a sample up to ``max_attempts``, or until it ran out of memory
         ``oom_limit`` times (each sample of a batch that did counts it once, as when its worker is killed for memory
@@ -295,7 +300,7 @@ class ShardWorker:
                         [s.sample_id for s in batch], error)
             times = {s.sample_id: partial.note_oom(s.sample_id, f"attempt {attempts[s.sample_id]}", "raised", error)
                      for s in batch}
-        out: dict[str, ItemResult] = {}
+        out: dict[str, list[dict[str, Any]]] = {}
         for sample in batch:
             sid = sample.sample_id
             if out_of_memory and (times[sid] >= self.oom_limit or attempts[sid] >= self.max_attempts):
@@ -372,12 +377,12 @@ class ShardWorker:
             "finished_at": time.time(), **result.columns,
         }
 
-    def _quarantine(self, sample: Sample, partial: PartialStore, reason: str) -> ItemResult:
+    def _quarantine(self, sample: Sample, partial: PartialStore, reason: str) -> list[dict[str, Any]]:
         result = Result(sample.sample_id, Status.QUARANTINED, columns=self.node.cls.input_columns(sample.columns),
                         reason=reason)
         rows = [self._row(result, sample, partial.attempts(sample.sample_id), 0.0)]
         partial.save(sample.sample_id, rows, {})
-        return ItemResult(rows, {})
+        return rows
 
 
 def upstream_samples(storage: Storage, graph: StageGraph, stage: str, shard: int, readers: _LazyReaders, *,

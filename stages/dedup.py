@@ -50,7 +50,7 @@ class Dedup(Stage):
 
     def __init__(self, params: Params, context: StageContext) -> None:
         super().__init__(params, context)
-        self._decided: tuple[int, dict[str, Duplicate | None]] | None = None
+        self._decided: tuple[str, dict[str, Duplicate | None]] | None = None
         self._seen_in: dict[str, str] = {}  # a seen clip's id -> the earlier run it is in
         self._seen_signatures: list[str] = []
 
@@ -91,11 +91,10 @@ class Dedup(Stage):
         return results
 
     def _decisions(self) -> dict[str, Duplicate | None]:
-        """The walk over the whole run, made once per state of the run (``run_rows`` is the same list object for
-        every shard of one state)."""
+        """The walk over the whole run, made once per state of the run (``StageContext.run_state``)."""
         assert self.context.run_rows is not None, "a run-wide stage runs with its run's rows"
-        rows = self.context.run_rows()
-        if self._decided is None or self._decided[0] != id(rows):
+        if self._decided is None or self._decided[0] != self.context.run_state:
+            rows = self.context.run_rows()
             clips = [row for row in rows if row.get("signature")]
             found = near_duplicates(
                 [row["sample_id"] for row in clips], [row["signature"] for row in clips],
@@ -103,7 +102,7 @@ class Dedup(Stage):
                 max_distance=self.params.max_distance, seen_ids=list(self._seen_in),
                 seen_signatures=self._seen_signatures,
             )
-            self._decided = (id(rows), {row["sample_id"]: dup for row, dup in zip(clips, found)})
+            self._decided = (self.context.run_state, {row["sample_id"]: dup for row, dup in zip(clips, found)})
             kept = sum(dup is None for dup in found)
             log.info("%s: %d clips, %d kept, %d near-duplicates (%d seen before)", self.context.name, len(clips),
                      kept, len(clips) - kept, len(self._seen_in))

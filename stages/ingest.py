@@ -309,7 +309,8 @@ class Ingest(Stage):
         config = shots.config() if shots else ShotConfig(threshold=1e9, jump_ratio=1e9, black_level=-1, margin_frames=0)
         gates = self.params.gates.config() if self.params.gates else None
         limit = shots.max_source_clips if shots else self.params.max_clips
-        made = self._probed_cut(uri, spec, lambda handle, info: cut_in_shots(handle, spec, info, config, gates, limit))
+        made = self._probed_cut(uri, spec, lambda handle, info: cut_in_shots(handle, spec, info, config, gates, limit,
+                                                                             spill=self.context.spill))
         if isinstance(made, str):
             return made
         info, cut = made
@@ -335,7 +336,8 @@ class Ingest(Stage):
     def _result(self, source: dict[str, Any], facts: _SourceFacts, clip: Clip, base: dict[str, Any],
                 extra: dict[str, Any] | None = None) -> Result:
         source_id = source["source_id"]
-        files = {"clip.mp4": clip.mp4, "frame0.png": png_bytes(clip.first_frame)}
+        frame0 = clip.frame0 if clip.frame0 is not None else png_bytes(clip.first_frame)
+        files = {"clip.mp4": clip.mp4, "frame0.png": frame0}
         instances: list[int] = []
         if clip.masks is not None:
             files["masks.npz"] = npz_bytes(masks=clip.masks)

@@ -43,15 +43,15 @@ def test_black_borders_are_cut_away_before_the_resize(folder: Path, pillars: boo
         assert (y, h) == (0, H) and bar <= x <= bar + 4 and W - 2 * bar - 8 <= w <= W - 2 * bar
     else:
         assert (x, w) == (0, W) and bar <= y <= bar + 4 and H - 2 * bar - 8 <= h <= H - 2 * bar
-    frames = decode_frames(cropped[0].files["clip.mp4"])
+    frames = decode_frames(cropped[0].read("clip.mp4"))
     assert frames.shape == (16, 90, 160, 3)
     luma = frames.mean(axis=3)
     assert luma.mean(axis=2).min() > 40 and luma.mean(axis=1).min() > 40, "a dark row or column is left"
-    first = json.loads(cropped[0].files["meta.json"])["source_frames"][0]
+    first = json.loads(cropped[0].read("meta.json"))["source_frames"][0]
     ox, oy = (x - bar, y) if pillars else (x, y - bar)  # the box in the content frame's pixels
     assert psnr(frames[0], resize_center_crop(content[first][oy:oy + h, ox:ox + w], 160, 90)) > 28
     # without the crop the bars stay in the picture: the check above sees them
-    plain = decode_frames(kept[0].files["clip.mp4"]).mean(axis=3)
+    plain = decode_frames(kept[0].read("clip.mp4")).mean(axis=3)
     assert min(plain.mean(axis=2).min(), plain.mean(axis=1).min()) < 25
 
 
@@ -59,7 +59,7 @@ def test_a_still_video_is_filtered_for_motion_and_moving_footage_is_not(folder: 
     still = ingest(still_video(folder), gates={}, max_clips=2)
     assert [(r.sample_id, r.status) for r in still] == [("still", "filtered")]  # one row for the source
     assert still[0].reason.startswith("static: every clip placed (2 in 1 shot) was filtered; the first: motion ")
-    assert still[0].columns["motion"] < still[0].columns["motion_min"] / 5
+    assert still[0].columns["motion"] < still[0].columns["motion_min"] / 4  # the encoder's noise: about 0.005
     assert set(GATE_COLUMNS) <= set(still[0].columns)
     moving = ingest(edited_video(folder).path, shots={}, gates={}, max_clips=1)
     assert [r.status for r in moving] == ["ok"] * 4

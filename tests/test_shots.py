@@ -57,7 +57,7 @@ def test_clips_lie_inside_shots_and_keep_their_source_frames(edited: Edited):
     made = [r for r in rows if r.status == "ok"]
     assert len(made) == 11  # 70, 45, 80 and 83-frame shots: 3 + 2 + 3 + 3 clips of 16 frames with 2-frame margins
     for row in made:
-        frames = json.loads(row.files["meta.json"])["source_frames"]
+        frames = json.loads(row.read("meta.json"))["source_frames"]
         assert frames == list(range(frames[0], frames[0] + 16))
         inside = [shot for shot in edited.shots if shot[0] <= frames[0] and frames[-1] <= shot[1]]
         assert inside, f"clip {frames[0]}-{frames[-1]} spans a cut ({edited.shots})"
@@ -65,12 +65,12 @@ def test_clips_lie_inside_shots_and_keep_their_source_frames(edited: Edited):
         assert row.columns["start_frame"] == frames[0]
     assert json.loads(made[0].columns["shots"]) == [list(s) for s in edited.shots]
     # on pixels: each clip's first and last frames are its source frames
-    wanted = {f for row in made for f in json.loads(row.files["meta.json"])["source_frames"][::15]}
+    wanted = {f for row in made for f in json.loads(row.read("meta.json"))["source_frames"][::15]}
     with av.open(str(edited.path)) as container:
         source = {i: f.to_ndarray(format="rgb24") for i, f in enumerate(container.decode(video=0)) if i in wanted}
     for row in made:
-        frames = json.loads(row.files["meta.json"])["source_frames"]
-        clip = decode_frames(row.files["clip.mp4"])
+        frames = json.loads(row.read("meta.json"))["source_frames"]
+        clip = decode_frames(row.read("clip.mp4"))
         assert clip.shape == (16, 90, 160, 3)
         for j in (0, 15):
             expected = resize_center_crop(source[frames[j]], 160, 90).astype(float)
