@@ -29,6 +29,7 @@ from stages.plan import TASKS
 
 class InpaintParams(WanParams):
     model: str = Field("Wan-AI/Wan2.1-VACE-14B-diffusers", description="a WanVACEPipeline checkpoint or tiny:wan_vace")
+    control_hints = True  # VACE: no first_block/magcache cache (models.wan.WanParams)
 
 
 def fit_masks(masks: np.ndarray, width: int, height: int, num_frames: int) -> np.ndarray:

@@ -35,6 +35,7 @@ from stages.depth import depth_to_uint8
 
 class StylizeParams(WanParams):
     model: str = Field("Wan-AI/Wan2.1-VACE-14B-diffusers", description="a WanVACEPipeline checkpoint or tiny:wan_vace")
+    control_hints = True  # VACE: no first_block/magcache cache (models.wan.WanParams)
     conditioning_scale: float = Field(1.0, ge=0, description="weight of the VACE control (depth, first frame)")
     first_frame: Literal["none", "stylized"] = Field(
         "none", description="stylized: keep a sample's stylized.png as frame 0 (depth only for samples without one)"

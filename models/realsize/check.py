@@ -176,8 +176,9 @@ def check_params(node: StageNode, *, device: str = "cpu", dtype: str | None = No
     from models.wan import WanParams
 
     params = _pointed(node.params, device, dtype, overrides or {})
-    if isinstance(params, WanParams):
-        params = params.model_copy(update={"num_inference_steps": steps, "offload": "none"})
+    if isinstance(params, WanParams):  # LoRAs are fused (no FLOPs of their own), a cache's skips are estimated apart
+        params = params.model_copy(update={"num_inference_steps": steps, "offload": "none", "loras": [], "cache": None,
+                                           "compile": False})
     if isinstance(params, VLMParams):
         params = params.model_copy(update={"backend": "transformers", "structured_output": False,
                                            "max_new_tokens": new_tokens})
@@ -356,6 +357,11 @@ def _costs(report: StageCheck, node: StageNode, measured: Any) -> None:
         report.flops_by_call[denoiser] = per_forward * report.forwards_per_step * report.steps
         report.not_checked.append(f"{CHECK_STEPS} of {report.steps} denoising steps ran; the others are the same "
                                   "transformer call, counted from it")
+        if params.loras:
+            report.not_checked.append("loras: not loaded (no weights at real size); fused at load, they add no FLOPs")
+        if params.cache is not None:
+            report.not_checked.append(f"cache {params.cache.kind}: the FLOPs are those without it (the steps it skips: "
+                                      "python -m models.realsize.levers)")
     elif isinstance(params, VLMParams):
         total = _vlm_costs(report, params, measured)
         report.not_checked.append(
