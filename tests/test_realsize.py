@@ -25,6 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 REQUIRED = {"stage", "model", "params", "weights_gib", "activation_gib", "tflops_per_clip", "fits"}
 DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
 RAW_VARIANTS = ("local-gpu-raw", "ffp300k-style-raw")
+FAST_VARIANTS = ("local-gpu-fast", "style-gpu-fast")
+"""Their model stages at real size are their base presets' with a LoRA fused (no change of shape or memory) and fewer
+steps (tests/test_diffusion_levers.py checks that nothing else differs; models/realsize/levers.py counts the FLOPs)."""
 
 
 def style_folder(tmp_path: Path) -> Path:
@@ -52,7 +55,7 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     heavy = ["local-gpu", "local-gpu-480p", "demo", "local-tiny"]
     # the raw-video variants' model stages are those of local-gpu and ffp300k-style, same params and per-actor
     # resources (tests/test_raw_presets.py): checking them again would only double the time
-    presets = [p for p in preset_names() if p not in RAW_VARIANTS]
+    presets = [p for p in preset_names() if p not in RAW_VARIANTS + FAST_VARIANTS]
     styled = [p for p in presets if any(s.type == "style_pairs" for s in load_config(preset=p).stages.values())]
     rest = [p for p in presets if p not in heavy and p not in styled]
     runs = [checks_of(*heavy), checks_of(*rest), checks_of(*styled, extra=styles)]
