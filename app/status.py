@@ -14,7 +14,7 @@ from manifests import layout
 from manifests.manifest import Status
 from manifests.storage import Storage
 from pipeline.graph import StageGraph
-from pipeline.plan import RunPlan, State
+from pipeline.plan import RunPlan
 
 
 @dataclass
@@ -37,21 +37,17 @@ class StageStatus:
 def stage_statuses(plan: RunPlan) -> list[StageStatus]:
     out = []
     for stage in plan.graph.order:
-        states = [plan.state(stage, shard) for shard in plan.shards(stage)]
-        done = [s.shard for s in states if s.state == State.DONE]
-        commits = [plan.commits[(stage, shard)] for shard in done]
-        counts = {status: sum(c.counts.get(status, 0) for c in commits) for status in Status}
-        rows = sum(c.rows for c in commits)
-        busy = sum(float(c.extra.get("seconds", 0.0)) for c in commits)
+        summary = plan.stage_summary(stage)  # vectorised over the commit index when nothing changed since
+        total, done, counts, rows, busy = (summary["shards"], summary["done"], summary["counts"], summary["rows"],
+                                           summary["seconds"])
         actors = plan.graph.nodes[stage].resources.actors
         rate = rows / busy * actors if busy > 0 else None
-        remaining = len(states) - len(done)
-        eta = remaining * (busy / len(done)) / actors if done and remaining else (0.0 if not remaining else None)
+        remaining = total - done
+        eta = remaining * (busy / done) / actors if done and remaining else (0.0 if not remaining else None)
         out.append(
             StageStatus(
-                stage=stage, shards_total=len(states), shards_done=len(done),
-                shards_stale=sum(s.state == State.STALE for s in states), ok=counts[Status.OK],
-                filtered=counts[Status.FILTERED], failed=counts[Status.FAILED],
+                stage=stage, shards_total=total, shards_done=done, shards_stale=summary["stale"],
+                ok=counts[Status.OK], filtered=counts[Status.FILTERED], failed=counts[Status.FAILED],
                 quarantined=counts[Status.QUARANTINED], samples_per_s=rate, eta_s=eta,
             )
         )

@@ -156,6 +156,11 @@ def source_digests_path(stage: str) -> str:
     return f"{INDEX_DIR}/sources-{stage}.json"
 
 
+def digest_memo_path() -> str:
+    """Derived: ``digest`` of serialised inputs parts, memoised for a local run's planning (``DigestMemo``)."""
+    return f"{INDEX_DIR}/digests.parquet"
+
+
 def run_log(stamp: str) -> str:
     return f"{LOGS_DIR}/run-{stamp}.json"
 

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 import uuid
 from collections.abc import Collection
 
@@ -38,6 +39,7 @@ from manifests.storage import TEMP_MARKER, Storage
 VIEW_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 SOURCE_COLUMN = "_ffp_manifest"
 SOURCES_KEY = b"ffp_sources"
+FOLDER_KEY = b"ffp_folder"
 PATCH_LIMIT = 256
 """Changed manifests read next to the copy of a stage's rows; more than this (or a quarter of them) rebuilds it."""
 log = logging.getLogger("ffp.query")
@@ -63,30 +65,61 @@ def _stage_relation(con: duckdb.DuckDBPyConnection, run: Storage, stage: str) ->
     """SQL for every manifest row of a local stage, or ``None`` when it has no manifest.
 
     The rows come from ``index/rows/<stage>.parquet``, a copy of the stage's manifests that records the inode,
-    size and mtime of each manifest it holds (and, per row, the manifest it came from). The manifests stay the
-    truth: a manifest listed now with another stat (or changed within ``RACY_NS`` of the copy's write) has its
-    rows read from the manifest itself and its old rows left out; a removed one drops out. When too many
-    changed, the copy is rebuilt first (best effort: if it cannot be written, the manifests are read)."""
+    size and mtime of each manifest it holds (and, per row, the manifest it came from), and the inode and mtime of
+    the stage's manifest folder when it was listed for the copy. The manifests stay the truth, checked as the
+    commit index does (``manifests.manifest.read_commit_index``): a folder with the same inode and mtime as then,
+    that mtime older than ``RACY_NS`` at the listing, has had no manifest committed, removed or renamed into it, and
+    the copy is read as it is, with no listing. Otherwise the folder is listed: a manifest listed with another stat
+    (or changed within ``RACY_NS`` of the copy's write) has its rows read from the manifest itself and its old rows
+    left out; a removed one drops out. When too many changed, the copy is rebuilt first (best effort: if it cannot
+    be written, the manifests are read)."""
+    copy = layout.rows_cache(stage)
+    listed_ns = time.time_ns()
+    folder = _folder_state(run, stage)
+    if folder is None:
+        return None
+    kept = _copy_folder(run, copy)
+    base = f"select * exclude ({SOURCE_COLUMN}) from read_parquet({_quote(run.path(copy))})"
+    if kept is not None and kept[:2] == folder and folder[1] < kept[2] - RACY_NS:
+        return base  # nothing committed or removed since the copy's listing
     listed = dict(list_manifests(run, stage))
     if not listed:
         return None
-    copy = layout.rows_cache(stage)
     held, copy_mtime = _copy_sources(run, copy)
     stale = sorted(rel for rel, stat in listed.items() if held.get(rel) != stat or stat[2] >= copy_mtime - RACY_NS)
     gone = sorted(set(held) - set(listed))
-    if len(stale) + len(gone) > min(PATCH_LIMIT, len(listed) // 4) and _rebuild(con, run, copy, listed):
+    if ((len(stale) + len(gone) > min(PATCH_LIMIT, len(listed) // 4) or (kept is None and held))
+            and _rebuild(con, run, copy, listed, [*folder, listed_ns])):
         held, copy_mtime = _copy_sources(run, copy)
         stale = sorted(rel for rel, stat in listed.items() if held.get(rel) != stat or stat[2] >= copy_mtime - RACY_NS)
         gone = sorted(set(held) - set(listed))
     if not held:
         return f"select * from {_read(run, sorted(listed))}"
-    base = f"select * exclude ({SOURCE_COLUMN}) from read_parquet({_quote(run.path(copy))})"
     dropped = stale + gone
     if dropped:
         base += f" where {SOURCE_COLUMN} not in ({', '.join(_quote(rel) for rel in dropped)})"
     if not stale:
         return base
     return f"{base} union all by name select * from {_read(run, stale)}"
+
+
+def _folder_state(run: Storage, stage: str) -> list[int] | None:
+    """``[inode, mtime_ns]`` of a local stage's manifest folder (None when there is none)."""
+    try:
+        found = os.stat(run.path(layout.manifests_dir(stage)))
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return [found.st_ino, found.st_mtime_ns]
+
+
+def _copy_folder(run: Storage, copy: str) -> list[int] | None:
+    """``[inode, mtime_ns, listed at]`` of the stage's folder when the copy was made from its listing (None: unknown)."""
+    try:
+        raw = (pq.read_metadata(run.path(copy)).metadata or {})[FOLDER_KEY]
+        found = [int(v) for v in json.loads(raw)]
+        return found if len(found) == 3 else None
+    except (OSError, KeyError, ValueError, TypeError, pa.ArrowException):
+        return None
 
 
 def _copy_sources(run: Storage, copy: str) -> tuple[dict[str, tuple[int, int, int]], int]:
@@ -99,9 +132,11 @@ def _copy_sources(run: Storage, copy: str) -> tuple[dict[str, tuple[int, int, in
         return {}, 0
 
 
-def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: dict[str, tuple[int, int, int]]) -> bool:
+def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: dict[str, tuple[int, int, int]],
+             folder: list[int]) -> bool:
     """Write a stage's copy from the manifests ``listed`` (stat taken before reading: a manifest replaced
-    meanwhile shows another stat next time and is read again)."""
+    meanwhile shows another stat next time and is read again); ``folder``: the folder's ``[inode, mtime_ns]``
+    taken before the listing, and when."""
     target = run.path(copy)
     temp = f"{target}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
     files = sorted(listed)
@@ -113,7 +148,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: di
             f"copy (select * replace (substr({SOURCE_COLUMN}, {prefix + 1}) as {SOURCE_COLUMN}) from "
             f"read_parquet([{', '.join(_quote(run.path(rel)) for rel in files)}], union_by_name=true, "
             f"filename='{SOURCE_COLUMN}')) to {_quote(temp)} (format parquet, compression zstd, "
-            f"kv_metadata {{{SOURCES_KEY.decode()}: '{sources}'}})"
+            f"kv_metadata {{{SOURCES_KEY.decode()}: '{sources}', {FOLDER_KEY.decode()}: '{json.dumps(folder)}'}})"
         )
         os.replace(temp, target)
         return True
