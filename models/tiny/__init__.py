@@ -46,19 +46,28 @@ def builder_version(arch: str) -> str:
 def ensure(arch: str) -> Path:
     """Path of the tiny ``arch`` model folder, built now if this machine has none."""
     module = _module(arch)
-    target = cache_root() / f"{arch}-v{module.VERSION}"
-    if (target / ".complete").exists():
-        return target
-    cache_root().mkdir(parents=True, exist_ok=True)
-    temporary = cache_root() / f".build-{arch}-{uuid.uuid4().hex}"
-    try:
+
+    def build(folder: Path) -> None:
         import torch
 
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
-            build: Callable[[Path], None] = module.build
-            build(temporary)
-        (temporary / ".complete").write_text(str(module.VERSION))
+            module.build(folder)
+
+    return built_once(f"{arch}-v{module.VERSION}", str(module.VERSION), build)
+
+
+def built_once(name: str, version: str, build: Callable[[Path], None]) -> Path:
+    """``cache_root()/name``, made by ``build`` into a temporary folder and renamed into place when this machine has
+    none yet (two processes building it at once both end with one complete folder)."""
+    target = cache_root() / name
+    if (target / ".complete").exists():
+        return target
+    cache_root().mkdir(parents=True, exist_ok=True)
+    temporary = cache_root() / f".build-{name}-{uuid.uuid4().hex}"
+    try:
+        build(temporary)
+        (temporary / ".complete").write_text(version)
         try:
             os.rename(temporary, target)
         except OSError:  # another process finished first (the target exists and is complete)

@@ -13,9 +13,6 @@ models) and returns its folder; :func:`build` writes one anywhere (tests build o
 
 from __future__ import annotations
 
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 VERSION = "1"
@@ -76,23 +73,7 @@ def build(folder: Path, arch: str = "wan_vace", *, rank: int = 4, seed: int = 0,
 
 def ensure(arch: str) -> Path:
     """The folder of the default tiny LoRA of ``arch`` (``WEIGHT_NAME`` inside), built now if this machine has none."""
-    from models.tiny import cache_root
+    from models.tiny import built_once
 
     _pipeline_class(arch)
-    target = cache_root() / f"{arch}-lora-v{VERSION}"
-    if (target / ".complete").exists():
-        return target
-    cache_root().mkdir(parents=True, exist_ok=True)
-    temporary = cache_root() / f".build-{arch}-lora-{uuid.uuid4().hex}"
-    try:
-        build(temporary, arch)
-        (temporary / ".complete").write_text(VERSION)
-        try:
-            os.rename(temporary, target)
-        except OSError:  # another process finished first
-            if not (target / ".complete").exists():
-                shutil.rmtree(target, ignore_errors=True)
-                os.rename(temporary, target)
-    finally:
-        shutil.rmtree(temporary, ignore_errors=True)
-    return target
+    return built_once(f"{arch}-lora-v{VERSION}", VERSION, lambda folder: build(folder, arch))
