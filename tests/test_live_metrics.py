@@ -302,8 +302,11 @@ def test_a_run_on_ray_serves_its_live_metrics_on_the_metrics_port(
         driver.start()
 
         def shard_0_everywhere(m: Scrape) -> bool:
+            # the stage gauges (GPU seconds among them) are reported on the driver's tick, not at each commit: wait
+            # for the tick after the GPU stage's commit too
             return all(value(m, "ray_ffp_shards_committed_total", run=run, stage=s) == 1 for s in HOLD_STAGES) and \
-                value(m, "ray_ffp_shards_in_flight", run=run, stage="src") == 1
+                value(m, "ray_ffp_shards_in_flight", run=run, stage="src") == 1 and \
+                value(m, "ray_ffp_gpu_seconds_busy_total", run=run, stage="gpu") > 0
 
         mid = poll_scrape(port, shard_0_everywhere, "shard 0 committed by every stage", alive=driver.is_alive)
         mid_counts = {}
