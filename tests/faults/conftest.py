@@ -325,7 +325,11 @@ class Launcher:
         They hold no shard, no lock and no file of the run, so nothing a test checks depends on them."""
         agents = [proc for proc in self.processes() if _is_ray_agent(proc)]
         _kill_all(agents)
-        psutil.wait_procs(agents, timeout=10)
+        # dead once a zombie: reaping an orphan is up to the machine's init (over a second on some), and a zombie
+        # holds no memory, file or port
+        deadline = time.monotonic() + 10
+        while any(not _dead(proc) for proc in agents) and time.monotonic() < deadline:
+            time.sleep(POLL_S)
 
     def cleanup(self) -> list[str]:
         """Kill what this launcher started and is still running (the ffp commands, then tagged leftovers);
@@ -348,6 +352,14 @@ def _is_ray_agent(proc: Any) -> bool:
     except psutil.Error:
         return False
     return bool(cmdline) and (cmdline[0].startswith(RAY_AGENTS) or any(a.endswith(RAY_AGENT_SCRIPTS) for a in cmdline))
+
+
+def _dead(proc: Any) -> bool:
+    """Exited: gone, or a zombie not reaped yet."""
+    try:
+        return proc.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
 
 
 def _kill_all(procs: list[Any]) -> None:

@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -252,36 +253,48 @@ RACE = """
 import os, sys, time
 from manifests.lease import Lease, LeaseHeld
 from manifests.storage import Storage
-gate = sys.argv[2]
-while not os.path.exists(gate):
-    time.sleep(0.001)
-lease = Lease(Storage(sys.argv[1]))
-try:
-    lease.acquire()
-except LeaseHeld:
-    print("held")
-else:
-    print("won " + lease.token)
-print(flush=True)
-while not os.path.exists(gate + "-done"):  # alive until every contender answered: the winner's pid stays live
-    time.sleep(0.01)
+base, gates, trials = sys.argv[1], sys.argv[2], int(sys.argv[3])
+for trial in range(trials):
+    gate = f"{gates}-{trial}"
+    lease = Lease(Storage(f"{base}/run-{trial}"))
+    lease.storage.exists("logs/lease.json")  # the client set up (S3: a session, a connection) before the gate,
+    print("ready", flush=True)  # so that the contenders' first writes race within milliseconds of each other
+    while not os.path.exists(gate):
+        time.sleep(0.001)
+    try:
+        lease.acquire()
+    except LeaseHeld:
+        print("held", flush=True)
+    else:
+        print("won " + lease.token, flush=True)
+    while not os.path.exists(gate + "-done"):  # every contender answered and the lease was read
+        time.sleep(0.01)
 """
 
 
-def _race(url: str, tmp_path: Path, trial: int, contenders: int = 4) -> list[str]:
+def _races(base: str, tmp_path: Path, trials: int, contenders: int = 4) -> Iterator[tuple[str, list[str]]]:
+    """``trials`` races of ``contenders`` processes for the lease of ``BASE/run-TRIAL``: (url, their answers) per
+    trial, each read back while every contender is still alive (a winner's pid stays live). The same processes
+    contend in every trial (each with a new ``Lease``), so that trials do not wait for Python to start."""
     import subprocess
     import sys
 
-    gate = tmp_path / f"gate-{trial}"
-    procs = [subprocess.Popen([sys.executable, "-c", RACE, url, str(gate)], stdout=subprocess.PIPE, text=True)
-             for _ in range(contenders)]
-    time.sleep(1.0)  # every contender imported and waiting at the gate
-    gate.touch()
-    answers = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
-    Path(f"{gate}-done").touch()
-    for p in procs:
-        p.communicate(timeout=60)
-    return answers
+    gates = tmp_path / "gate"
+    procs = [subprocess.Popen([sys.executable, "-c", RACE, base, str(gates), str(trials)], stdout=subprocess.PIPE,
+                              text=True) for _ in range(contenders)]
+    try:
+        for trial in range(trials):
+            gate = Path(f"{gates}-{trial}")
+            ready = [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+            assert ready == ["ready"] * contenders, ready  # every contender waiting at the gate
+            gate.touch()
+            yield f"{base}/run-{trial}", [p.stdout.readline().strip() for p in procs]  # type: ignore[union-attr]
+            Path(f"{gate}-done").touch()
+        for p in procs:
+            p.communicate(timeout=60)
+    finally:
+        for p in procs:
+            p.kill()
 
 
 @pytest.mark.parametrize("store", ["local", "s3"])
@@ -290,9 +303,7 @@ def test_simultaneous_drivers_one_wins(store: str, request: pytest.FixtureReques
     lease names that one."""
     base = str(tmp_path / "runs") if store == "local" else request.getfixturevalue("s3") + "/lease-race"
     results = []
-    for trial in range(10):
-        url = f"{base}/run-{trial}"
-        answers = _race(url, tmp_path, trial)
+    for url, answers in _races(base, tmp_path, 10):
         winners = [a.split()[1] for a in answers if a.startswith("won ")]
         lease = read_lease(Storage(url))
         results.append((answers, winners, lease.token if lease else None))
