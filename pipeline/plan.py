@@ -193,6 +193,15 @@ class FrozenSources(Mapping[int, list[dict[str, Any]]]):
             log.debug("source digests not written: %s", exc)
 
 
+def _rows_of_shards(shards: np.ndarray, n: int) -> pa.Array:
+    """For each shard ``0..n-1``, the position of its row in a table whose ``shard`` column is ``shards`` (null: the
+    shard has none), for ``pc.take``."""
+    where = np.full(n, -1, np.int64)
+    inside = np.flatnonzero((shards >= 0) & (shards < n))
+    where[shards[inside]] = inside
+    return pa.array(where, mask=where < 0)
+
+
 def _numpy(column: pa.ChunkedArray | pa.Array) -> np.ndarray:
     """An int column without nulls as a numpy array."""
     if isinstance(column, pa.ChunkedArray):
@@ -409,10 +418,7 @@ class DigestMemo:
         found: pa.Array = pa.nulls(n, pa.string())
         if stage in self.held:
             shards, keys, digests = self.held[stage]
-            where = np.full(n, -1, np.int64)
-            inside = (shards >= 0) & (shards < n)
-            where[shards[inside]] = np.flatnonzero(inside)
-            at = pa.array(where, mask=where < 0)
+            at = _rows_of_shards(shards, n)
             same = pc.fill_null(pc.equal(pc.take(keys, at), parts), False)
             found = pc.if_else(same, pc.take(digests, at), found)
         missing = pc.and_(pc.is_null(found), pc.is_valid(parts))
@@ -550,12 +556,8 @@ class RunPlan:
 
     def _stage_vector(self, name: str, table: pa.Table, done: dict[str, _StageVector], memo: DigestMemo) -> _StageVector:
         node, n = self.graph.nodes[name], self.num_shards(name)
-        shards = table.column("shard").to_numpy()
-        keep = np.flatnonzero((shards >= 0) & (shards < n))
-        where = np.full(n, -1, np.int64)
-        where[shards[keep]] = keep
-        has = where >= 0
-        at = pa.array(where, mask=~has)
+        at = _rows_of_shards(table.column("shard").to_numpy(), n)
+        has = np.asarray(at.is_valid().to_numpy(zero_copy_only=False), bool)
 
         def aligned(column: str) -> pa.Array:
             return pc.take(table.column(column), at).combine_chunks() if n else pa.array([], table.schema.field(column).type)
@@ -601,11 +603,7 @@ class RunPlan:
     def _ok_digests(self, stage: str, n: int) -> pa.Array:
         """The ok_digest of each shard's commit of ``stage`` (null: none), shards ``0..n-1``."""
         table = self.commits.index.stage(stage)  # type: ignore[attr-defined]
-        shards = table.column("shard").to_numpy()
-        keep = np.flatnonzero((shards >= 0) & (shards < n))
-        where = np.full(n, -1, np.int64)
-        where[shards[keep]] = keep
-        return pc.take(table.column("ok_digest"), pa.array(where, mask=where < 0)).combine_chunks()
+        return pc.take(table.column("ok_digest"), _rows_of_shards(table.column("shard").to_numpy(), n)).combine_chunks()
 
     def _shard_labels_all(self, stage: str) -> dict[int, str]:
         """``labels_digest`` of each shard of a judged stage that has labels (the others have ``_NO_LABELS``)."""

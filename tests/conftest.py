@@ -402,3 +402,20 @@ def cli_invoke(args: Sequence[str]) -> tuple[int, str, str]:
         sys.argv = old_argv
         cli.console.width, cli.err.width = old_widths
     return code, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 7-stage local-track run folder of 4 shards made by ``bench/bench_manifests.py``'s generator (manifests as
+    ``commit_shard`` writes them, tiny tars, no Ray, no media), once per test module."""
+    import importlib.util
+
+    bench = Path(__file__).resolve().parents[1] / "bench" / "bench_manifests.py"
+    spec = importlib.util.spec_from_file_location("bench_manifests", bench)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("bench_manifests", module)  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    run_dir = tmp_path_factory.mktemp("synthetic") / "run"
+    module.generate(run_dir, samples=256, shard_size=64, workers=1)
+    return run_dir

@@ -9,10 +9,8 @@ the racy window), and that the vectorised states and summaries are what the per-
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,7 +22,6 @@ from manifests.layout import COMMIT_CACHE, digest_memo_path, manifests_dir
 from manifests.manifest import (
     CommitInfo,
     commit_shard,
-    committed_shards,
     manifest_path,
     read_commit,
     read_commit_index,
@@ -35,26 +32,9 @@ from manifests.storage import Storage
 from pipeline.graph import build_graph, digest
 from pipeline.plan import Commits, FrozenSources, RunPlan, State, _digest_of_json, read_sources
 from pipeline.run import load_run_config
+from tests.test_scale import STAGES, footers
 
-REPO = Path(__file__).resolve().parents[1]
-STAGES = ["ingest", "plan", "ground", "track", "inpaint", "judge", "export"]
 PAST = 60 * 10**9  # how far back the fixture sets every mtime: older than RACY_NS
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_manifests", REPO / "bench" / "bench_manifests.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules.setdefault("bench_manifests", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("index") / "run"
-    _bench().generate(run_dir, samples=256, shard_size=64, workers=1)  # 4 shards x 7 stages
-    return run_dir
 
 
 def _age(root: Path) -> None:
@@ -72,10 +52,6 @@ def run(synthetic_run, tmp_path) -> Storage:
     os.system(f"cp -a {synthetic_run} {target}")
     _age(target)
     return Storage(str(target))
-
-
-def footers(storage: Storage) -> dict[tuple[str, int], CommitInfo]:
-    return {(stage, shard): info for stage in STAGES for shard, info in committed_shards(storage, stage).items()}
 
 
 class Reads:

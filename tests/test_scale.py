@@ -8,10 +8,7 @@ must show at once, whatever the cache holds.
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import os
-import sys
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
@@ -33,24 +30,7 @@ from pipeline.graph import build_graph
 from pipeline.plan import RunPlan, State
 from pipeline.run import load_run_config
 
-REPO = Path(__file__).resolve().parents[1]
 STAGES = ["ingest", "plan", "ground", "track", "inpaint", "judge", "export"]
-
-
-def _bench():
-    spec = importlib.util.spec_from_file_location("bench_manifests", REPO / "bench" / "bench_manifests.py")
-    module = importlib.util.module_from_spec(spec)
-    assert spec.loader is not None
-    sys.modules.setdefault("bench_manifests", module)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
-def synthetic_run(tmp_path_factory) -> Path:
-    run_dir = tmp_path_factory.mktemp("scale") / "run"
-    _bench().generate(run_dir, samples=256, shard_size=64, workers=1)  # 4 shards x 7 stages
-    return run_dir
 
 
 @pytest.fixture
