@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -31,24 +33,40 @@ from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_sc
 from pipeline.gpus import DEFAULT_MFU
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
-from pipeline.run import RUN_YAML, StaleError, execute, last_run_retries, load_run_config, open_run
+from pipeline.run import RUN_YAML, StaleError, execute, last_run_retries, load_run_config, open_run, run_yaml_origin
 
 if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
     from pipeline.runner import RunReport
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, help="Generate FFP video-editing training pairs.")
-config_app = typer.Typer(no_args_is_help=True, help="Inspect configs and presets.")
+# plain help: click's own layout shows a flag as a switch (typer's rich panels print `--json <bool>`)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False, rich_markup_mode=None,
+                  help="Generate FFP video-editing training pairs.\n\nExit codes: 0 done; 1 the run could not finish; "
+                  "2 usage or config error (nothing ran); 3 finished, with failed or quarantined samples.")
+config_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="Inspect configs and presets.")
 app.add_typer(config_app, name="config")
-models_app = typer.Typer(no_args_is_help=True, help="The models of a config at their real size.")
+models_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="The models of a config at their real size.")
 app.add_typer(models_app, name="models")
+PIPED_WIDTH = 200
+"""Columns of what is printed when stdout is not a terminal (a log, a pipe): wide enough that no table header or
+cell is cut to `sta…`, as it would be at the 80 columns rich assumes there."""
 console = Console()
 err = Console(stderr=True, soft_wrap=True)  # an error line stays one line in CI logs
 
-ConfigArg = Annotated[Optional[str], typer.Argument(help="config YAML, or a run folder to resume")]
-PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", help="a config shipped with ffp")]
-OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="run folder (overrides run_dir)")]
-SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", help="override: KEY.PATH=VALUE (repeatable)")]
-RunArg = Annotated[str, typer.Argument(help="run folder (local path or fsspec URL)")]
+EXIT_OK, EXIT_NOT_FINISHED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
+"""Exit codes (README, "Commands"): every shard done and no sample failed; the run could not finish (a shard gave
+up, a stage could not be placed, the disk is full, the lease was lost); a usage or config error, nothing run; the
+run finished, but some samples failed or were quarantined (listed by the line printed before it exits)."""
+
+ConfigArg = Annotated[Optional[str], typer.Argument(metavar="[CONFIG|RUN]", help="config YAML, or a run folder to "
+                                                   "resume (with --set: to change)")]
+PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", metavar="NAME", help="a config shipped with ffp "
+                                                    "(ffp config presets)")]
+OutOpt = Annotated[Optional[str], typer.Option("--out", "-o", metavar="RUN", help="the run folder (overrides the "
+                                                 "config's run_dir)")]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="KEY.PATH=VALUE",
+                                                     help="override a config value (repeatable); on a run folder, "
+                                                     "change the run's params")]
+RunArg = Annotated[str, typer.Argument(metavar="RUN", help="run folder (local path or fsspec URL)")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="machine-readable output")]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="stream what the actors and libraries print to this "
                                           "terminal (default: into the run's logs/actors/, one file per actor)")]
@@ -58,7 +76,24 @@ MfuOpt = Annotated[float, typer.Option("--mfu", min=0.01, max=1.0, help="model F
                                        "physics prior (default: about what Wan's published H100 time implies)")]
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        print(f"ffp {version('ffp')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    _: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True, help="print ffp's version")] = False,
+) -> None:
+    """The options before the command."""
+
+
 def main() -> None:
+    if not console.is_terminal:
+        console.width = max(console.width, PIPED_WIDTH)
     try:
         app()
     except (ConfigError, StaleError, InputListError, GraphError) as exc:
@@ -95,12 +130,20 @@ def _resolve_config(config: str | None, preset: str | None, out: str | None, set
     assert config is not None
     run = Storage(config)
     if run.is_folder() and run.exists(RUN_YAML):
-        if sets:
-            raise ConfigError("--set applies to config files; to change a run, edit a copy of its run.yaml")
-        return load_run_config(config)
+        if out is not None:
+            raise ConfigError(f"{config} is a run folder: it is the run; --out names the run folder of a config file")
+        return load_run_config(config, overrides=sets or ())  # the fixed layout is checked by open_run
     if not Path(config).is_file():
         raise ConfigError(f"{config}: no such config file or run folder")
-    return load_config(config, overrides=sets or (), run_dir=out)
+    cfg = load_config(config, overrides=sets or (), run_dir=out)
+    origin = run_yaml_origin(Path(config).read_text())
+    if out is None and origin is not None and origin != cfg.run_dir and Storage(origin).exists(RUN_YAML):
+        raise ConfigError(
+            f"{config} is the run.yaml of the run at {origin}, but its run_dir names {cfg.run_dir}: that would start a "
+            f"second run of the same inputs there. To resume or change that run: ffp run {origin} [--set KEY=VALUE]; "
+            f"to start a new run from these settings on purpose: ffp run {config} --out {cfg.run_dir}"
+        )
+    return cfg
 
 
 # Running -----------------------------------------------------------------------------------------------
@@ -118,8 +161,8 @@ def run(
     """Run or resume a pipeline: committed shards are skipped, interrupted ones finish from _partial/."""
     cfg = _resolve_config(config, preset, out, set_)
     report, plan = _execute(cfg, rerun_stale=rerun_stale, verbose=verbose)
-    _print_status(cfg.run_dir, plan=plan)
-    raise typer.Exit(_exit_code(report, cfg.run_dir))
+    statuses = _print_status(cfg.run_dir, plan=plan)
+    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses))
 
 
 @app.command()
@@ -136,40 +179,22 @@ def retry(
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
     report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined, verbose=verbose)
-    _print_status(run_dir, plan=plan)
-    raise typer.Exit(_exit_code(report, run_dir))
+    statuses = _print_status(run_dir, plan=plan)
+    raise typer.Exit(_exit_code(report, run_dir, statuses))
 
 
 def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
-    """Run with progress bars: the run is opened once here and handed down (``execute``, then the status)."""
+    """Run with progress (bars on a terminal, a line per committed shard and a periodic summary otherwise): the
+    run is opened once here and handed down (``execute``, then the status)."""
     opened = open_run(cfg)
     graph, plan = opened.graph, opened.plan
     totals = {name: plan.num_shards(name) for name in graph.order}
     tracks = f"{len(cfg.tracks)} tracks ({', '.join(cfg.tracks)})" if len(cfg.tracks) > 1 else " -> ".join(graph.order)
-    console.print(f"[bold]ffp[/bold] run [cyan]{cfg.run_dir}[/cyan]: {tracks}")
-    with Progress(  # transient: the status table that follows a run says the same, once
-        TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
-        TimeElapsedColumn(), console=console, transient=True,
-    ) as progress:
-        bars = {name: progress.add_task(name, total=totals[name]) for name in graph.order}
-
-        def listener(event: str, data: Any) -> None:
-            if event == "resolved":
-                progress.advance(bars[data[0]])
-            elif event == "shard_error":
-                stage, shard, error = data
-                progress.console.print(f"[yellow]{stage}/shard {shard}: {escape(error)}; retrying[/yellow]")
-            elif event == "unplaceable":
-                stage, why = data
-                progress.console.print(f"[yellow]{stage}: {escape(why)}[/yellow]")
-            elif event == "halted":
-                stage, shard, error = data
-                progress.console.print(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
-            elif event == "lease_taken_over":
-                progress.console.print(f"[yellow]took over the run's lease from a driver gone quiet "
-                                       f"({escape(data.describe())})[/yellow]")
-
-        plan, report = execute(opened, listener=listener, **kwargs)
+    console.print(f"[bold]ffp[/bold] run [cyan]{escape(cfg.run_dir)}[/cyan]: {tracks}")
+    progress = _RunBars(totals) if console.is_terminal else _RunLines(totals, float(os.environ.get(
+        "FFP_PROGRESS_EVERY_S", PROGRESS_EVERY_S)))
+    with progress:
+        plan, report = execute(opened, listener=progress.listen, **kwargs)
     console.print(f"finished in {report.seconds:.1f} s ({report.actor_deaths} actor deaths recovered"
                   + (f", {report.oom_deaths} of them out of memory" if report.oom_deaths else "")
                   + (f", {report.timeouts} shard tries past their time limit" if report.timeouts else "") + ")"
@@ -177,12 +202,106 @@ def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
     return report, plan
 
 
-def _exit_code(report: RunReport, run_dir: str) -> int:
+PROGRESS_EVERY_S = 60.0
+"""Seconds between the summary lines of a run whose output is not a terminal (``FFP_PROGRESS_EVERY_S``)."""
+
+
+class _RunProgress:
+    """What a run shows while it runs: the scheduler's events (``listen``) as progress and notices."""
+
+    def __init__(self, totals: dict[str, int]) -> None:
+        self.totals, self.done = totals, dict.fromkeys(totals, 0)
+
+    def __enter__(self) -> _RunProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+    def listen(self, event: str, data: Any) -> None:
+        if event == "resolved":
+            self.done[data[0]] += 1
+            self.advance(data[0])
+        elif event == "committed":
+            self.committed(data)
+        elif event == "shard_error":
+            stage, shard, error = data
+            self.notice(f"[yellow]{stage}/shard {shard}: {escape(error)}; retrying[/yellow]")
+        elif event == "unplaceable":
+            stage, why = data
+            self.notice(f"[yellow]{stage}: {escape(why)}[/yellow]")
+        elif event == "halted":
+            stage, shard, error = data
+            self.notice(f"[red]{stage}/shard {shard}: {escape(error)}; stopping the run[/red]")
+        elif event == "lease_taken_over":
+            self.notice(f"[yellow]took over the run's lease from a driver gone quiet ({escape(data.describe())})[/yellow]")
+
+    def advance(self, stage: str) -> None:
+        pass
+
+    def committed(self, summary: Any) -> None:
+        pass
+
+    def notice(self, text: str) -> None:
+        console.print(text)
+
+
+class _RunBars(_RunProgress):
+    """A terminal: a bar per stage, gone when the run ends (the status table that follows says the same, once)."""
+
+    def __enter__(self) -> _RunBars:
+        self.bars = Progress(TextColumn("{task.description:>12}"), BarColumn(), MofNCompleteColumn(), TextColumn("shards"),
+                             TimeElapsedColumn(), console=console, transient=True)
+        self.tasks = {name: self.bars.add_task(name, total=total) for name, total in self.totals.items()}
+        self.bars.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bars.__exit__(None, None, None)
+
+    def advance(self, stage: str) -> None:
+        self.bars.advance(self.tasks[stage])
+
+    def notice(self, text: str) -> None:
+        self.bars.console.print(text)
+
+
+class _RunLines(_RunProgress):
+    """A log or a pipe: a line per committed shard, and every ``every`` seconds a line with every stage's shards
+    done (no bars, no carriage returns)."""
+
+    def __init__(self, totals: dict[str, int], every: float) -> None:
+        super().__init__(totals)
+        self.every, self.started, self.stop = every, time.monotonic(), threading.Event()
+        self.ticker = threading.Thread(target=self._tick, name="ffp-progress", daemon=True)
+
+    def __enter__(self) -> _RunLines:
+        self.ticker.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.ticker.join()
+
+    def _tick(self) -> None:
+        while not self.stop.wait(self.every):
+            shards = ", ".join(f"{stage} {self.done[stage]}/{total}" for stage, total in self.totals.items())
+            self.notice(f"{time.strftime('%H:%M:%S')} progress after {time.monotonic() - self.started:.0f} s: "
+                        f"{shards} shards")
+
+    def committed(self, summary: Any) -> None:
+        counts = ", ".join(f"{status} {n}" for status, n in sorted(summary.counts.items()) if n) or "no samples"
+        self.notice(f"{time.strftime('%H:%M:%S')} {summary.stage}/shard {summary.shard} committed: {counts} "
+                    f"({summary.seconds:.1f} s)")
+
+
+def _exit_code(report: RunReport, run_dir: str, statuses: list[StageStatus] | None = None) -> int:
+    """The command's exit code (``EXIT_*``), after saying why it is not 0 and what to do."""
     if report.halted:
         err.print(f"[red]the run stopped:[/red] {escape(report.halted)}")
         err.print(f"Free space (or grow the volume), then run `ffp run {run_dir}` again: finished work is kept, "
                   "and no sample was counted as failed for it.")
-        return 1
+        return EXIT_NOT_FINISHED
     for (stage, shard), error in report.errors.items():
         err.print(f"[red]{stage}/shard {shard} gave up:[/red] {escape(error)}")
     unplaced = sorted({stage for stage, _ in report.blocked} & set(report.unplaceable))
@@ -193,28 +312,46 @@ def _exit_code(report: RunReport, run_dir: str) -> int:
                           + (["an upstream shard gave up"] if report.errors else []))
         err.print(f"[red]{len(report.blocked)} shards could not run because {why or 'of the above'}.[/red]")
         err.print(f"Fix the cause, then run `ffp run {run_dir}` again: finished work is kept.")
-    return 0 if report.ok else 1
+    if not report.ok:
+        return EXIT_NOT_FINISHED
+    return EXIT_SAMPLES_FAILED if _print_failed(run_dir, statuses or []) else EXIT_OK
+
+
+def _print_failed(run_dir: str, statuses: list[StageStatus]) -> bool:
+    """One line for the samples that failed or were quarantined, per stage, with the commands that list and retry
+    them; False when there are none."""
+    failed = {s.stage: s.failed for s in statuses if s.failed}
+    quarantined = {s.stage: s.quarantined for s in statuses if s.quarantined}
+    if not failed and not quarantined:
+        return False
+    parts = [f"{sum(found.values())} {what} ({', '.join(f'{stage} {n}' for stage, n in found.items())})"
+             for what, found in (("failed", failed), ("quarantined", quarantined)) if found]
+    err.print(f"[yellow]samples: {', '.join(parts)}[/yellow]; list them: ffp query {run_dir} "
+              "\"select stage, sample_id, status, reason from manifests where status in ('failed', 'quarantined')\"; "
+              f"retry them: ffp retry {run_dir}" + (" --quarantined" if quarantined else ""))
+    return True
 
 
 @app.command()
 def demo(
-    out: Annotated[str, typer.Option("--out", "-o", help="folder or URL (s3://...) for the demo inputs and run")] = "ffp-demo",
+    folder: Annotated[str, typer.Option("--dir", "-d", metavar="DIR", help="the demo's folder or URL (s3://...): "
+                                        "its inputs/ and its run/")] = "ffp-demo",
     sequences: Annotated[int, typer.Option(help="synthetic sequences to generate")] = 8,
     fresh: Annotated[bool, typer.Option("--fresh", help="delete an earlier demo folder first")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Generate synthetic VOS clips and still images and run the three demo tracks (synthetic pairs; swap/removal
     and style pairs on tiny random-weight models), then verify and report. Runs on a local Ray, or on the
-    cluster of RAY_ADDRESS / `ray job submit`; on a multi-node cluster give --out a URL every node can read."""
+    cluster of RAY_ADDRESS / `ray job submit`; on a multi-node cluster give --dir a URL every node can read."""
     started = time.time()
-    out = out.rstrip("/")
+    out = folder.rstrip("/")
     if fresh:
         Storage(out).remove("", recursive=True)
     inputs = _demo_inputs(out, sequences)
     overrides = [f"inputs.0.path={inputs}", f"inputs.1.path={inputs}/content", f"inputs.2.path={inputs}/styles"]
     cfg = load_config(preset="demo", overrides=overrides, run_dir=f"{out}/run")
     report, plan = _execute(cfg, verbose=verbose)
-    _print_status(cfg.run_dir, plan=plan)
+    statuses = _print_status(cfg.run_dir, plan=plan)
     checked = verify_run(Storage(cfg.run_dir))
     console.print(f"verify: {checked.shards} shards, {checked.samples} rows, "
                   + ("[green]clean[/green]" if checked.ok else f"[red]{len(checked.problems)} problems[/red]"))
@@ -224,7 +361,7 @@ def demo(
     folders = [node.output_dir for node in plan.graph.with_role("export")]
     console.print("pairs: " + ", ".join(f"[cyan]{cfg.run_dir}/{folder}[/cyan]" for folder in folders)
                   + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
-    raise typer.Exit(_exit_code(report, cfg.run_dir) or (0 if checked.ok else 1))
+    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses) or (EXIT_OK if checked.ok else EXIT_NOT_FINISHED))
 
 
 DEMO_INPUTS_READY = "inputs-ready"
@@ -307,8 +444,10 @@ def plan(
     console.print(table)
     stale = [row["stage"] for row in rows if row["stale"]]
     if stale:
+        again = " ".join(["ffp run", *([config] if config else ["--preset", preset or ""]), *(["--out", out] if out else []),
+                          *(f"--set {item}" for item in set_ or []), "--rerun-stale"])
         console.print(f"[yellow]stale: {', '.join(stale)}[/yellow] (committed with other params); "
-                      "`ffp run --rerun-stale` redoes them and what follows.")
+                      f"`{escape(again)}` redoes them and what follows.")
 
 
 def _print_estimate(cfg: PipelineConfig, clips: int, gpus: float | None, cpus: float | None, calibration: str | None,
@@ -404,7 +543,8 @@ def _warn(n: int) -> str:
 @app.command()
 def calibrate(
     run_dir: RunArg,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="file to write (YAML; .json for JSON)")] = None,
+    out: Annotated[Optional[str], typer.Option("--write", "-w", metavar="FILE", help="write it to FILE (YAML; .json for "
+                                               "JSON) instead of printing it")] = None,
 ) -> None:
     """Seconds per sample per stage measured on this hardware, from a run's manifests: the calibration that
     `ffp plan --estimate` and the scheduler (scheduler.calibration) read."""
@@ -442,8 +582,9 @@ def status(run_dir: RunArg, as_json: JsonOpt = False, watch: WatchOpt = False, e
         raise typer.BadParameter("--watch draws a table; --json prints the status once", param_hint="--json")
     if watch:
         sys.exit(_watch_status(run_dir, every))
-    _print_status(run_dir, as_json=as_json)
+    statuses = _print_status(run_dir, as_json=as_json)
     if not as_json:
+        _print_failed(run_dir, statuses)
         _print_driver(Storage(run_dir))
         logs = Storage(run_dir).walk_files(actor_logs_dir())
         if logs:
@@ -462,15 +603,15 @@ def _print_driver(run: Storage) -> None:
         console.print(f"storage errors retried in the last run: {sum(retried.values())} ({kinds})")
 
 
-def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> None:
+def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> list[StageStatus]:
     """``plan``: the run as the command that just ran it holds it (not opened again)."""
     run_plan = plan if plan is not None else open_run(load_run_config(run_dir)).plan
     statuses = stage_statuses(run_plan)
     if as_json:
         print(json.dumps([s.as_dict() for s in statuses], indent=1))
-        return
-    console.print(_status_table(run_dir, statuses))
-    _print_quarantined(run_dir, statuses)
+    else:
+        console.print(_status_table(run_dir, statuses))
+    return statuses
 
 
 def _status_table(run_dir: str, statuses: list[StageStatus], frame: WatchFrame | None = None) -> Table:
@@ -514,20 +655,13 @@ def _watch_status(run_dir: str, every: float) -> int:
         live.update(view(frame, last=True))
     if not console.is_terminal:
         console.line()  # Live ends a terminal's last line only
-    _print_quarantined(run_dir, frame.statuses)
+    _print_failed(run_dir, frame.statuses)
     if frame.complete:
         console.print("complete: every shard of every stage is committed")
     elif frame.ended:
         console.print(f"the run ended with shards not done: see {escape(opened.storage.path(frame.ended[-1]))}")
         return 1
     return 0
-
-
-def _print_quarantined(run_dir: str, statuses: list[StageStatus]) -> None:
-    quarantined = sum(s.quarantined for s in statuses)
-    if quarantined:
-        console.print(f"{quarantined} quarantined samples: ffp query {run_dir} \"select stage, sample_id, reason "
-                      "from manifests where status = 'quarantined'\"")
 
 
 @app.command()
@@ -597,32 +731,40 @@ def verify(
 @app.command()
 def inspect(
     run_dir: RunArg,
-    sample_id: Annotated[str, typer.Argument(help="the sample to show")],
-    dump: Annotated[Optional[Path], typer.Option("--dump", help="write the sample's files into DIR/<stage>/")] = None,
+    sample: Annotated[str, typer.Argument(metavar="SAMPLE", help="a sample id, a unique prefix of one, or a source "
+                                          "(its id, its URI, or its file or folder name)")],
+    dump: Annotated[Optional[Path], typer.Option("--dump", metavar="DIR", help="write each stage's row to DIR/<stage>.json "
+                                                 "and its files into DIR/<stage>/")] = None,
 ) -> None:
     """A sample across stages, back to the clip it derives from: its manifest rows and its files."""
-    from manifests.query import query
+    from manifests.query import connect
 
     run = _run_folder(run_dir)
+    con = connect(run)
+    sample_id = _find_sample(con, run_dir, sample)
     rows, wanted, seen = [], [sample_id], set()
     while wanted:  # `<clip>-swap` also shows the rows of `<clip>` in the stages before the fan-out
         seen.update(wanted)
-        found = query(run, "select * from manifests where list_contains(?, sample_id)", [wanted]).to_pylist()
-        rows += found
-        wanted = sorted({r["input_id"] for r in found if r["input_id"] and r["input_id"] not in seen})
-    if not rows:
-        err.print(f"no sample {escape(repr(sample_id))} in {escape(run_dir)}; list some with: ffp query {run_dir} \"select sample_id from manifests limit 10\"")
-        raise typer.Exit(1)
+        found = con.sql("select * from manifests where list_contains(?, sample_id)", params=[wanted]).to_arrow_table()
+        rows += found.to_pylist()
+        wanted = sorted({r["input_id"] for r in found.to_pylist() if r["input_id"] and r["input_id"] not in seen})
     cfg = load_run_config(run_dir)
     _, graph, _ = open_run(cfg)
     rows.sort(key=lambda r: (graph.order.index(r["stage"]) if r["stage"] in graph.nodes else len(graph.nodes), r["sample_id"]))
+    written = 0
     for row in rows:
         values = {k: v for k, v in row.items() if v is not None}
         console.rule(f"{row['stage']}: {row['status']} ({row['sample_id']})")
-        console.print(values)
+        text = json.dumps(values, indent=1, default=_json_value, ensure_ascii=False)
+        console.print(text, markup=False, highlight=False)
         log = actor_log(row["stage"], row["worker"]) if row.get("worker") else None
         if log is not None and run.exists(log):
             console.print(f"  what its actor printed: {escape(run.path(log))}")
+        target = dump / row["stage"] if dump is not None else None
+        if target is not None:
+            dump.mkdir(parents=True, exist_ok=True)
+            target.with_name(f"{row['stage']}.json").write_text(text + "\n")
+            written += 1
         node = graph.nodes.get(row["stage"])
         if node is None or row["status"] != Status.OK:
             continue
@@ -631,51 +773,115 @@ def inspect(
         for field in reader.fields(key) if key in reader.keys else []:
             data = reader.read(key, field)
             console.print(f"  {key}.{field}: {len(data)} bytes")
-            if dump is not None:
-                target = dump / row["stage"] / field
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+            if target is not None:
+                target.mkdir(exist_ok=True)
+                (target / field).write_bytes(data)
+                written += 1
         reader.close()
     if dump is not None:
-        console.print(f"files written under {dump}")
+        console.print(f"wrote {written} files under {escape(str(dump))}: each stage's row as <stage>.json, its files in "
+                      "<stage>/")
+
+
+def _json_value(value: Any) -> Any:
+    """What ``json.dumps`` cannot write itself: times as ISO 8601, bytes as their size."""
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return f"<{len(value)} bytes>"
+    return str(value)
+
+
+INSPECT_CANDIDATES = 10
+
+
+def _find_sample(con: Any, run_dir: str, text: str) -> str:
+    """The sample ``text`` names: its id, else the one sample whose id starts with it, else the clip of a source
+    named by its id, URI or file name. Several: the shortest when every other derives from it (``<clip>-swap``),
+    else a refusal that lists them."""
+    exact = con.sql("select 1 from manifests where sample_id = ? limit 1", params=[text]).fetchall()
+    if exact:
+        return text
+    by_source = ("source_id = $1 or source_uri = $1 or ends_with(source_uri, '/' || $1) or "
+                 "regexp_extract(source_uri, '([^/]+?)(\\.[^./]*)?$', 1) = $1")
+    columns = {row[0] for row in con.sql("describe manifests").fetchall()}
+    where = "starts_with(sample_id, $1)" + (f" or {by_source}" if {"source_id", "source_uri"} <= columns else "")
+    found = sorted(r[0] for r in con.sql(f"select distinct sample_id from manifests where {where}", params=[text]).fetchall())
+    if not found:
+        err.print(f"[red]error:[/red] no sample, sample id prefix or source {escape(repr(text))} in {escape(run_dir)}; "
+                  f"list some with: ffp query {run_dir} \"select sample_id, source_uri from ingest limit 10\"")
+        raise typer.Exit(EXIT_NOT_FINISHED)
+    shortest = min(found, key=len)
+    if all(sid.startswith(shortest) for sid in found):
+        if len(found) > 1:
+            console.print(f"{escape(text)}: {shortest}; made from it: {', '.join(s for s in found if s != shortest)} "
+                          "(inspect one of those by its id)")
+        return shortest
+    err.print(f"[red]error:[/red] {escape(repr(text))} names {len(found)} samples; give one of them (or a longer prefix):")
+    for sid in found[:INSPECT_CANDIDATES]:
+        err.print(f"  {sid}")
+    if len(found) > INSPECT_CANDIDATES:
+        err.print(f"  ... and {len(found) - INSPECT_CANDIDATES} more")
+    raise typer.Exit(EXIT_USAGE)
+
+
+QUERY_FORMATS = ("table", "csv", "jsonl", "json", "parquet")
 
 
 @app.command("query")
 def query_cmd(
     run_dir: RunArg,
-    sql: Annotated[str, typer.Argument(help="SQL over the views `manifests` and one per stage")],
-    as_json: JsonOpt = False,
-    csv: Annotated[bool, typer.Option("--csv", help="CSV output")] = False,
+    sql: Annotated[str, typer.Argument(metavar="SQL", help="SQL over the views `manifests` and one per stage")],
+    output: Annotated[str, typer.Option("--format", "-f", metavar="FORMAT", help="table (a terminal; tab-separated "
+                                        "lines when piped), csv, jsonl, json or parquet; lists and structs as JSON "
+                                        "text in CSV, times as ISO 8601")] = "table",
+    as_json: Annotated[bool, typer.Option("--json", help="the same as --format json")] = False,
+    csv: Annotated[bool, typer.Option("--csv", help="the same as --format csv")] = False,
     limit: Annotated[int, typer.Option(help="rows to print in the table view")] = 50,
 ) -> None:
     """DuckDB SQL over every manifest of the run."""
     import duckdb
 
     from manifests.query import query
+    from manifests.tabular import plain_rows, write_table
 
+    fmt = "json" if as_json else "csv" if csv else output
+    if fmt not in QUERY_FORMATS:
+        raise typer.BadParameter(f"{fmt!r}: one of {', '.join(QUERY_FORMATS)}", param_hint="--format")
     try:
         result = query(_run_folder(run_dir), sql)
     except duckdb.Error as exc:
         err.print(f"[red]query failed:[/red] {escape(str(exc))}")
         err.print("views: `manifests` (all stages) and one per stage; columns: "
                   f"ffp query {run_dir} \"describe manifests\"")
-        raise typer.Exit(2) from None
-    if as_json:
-        print(json.dumps(result.to_pylist(), default=str, indent=1))
-    elif csv:
-        import pyarrow.csv as pacsv
-
-        pacsv.write_csv(result, sys.stdout.buffer)
+        raise typer.Exit(EXIT_USAGE) from None
+    if fmt != "table":
+        binary = getattr(sys.stdout, "buffer", None)
+        if binary is not None:
+            write_table(result, fmt, binary)
+            binary.flush()
+        else:  # a text stream (stdout redirected within Python): the text formats only
+            if fmt == "parquet":
+                raise typer.BadParameter("parquet needs a byte stream: redirect stdout to a file", param_hint="--format")
+            buffer = io.BytesIO()
+            write_table(result, fmt, buffer)
+            sys.stdout.write(buffer.getvalue().decode())
+    elif not console.is_terminal:  # a pipe or a log: every cell whole, one line per row
+        for cells in plain_rows(result.slice(0, limit)):  # the column names first
+            print("\t".join(cells))
+        if result.num_rows > limit:
+            print(f"# {result.num_rows} rows, {limit} shown (--limit N, or --format csv for all)")
     else:
-        table = Table(caption=f"{result.num_rows} rows")
+        table = Table(caption=f"{result.num_rows} rows" + (f", {limit} shown (--limit N)" if result.num_rows > limit else ""))
         for name in result.column_names:
-            table.add_column(name)
-        for row in result.slice(0, limit).to_pylist():
-            table.add_row(*(Text("" if v is None else str(v)) for v in row.values()))  # no markup from data
+            table.add_column(name, overflow="fold")
+        for cells in plain_rows(result.slice(0, limit))[1:]:
+            table.add_row(*(Text(cell) for cell in cells))  # no markup from data
         console.print(table)
 
 
-ReportOutOpt = Annotated[Optional[str], typer.Option("--out", "-o", help="report folder (default RUN/report)")]
+ReportOutOpt = Annotated[Optional[str], typer.Option("--report-dir", metavar="DIR", help="the report's folder "
+                                                     "(default RUN/report)")]
 MaxMediaOpt = Annotated[int, typer.Option("--max-media", help="pairs per judge stage whose clips are copied")]
 
 

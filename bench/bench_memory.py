@@ -22,14 +22,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def run_demo(folder: Path) -> tuple[float, float]:
-    """(driver peak MiB, wall seconds) of ``ffp demo --out folder``."""
+    """(driver peak MiB, wall seconds) of ``ffp demo --dir folder``."""
     import time
 
     env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
     env.pop("RAY_ADDRESS", None)
     started = time.time()
     with open(folder / "demo.log", "wb") as log:
-        process = subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--out", str(folder)], cwd=ROOT,
+        process = subprocess.Popen([sys.executable, "-m", "pipeline", "demo", "--dir", str(folder)], cwd=ROOT,
                                    stdout=log, stderr=subprocess.STDOUT, env=env)
         _, status, usage = os.wait4(process.pid, 0)
     if os.waitstatus_to_exitcode(status) != 0:

@@ -58,6 +58,14 @@ def credential_in_url(url: str) -> str | None:
     return None
 
 
+def absolute_url(url: str) -> str:
+    """``url`` as it names the same folder from any working directory: a local path made absolute (``~`` expanded),
+    a URL with a protocol (``s3://``, ``file://``) unchanged. What a run folder records of itself (``run.yaml``)."""
+    if "://" in url:
+        return url
+    return os.path.abspath(os.path.expanduser(url))
+
+
 def without_credentials(url: str) -> str:
     """``url`` safe to print: its password and credential query values replaced by ``***``."""
     parts = urlsplit(url)

@@ -16,7 +16,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from manifests.storage import CREDENTIALS_HINT, credential_in_url
+from manifests.storage import CREDENTIALS_HINT, absolute_url, credential_in_url
 from pipeline.gpus import GPUS
 from pipeline.stage import Params
 
@@ -180,8 +180,9 @@ class PipelineConfig(Strict):
 
     @field_validator("run_dir")
     @classmethod
-    def _run_dir_without_credentials(cls, value: str) -> str:
-        return _refuse_credentials(value)
+    def _run_dir_absolute_without_credentials(cls, value: str) -> str:
+        # absolute: a run.yaml copied and used from another folder still names the run it came from
+        return absolute_url(_refuse_credentials(value))
 
     @model_validator(mode="after")
     def _tracks_name_known_stages(self) -> PipelineConfig:

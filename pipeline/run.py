@@ -6,6 +6,7 @@ import json
 import posixpath
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import asdict
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -15,7 +16,7 @@ from manifests import layout, retry
 from manifests.layout import RUN_YAML
 from manifests.lease import Lease, LeaseLost
 from manifests.storage import Storage, StorageFull
-from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, validate_config
+from pipeline.config import ConfigError, PipelineConfig, apply_overrides, config_to_yaml, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
 
@@ -33,16 +34,35 @@ class StaleError(RuntimeError):
         self.stages = stages
 
 
-def load_run_config(run_dir: str) -> PipelineConfig:
+def load_run_config(run_dir: str, overrides: Sequence[str] = ()) -> PipelineConfig:
     """The config of a run folder, pointing at that folder: a run copied or moved elsewhere (another disk, a
-    bucket) is read where it is now, not at the ``run_dir`` its run.yaml was written with."""
+    bucket) is read where it is now, not at the ``run_dir`` its run.yaml was written with. ``overrides``: ``--set``
+    changes to it (``ffp run RUN --set ...``); the GPU plan is not applied again (run.yaml holds its result)."""
     storage = Storage(run_dir)
     if not storage.exists(RUN_YAML):
         raise ConfigError(f"{run_dir}: no {RUN_YAML}; is this a run folder?")
     data = yaml.safe_load(storage.read_bytes(RUN_YAML))
     if isinstance(data, dict):
+        data = apply_overrides(data, overrides)
         data["run_dir"] = run_dir
     return validate_config(data, source=f"{run_dir}/{RUN_YAML}")
+
+
+RUN_YAML_HEADER = "# ffp: the config of the run at "
+"""run.yaml's first line names the run it belongs to, so that a copy of it used as a config is known for one."""
+
+
+def run_yaml_text(config: PipelineConfig) -> str:
+    """What run.yaml holds: a header naming the run and how to change it, then the resolved config."""
+    url = config.run_dir
+    return (f"{RUN_YAML_HEADER}{url}\n# resume it: ffp run {url}; change a param: ffp run {url} --set "
+            "stages.STAGE.params.KEY=VALUE (preview with ffp plan)\n" + config_to_yaml(config))
+
+
+def run_yaml_origin(text: str) -> str | None:
+    """The run a config file was written for as its run.yaml (None: a config written by hand)."""
+    first = text.split("\n", 1)[0]
+    return first[len(RUN_YAML_HEADER):].strip() or None if first.startswith(RUN_YAML_HEADER) else None
 
 
 class OpenedRun(NamedTuple):
@@ -68,7 +88,8 @@ def open_run(config: PipelineConfig) -> OpenedRun:
         if fixed:
             raise ConfigError(
                 f"{config.run_dir} was started with other {', '.join(fixed)}; those fix the sample ids and "
-                "shards of a run. Use a new run folder (or restore the config of run.yaml)."
+                "shards of a run, so they cannot change in it (params can: ffp run RUN --set ...). For other "
+                f"{', '.join(fixed)}, use a new run folder (--out NEW), or restore them as run.yaml has them."
             )
     graph = build_graph(config)
     return OpenedRun(storage, graph, RunPlan(storage, graph))
@@ -164,7 +185,7 @@ def _fenced(lease: Lease, listener: Listener | None) -> Listener:
 
 
 def _write_run_yaml(storage: Storage, config: PipelineConfig) -> None:
-    text = config_to_yaml(config)
+    text = run_yaml_text(config)
     if storage.exists(RUN_YAML):
         old = storage.read_bytes(RUN_YAML).decode()
         if old == text:

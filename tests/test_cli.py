@@ -12,6 +12,7 @@ import json
 import shutil
 import subprocess
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,23 @@ def test_inspect_dumps_the_files_of_every_stage(run_dir, tmp_path):
         reader = open_shard(storage, f"{folder}/shard-{shard:06d}.tar")
         for field in fields:
             assert (dump / stage / field).read_bytes() == reader.read(sample, field)
+        row = json.loads((dump / f"{stage}.json").read_text())  # the manifest row, times in ISO 8601
+        assert row["sample_id"] == sample and row["stage"] == stage
+        assert datetime.fromisoformat(row["finished_at"]).tzinfo is not None
+    assert "datetime.datetime(" not in out
+    assert f"wrote {len(expected) + sum(len(fields) for _, fields in expected.values())} files under" in " ".join(out.split())
+
+
+def test_inspect_finds_a_sample_by_a_prefix_or_its_source(run_dir):
+    """A unique prefix of the id, or the source's file or folder name, is enough; an ambiguous one lists choices."""
+    row = next(r for r in manifest_rows(run_dir, "ingest") if r["status"] == "ok")
+    sample, source_name = row["sample_id"], row["source_uri"].rstrip("/").rsplit("/", 1)[-1]
+    for given in (sample[: len(sample) - 6], source_name):
+        code, out, err = cli_invoke(["inspect", str(run_dir), given])
+        assert code == 0, err
+        assert f"ingest: ok ({sample})" in out
+    code, out, err = cli_invoke(["inspect", str(run_dir), sample[:2]])  # every sample starts so
+    assert code == 2 and "names" in err and "give one of them" in err
 
 
 def test_inspect_a_failed_sample_shows_its_reason(run_dir):
@@ -144,7 +162,7 @@ def test_inspect_a_failed_sample_shows_its_reason(run_dir):
 def test_inspect_an_unknown_sample(run_dir):
     code, out, err = cli_invoke(["inspect", str(run_dir), "no-such-sample"])
     assert code == 1
-    assert "no sample 'no-such-sample'" in err and "ffp query" in err
+    assert "no sample, sample id prefix or source 'no-such-sample'" in err and "ffp query" in err
 
 
 def test_query_json_and_csv(run_dir):
@@ -161,7 +179,7 @@ def test_query_json_and_csv(run_dir):
     assert [r["sample_id"].split("-")[0] for r in table] == ["brief", "notes"]
     assert "too short" in table[0]["reason"] and "not a video" in table[1]["reason"]
     code, out, _ = cli_invoke(["query", str(run_dir), "select count(*) as pairs from export"])
-    assert code == 0 and "pairs" in out and " 6 " in out and "rows" in out  # a table
+    assert code == 0 and out.splitlines() == ["pairs", "6"]  # not a terminal: a line per row, tab-separated
 
 
 def test_python_dash_m_pipeline_is_the_same_cli():

@@ -271,5 +271,5 @@ def test_a_run_folder_refuses_a_config_that_moves_its_shards(tmp_path):
     code, out, err = cli_invoke(["run", str(path), "--set", "shard_size=8"])
     assert code == 2
     assert "shard_size" in err and "new run folder" in " ".join(err.split())
-    code, out, err = cli_invoke(["run", str(tmp_path / "run"), "--set", "shard_size=8"])
-    assert code == 2 and "--set applies to config files" in " ".join(err.split())
+    code, out, err = cli_invoke(["run", str(tmp_path / "run"), "--set", "shard_size=8"])  # on the run folder itself
+    assert code == 2 and "shard_size" in err and "cannot change in it" in " ".join(err.split())

@@ -167,7 +167,7 @@ def test_demo_submitted_with_ray_job_submit(local_cluster: LocalCluster, tmp_pat
     submitted = subprocess.run(
         [str(RAY), "job", "submit", "--address", local_cluster.dashboard, "--submission-id", "ffp-demo-test",
          "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-         "--", "python", "-m", "pipeline", "demo", "--out", str(out), "--sequences", "2"],
+         "--", "python", "-m", "pipeline", "demo", "--dir", str(out), "--sequences", "2"],
         capture_output=True, text=True, env=local_cluster.env, timeout=600, check=False,
     )
     logs = submitted.stdout[-4000:] + submitted.stderr[-2000:]

@@ -289,7 +289,7 @@ def test_media_is_capped_deterministically_with_rejected_pairs_first(run, page, 
 
 
 def test_report_cli_writes_the_report_and_explains_bad_folders(run, tmp_path):
-    code, out, err = cli_invoke(["report", str(run["dir"]), "--out", str(tmp_path / "rep"), "--max-media", "2"])
+    code, out, err = cli_invoke(["report", str(run["dir"]), "--report-dir", str(tmp_path / "rep"), "--max-media", "2"])
     assert code == 0, err
     assert "8 pairs (2 with media)" in out and (tmp_path / "rep" / "index.html").is_file()
     code, _, err = cli_invoke(["report", str(tmp_path)])
@@ -392,7 +392,7 @@ def test_the_page_draws_each_gate_with_its_thresholds_and_no_judge_sections(cura
 
 
 def test_report_cli_says_it_shows_the_gates(curated, tmp_path):
-    code, out, err = cli_invoke(["report", str(curated["dir"]), "--out", str(tmp_path / "rep")])
+    code, out, err = cli_invoke(["report", str(curated["dir"]), "--report-dir", str(tmp_path / "rep")])
     assert code == 0, err
     assert "0 pairs (0 with media), the gates of ingest" in out and (tmp_path / "rep" / "index.html").is_file()
     assert report_data(tmp_path / "rep")["gates"] == curated["data"]["gates"]

@@ -45,12 +45,12 @@ GIB = 1 << 30
 
 def finished_run(faults: list[dict[str, Any]], config: Path, ids: list[str], victim: str, launcher: Launcher,
                  tmp_path: Path, kind: str, reference: RunState, *, deaths: int = 0) -> tuple[Path, str]:
-    """Run with ``faults``: the run must complete (exit 0) having lost the ``victim`` (quarantined in augment, absent
+    """Run with ``faults``: the run must complete (exit 3: with a quarantined sample) having lost the ``victim`` (quarantined in augment, absent
     from the export) and nothing else; the folder is intact and verifies. ``deaths``: augment actors the fault kills
     for memory. Ray's memory monitor may kill idle actors of other stages with one (it kills several workers at once
     since Ray 2.56): they count as trials too, and must cost nothing."""
     code, output = run_with(faults, config, launcher, tmp_path)
-    assert code == 0, output[-3000:]
+    assert code == 3, output[-3000:]  # finished, with samples quarantined
     run_dir = tmp_path / "run"
     killed = Counter(re.findall(r"^(\w+)/shard \d+: actor died: out of memory", output, re.MULTILINE))
     trial = record_trial(kind, run_dir, reference, faults=max(1, sum(killed.values())),
@@ -81,7 +81,7 @@ def check_quarantined(run_dir: Path, launcher: Launcher, victim: str, output: st
     row = rows_of(run_dir, "augment")[victim]
     assert row["status"] == "quarantined" and row["reason"].startswith(reason), row["reason"]
     assert row["attempts"] == 2
-    assert "1 quarantined samples: ffp query" in output  # the status after the run says how to list them
+    assert "samples: 1 quarantined (augment 1); list them: ffp query" in output  # the status after the run says how to list them
     assert quarantined_listed(run_dir, launcher) == [{"stage": "augment", "sample_id": victim, "reason": row["reason"]}]
 
 

@@ -43,7 +43,7 @@ def stage_progress(run_url: str, launcher: Launcher) -> list[dict[str, object]]:
 def test_demo_on_s3_resumes_after_its_driver_is_killed(s3: str, launcher: Launcher, tmp_path: Path) -> None:
     out = f"{s3}/demo-kill"
     run_url = f"{out}/run"
-    command = ["demo", "--out", out, "--sequences", SEQUENCES]
+    command = ["demo", "--dir", out, "--sequences", SEQUENCES]
     first = launcher.start(command, tmp_path / "demo-1.log", env=s3_env())
     # one listing per look (a manifest is the commit): the S3 server shares this process, and reading every
     # commit's footer and objects ten times a second cost it seconds of CPU the run needed

@@ -64,10 +64,10 @@ def rows_of(run_dir: Path, stage: str) -> dict[str, dict[str, Any]]:
 
 def finished_run(faults: list[dict[str, Any]], config: Path, ids: list[str], victims: set[str], launcher: Launcher,
                  tmp_path: Path, kind: str, reference: RunState) -> tuple[Path, str]:
-    """Run with ``faults``; the run must finish (exit 0) having lost exactly the ``victims`` (quarantined in
+    """Run with ``faults``; the run must finish (exit 3: with quarantined samples) having lost exactly the ``victims`` (quarantined in
     augment, absent from the export) and nothing else: every sample has one row, the folder is intact."""
     code, output = run_with(faults, config, launcher, tmp_path)
-    assert code == 0, output[-3000:]
+    assert code == 3, output[-3000:]  # finished, with samples quarantined
     run_dir = tmp_path / "run"
     assert_trial_clean(record_trial(kind, run_dir, reference, excused=frozenset(victims)))
     augment, export = rows_of(run_dir, "augment"), rows_of(run_dir, "export")
@@ -142,7 +142,7 @@ def test_one_sample_that_raises_is_quarantined_and_the_rest_go_on(
                                    "one sample raises in process()", tiny_reference)
     row = rows_of(run_dir, "augment")[victim]
     assert row["attempts"] == 2 and f"InjectedFault: injected fault at process of augment for {victim}" in row["reason"]
-    assert "1 quarantined samples: ffp query" in output  # the status after the run says how to list them
+    assert "samples: 1 quarantined (augment 1); list them: ffp query" in output  # the status after the run says how to list them
     ffp_verify(run_dir, launcher)
 
 
