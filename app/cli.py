@@ -735,6 +735,8 @@ def inspect(
                                           "(its id, its URI, or its file or folder name)")],
     dump: Annotated[Optional[Path], typer.Option("--dump", metavar="DIR", help="write each stage's row to DIR/<stage>.json "
                                                  "and its files into DIR/<stage>/")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="the rows as a JSON list (times in ISO 8601), nothing "
+                                          "else")] = False,
 ) -> None:
     """A sample across stages, back to the clip it derives from: its manifest rows and its files."""
     from manifests.query import connect
@@ -746,41 +748,46 @@ def inspect(
     while wanted:  # `<clip>-swap` also shows the rows of `<clip>` in the stages before the fan-out
         seen.update(wanted)
         found = con.sql("select * from manifests where list_contains(?, sample_id)", params=[wanted]).to_arrow_table()
-        rows += found.to_pylist()
-        wanted = sorted({r["input_id"] for r in found.to_pylist() if r["input_id"] and r["input_id"] not in seen})
+        rows += (found := found.to_pylist())
+        wanted = sorted({r["input_id"] for r in found if r["input_id"] and r["input_id"] not in seen})
     cfg = load_run_config(run_dir)
     _, graph, _ = open_run(cfg)
     rows.sort(key=lambda r: (graph.order.index(r["stage"]) if r["stage"] in graph.nodes else len(graph.nodes), r["sample_id"]))
+    if as_json:
+        print(json.dumps([{k: v for k, v in row.items() if v is not None} for row in rows], indent=1,
+                         default=_json_value, ensure_ascii=False))
+    say = (lambda *_, **__: None) if as_json else console.print  # --json: the JSON alone on stdout
     written = 0
     for row in rows:
         values = {k: v for k, v in row.items() if v is not None}
-        console.rule(f"{row['stage']}: {row['status']} ({row['sample_id']})")
         text = json.dumps(values, indent=1, default=_json_value, ensure_ascii=False)
-        console.print(text, markup=False, highlight=False)
+        if not as_json:
+            console.rule(f"{row['stage']}: {row['status']} ({row['sample_id']})")
+        say(text, markup=False, highlight=False)
         log = actor_log(row["stage"], row["worker"]) if row.get("worker") else None
         if log is not None and run.exists(log):
-            console.print(f"  what its actor printed: {escape(run.path(log))}")
+            say(f"  what its actor printed: {escape(run.path(log))}")
         target = dump / row["stage"] if dump is not None else None
         if target is not None:
             dump.mkdir(parents=True, exist_ok=True)
             target.with_name(f"{row['stage']}.json").write_text(text + "\n")
             written += 1
         node = graph.nodes.get(row["stage"])
-        if node is None or row["status"] != Status.OK:
+        if node is None or row["status"] != Status.OK or (as_json and dump is None):
             continue
         reader = open_shard(run, node.tar_path(row["shard"]))
         key = row["sample_id"]
         for field in reader.fields(key) if key in reader.keys else []:
             data = reader.read(key, field)
-            console.print(f"  {key}.{field}: {len(data)} bytes")
+            say(f"  {key}.{field}: {len(data)} bytes")
             if target is not None:
                 target.mkdir(exist_ok=True)
                 (target / field).write_bytes(data)
                 written += 1
         reader.close()
     if dump is not None:
-        console.print(f"wrote {written} files under {escape(str(dump))}: each stage's row as <stage>.json, its files in "
-                      "<stage>/")
+        (err if as_json else console).print(f"wrote {written} files under {escape(str(dump))}: each stage's row as "
+                                            "<stage>.json, its files in <stage>/")
 
 
 def _json_value(value: Any) -> Any:
@@ -814,7 +821,7 @@ def _find_sample(con: Any, run_dir: str, text: str) -> str:
     shortest = min(found, key=len)
     if all(sid.startswith(shortest) for sid in found):
         if len(found) > 1:
-            console.print(f"{escape(text)}: {shortest}; made from it: {', '.join(s for s in found if s != shortest)} "
+            err.print(f"{escape(text)}: {shortest}; made from it: {', '.join(s for s in found if s != shortest)} "
                           "(inspect one of those by its id)")
         return shortest
     err.print(f"[red]error:[/red] {escape(repr(text))} names {len(found)} samples; give one of them (or a longer prefix):")

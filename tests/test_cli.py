@@ -148,6 +148,10 @@ def test_inspect_finds_a_sample_by_a_prefix_or_its_source(run_dir):
         code, out, err = cli_invoke(["inspect", str(run_dir), given])
         assert code == 0, err
         assert f"ingest: ok ({sample})" in out
+    code, out, err = cli_invoke(["inspect", str(run_dir), source_name, "--json"])
+    assert code == 0, err
+    rows = json.loads(out)
+    assert [r["stage"] for r in rows][0] == "ingest" and {r["sample_id"] for r in rows} == {sample}
     code, out, err = cli_invoke(["inspect", str(run_dir), sample[:2]])  # every sample starts so
     assert code == 2 and "names" in err and "give one of them" in err
 
