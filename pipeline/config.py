@@ -1,28 +1,73 @@
-"""Run configuration: YAML validated by pydantic, errors that name the key and the file line.
+"""Run configuration: YAML validated by pydantic, every problem at once, each naming its key and where it is.
 
 A config names the tracks (ordered chains of stage names, which make the stage graph), each stage's type,
 params and resources, the inputs, the shard size and the run folder. Stage params are validated by the
 stage type's own ``Params`` model, so a typo in a param is reported like any other unknown key.
+
+A config with mistakes raises one ``ConfigError`` listing every problem found (``ConfigError.problems``), one a line:
+``WHERE: KEY: message; did you mean 'x'?``. WHERE is ``FILE:LINE``, or the ``--set KEY.PATH=VALUE`` flag when the
+value came from one (a value a flag set is the flag's fault, not the line of the file it replaced).
 """
 
 from __future__ import annotations
 
 import copy
+import difflib
+import math
+import types
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from manifests.storage import CREDENTIALS_HINT, absolute_url, credential_in_url
 from pipeline.gpus import GPUS
 from pipeline.stage import Params
 
 
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One problem of a config. ``location``: ``FILE:LINE`` (``FILE`` when the line is unknown) or the flag the value
+    came from (``--set KEY.PATH=VALUE``, ``--preset NAME``); ``key``: the key path (``stages.ingest.params.crf``,
+    ``''`` for the whole config); ``suggestions``: the valid names closest to a misspelt one."""
+
+    location: str
+    key: str
+    message: str
+    suggestions: tuple[str, ...] = ()
+
+    def __str__(self) -> str:
+        text = ": ".join(part for part in (self.location, self.key, self.message) if part)
+        if self.suggestions:
+            text += f"; did you mean {' or '.join(repr(name) for name in self.suggestions)}?"
+        return text
+
+
 class ConfigError(ValueError):
-    """A config problem, already formatted as ``file:line: key: message`` lines."""
+    """A config refused: ``str(exc)`` is every problem, one a line; ``exc.problems`` the same, structured. A plain
+    message is one problem without location or key."""
+
+    def __init__(self, problems: str | Sequence[ConfigProblem]) -> None:
+        self.problems = [ConfigProblem("", "", problems)] if isinstance(problems, str) else list(problems)
+        super().__init__("\n".join(str(problem) for problem in self.problems))
+
+
+def close_names(name: object, valid: Iterable[object]) -> tuple[str, ...]:
+    """The valid names that ``name`` is likely a misspelling of, closest first."""
+    return tuple(difflib.get_close_matches(str(name), [str(v) for v in valid], n=3, cutoff=0.6))
 
 
 class Strict(BaseModel):
@@ -185,15 +230,12 @@ class PipelineConfig(Strict):
         return absolute_url(_refuse_credentials(value))
 
     @model_validator(mode="after")
-    def _tracks_name_known_stages(self) -> PipelineConfig:
-        for track, names in self.tracks.items():
-            for name in names:
-                if name not in self.stages:
-                    raise ValueError(f"track {track!r} names stage {name!r}, which is not under 'stages'")
-        used = {name for names in self.tracks.values() for name in names}
-        unused = [name for name in self.stages if name not in used]
-        if unused:
-            raise ValueError(f"stages {unused} are in no track")
+    def _tracks_name_known_stages(self, info: ValidationInfo) -> PipelineConfig:
+        if (info.context or {}).get(_TRACKS_CHECKED):
+            return self  # validate_config reported them already, each with its line
+        problems = _track_problems(self.tracks, self.stages)
+        if problems:
+            raise ValueError("; ".join(f"{'.'.join(map(str, p.loc))}: {p.message}" for p in problems))
         return self
 
     def sample_timeout_s(self, name: str) -> float | None:
@@ -224,7 +266,9 @@ def preset_names() -> list[str]:
 def preset_text(name: str) -> str:
     path = resources.files("pipeline") / "presets" / f"{name}.yaml"
     if not path.is_file():
-        raise ConfigError(f"no preset {name!r}; presets: {', '.join(preset_names())}")
+        names = preset_names()
+        raise ConfigError([ConfigProblem(f"--preset {name}", "", f"no preset {name!r} (presets: {', '.join(names)})",
+                                         close_names(name, names))])
     return path.read_text()
 
 
@@ -236,7 +280,8 @@ def load_config(
     overrides: Sequence[str] = (),
     run_dir: str | None = None,
 ) -> PipelineConfig:
-    """Load a config from a file, a packaged preset or a string, apply ``key.path=value`` overrides."""
+    """Load a config from a file, a packaged preset or a string, apply ``key.path=value`` overrides (``--set``), then
+    the config's ``gpu_plans`` entry for its ``gpu`` (the overrides win over it), then ``run_dir`` (``--out``)."""
     if sum(x is not None for x in (path, preset, text)) != 1:
         raise ConfigError("give exactly one of a config file, --preset or config text")
     if path is not None:
@@ -250,122 +295,372 @@ def load_config(
         node = yaml.compose(text, Loader=yaml.SafeLoader)
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(_yaml_problem(source, exc)) from None
+        raise ConfigError([_yaml_problem(source, exc)]) from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the config must be a mapping of keys")
-    data = apply_overrides(data, overrides)
-    plan = (data.get("gpu_plans") or {}).get(data.get("gpu")) if isinstance(data.get("gpu_plans"), dict) else None
-    if isinstance(plan, dict):  # the GPU type's plan, then the user's overrides again: theirs win
-        data = apply_overrides(_assigned(data, plan), overrides)
+        raise ConfigError([ConfigProblem(source, "", "the config must be a mapping of keys")])
+    edits = _Edits(source, node)
+    data = edits.apply_flags(data, overrides)
+    data = edits.apply_gpu_plan(data, overrides)
     if run_dir is not None:
-        data["run_dir"] = run_dir
-    return validate_config(data, source=source, node=node)
+        data = edits.assign(data, ("run_dir",), run_dir, "--out")
+    return _validated(data, edits)
 
 
-def _yaml_problem(source: str, exc: yaml.YAMLError) -> str:
+def override_config(cfg: PipelineConfig, overrides: Sequence[str], *, source: str = "<config>") -> PipelineConfig:
+    """``cfg`` with ``--set KEY.PATH=VALUE`` overrides applied, validated like a loaded config, a problem a flag
+    caused blamed on that flag (``source`` names the config in the others, e.g. ``RUN/run.yaml``). The ``gpu_plans``
+    entry is applied again only when the overrides change ``gpu``: ``cfg`` has its own applied already."""
+    edits = _Edits(source, None)
+    data = edits.apply_flags(cfg.model_dump(mode="json"), overrides)
+    if data.get("gpu") != cfg.gpu:
+        data = edits.apply_gpu_plan(data, overrides)
+    return _validated(data, edits)
+
+
+def _yaml_problem(source: str, exc: yaml.YAMLError) -> ConfigProblem:
     """``FILE:LINE: not valid YAML: problem (context at line N)``, without the file excerpt PyYAML quotes (a one-line
     message like every other config error)."""
     mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
     if mark is None or problem is None:
-        return f"{source}: not valid YAML: {exc}"
+        return ConfigProblem(source, "", f"not valid YAML: {exc}")
     context, context_mark = getattr(exc, "context", None), getattr(exc, "context_mark", None)
     where = f" ({context} at line {context_mark.line + 1})" if context and context_mark is not None else ""
-    return f"{source}:{mark.line + 1}: not valid YAML: {problem}{where}"
+    return ConfigProblem(f"{source}:{mark.line + 1}", "", f"not valid YAML: {problem}{where}")
 
 
 def validate_config(data: dict[str, Any], *, source: str = "<config>", node: yaml.Node | None = None) -> PipelineConfig:
-    try:
-        config = PipelineConfig.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(_format(exc, (), source, node)) from None
-    problems: list[str] = []
-    for name, spec in config.stages.items():
-        from stages.registry import STAGES
+    """The config of ``data``, or one ``ConfigError`` with every problem found (``node``: its YAML, for the lines)."""
+    return _validated(data, _Edits(source, node))
 
-        if spec.type not in STAGES:
-            line = _line_of(node, ("stages", name, "type"))
-            problems.append(f"{source}{line}: stages.{name}.type: unknown stage type {spec.type!r} (known: {', '.join(sorted(STAGES))})")
-            continue
-        try:
-            config.stage_params(name)
-        except ValidationError as exc:
-            problems.append(_format(exc, ("stages", name, "params"), source, node))
-    problems += _unschedulable(config, source, node)
-    if problems:
-        raise ConfigError("\n".join(problems))
+
+# Problems, found as key paths ------------------------------------------------------------------------------------
+
+Loc = tuple[str | int, ...]
+_TRACKS_CHECKED = "tracks_checked"
+"""Validation context key: the tracks were checked already (``validate_config`` reports each problem on its line)."""
+_NAMED = {("stages",): "stage", ("tracks",): "track", ("gpu_plans",): "GPU plan"}
+"""Mappings whose keys are names the config gives (not fields): a flag going into a new one is likely a typo."""
+
+
+@dataclass(frozen=True)
+class _Found:
+    """A problem at a key path, before it is told where it came from."""
+
+    loc: Loc
+    message: str
+    suggestions: tuple[str, ...] = ()
+
+
+def _validated(data: dict[str, Any], edits: _Edits) -> PipelineConfig:
+    """Every problem of ``data`` at once: the model's (pydantic collects them all), the tracks', each stage's type and
+    params (even when the rest is wrong), then what the local Ray could never schedule."""
+    found: list[_Found] = []
+    try:
+        config: PipelineConfig | None = PipelineConfig.model_validate(data, context={_TRACKS_CHECKED: True})
+    except ValidationError as exc:
+        config = None
+        found += _pydantic_found(exc, PipelineConfig, ())
+    if isinstance(data.get("tracks"), dict) and isinstance(data.get("stages"), dict):
+        found += _track_problems(data["tracks"], data["stages"])
+    params, params_found = _stage_params(data, skip={f.loc[1] for f in found if _is_stage_typo(f)})
+    found += params_found
+    if config is not None:
+        found += _unschedulable(config)
+    if found or edits.refused or config is None:
+        raise ConfigError(edits.problems(found))
+    for name, validated in params.items():  # kept: stage_params() does not validate them again
+        config._stage_params[name] = (config.stages[name].params, validated)
     return config
 
 
-def _unschedulable(config: PipelineConfig, source: str, node: yaml.Node | None) -> list[str]:
+def _is_stage_typo(found: _Found) -> bool:
+    """An unknown key in a stage's spec (``parms:``): its params are then not what the user meant to validate."""
+    return len(found.loc) == 3 and found.loc[0] == "stages" and found.message == "unknown key"
+
+
+def _pydantic_found(exc: ValidationError, model: type[BaseModel], prefix: Loc) -> list[_Found]:
+    found = []
+    for error in exc.errors():
+        loc = tuple(error["loc"])
+        if error["type"] == "extra_forbidden":
+            message, suggestions = "unknown key", close_names(loc[-1], _field_names(_annotation_at(model, loc[:-1])))
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            suggestions = close_names(error["input"], _literal_values(_annotation_at(model, loc))) \
+                if error["type"] == "literal_error" else ()
+        if prefix + loc == ("gpu",):
+            suggestions = close_names(error["input"], GPUS)
+        found.append(_Found(prefix + loc, message, suggestions))
+    return found
+
+
+def _annotation_at(model: type[BaseModel], loc: Loc) -> Any:
+    """The type annotation of the value at ``loc`` inside ``model`` (``None`` where the path leaves the types)."""
+    annotation: Any = model
+    for part in loc:
+        annotation = _without_none(annotation)
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            field = annotation.model_fields.get(str(part))
+            annotation = field.annotation if field is not None else None
+        elif get_origin(annotation) in (dict, list):
+            annotation = get_args(annotation)[-1]
+        else:
+            return None
+    return _without_none(annotation)
+
+
+def _without_none(annotation: Any) -> Any:
+    if get_origin(annotation) in (Union, types.UnionType):
+        kept = [arg for arg in get_args(annotation) if arg is not type(None)]
+        return kept[0] if len(kept) == 1 else annotation
+    return annotation
+
+
+def _field_names(annotation: Any) -> list[str]:
+    return list(annotation.model_fields) if isinstance(annotation, type) and issubclass(annotation, BaseModel) else []
+
+
+def _literal_values(annotation: Any) -> list[str]:
+    return [str(value) for value in get_args(annotation)] if get_origin(annotation) is Literal else []
+
+
+def _track_problems(tracks: dict[str, Any], stages: dict[str, Any]) -> list[_Found]:
+    """Track entries that name no stage, and stages that are in no track."""
+    if not all(isinstance(names, list) and all(isinstance(n, str) for n in names) for names in tracks.values()):
+        return []  # the model reports it
+    found = []
+    for track, names in tracks.items():
+        for index, name in enumerate(names):
+            if name not in stages:
+                found.append(_Found(("tracks", track, index), f"stage {name!r} is not under 'stages'",
+                                    close_names(name, stages)))
+    used = {name for names in tracks.values() for name in names}
+    found += [_Found(("stages", name), "the stage is in no track; add it to one under 'tracks', or remove it")
+              for name in stages if name not in used]
+    return found
+
+
+def _stage_params(data: dict[str, Any], skip: set[Any]) -> tuple[dict[str, Params], list[_Found]]:
+    """Each stage's type checked and params validated by that type's ``Params``, from the raw data (so that every
+    stage is checked even when another part of the config is wrong). ``skip``: stages whose spec has an unknown key."""
+    from stages.registry import STAGES, stage_class
+
+    stages = data.get("stages")
+    validated: dict[str, Params] = {}
+    found: list[_Found] = []
+    for name, spec in (stages.items() if isinstance(stages, dict) else ()):
+        if not isinstance(spec, dict) or not isinstance(spec.get("type"), str):
+            continue  # the model reports it
+        if spec["type"] not in STAGES:
+            found.append(_Found(("stages", name, "type"), f"unknown stage type {spec['type']!r} (known: "
+                                f"{', '.join(sorted(STAGES))})", close_names(spec["type"], STAGES)))
+            continue
+        params = spec.get("params", {})
+        if name in skip or not isinstance(params, dict):
+            continue
+        model = stage_class(spec["type"]).Params
+        try:
+            validated[name] = model.model_validate(params)
+        except ValidationError as exc:
+            found += _pydantic_found(exc, model, ("stages", name, "params"))
+    return validated, found
+
+
+def _unschedulable(config: PipelineConfig) -> list[_Found]:
     """Stages one of whose actors needs more CPUs or GPUs than ``ray.num_cpus`` / ``ray.num_gpus`` give the local
     Ray: they could never be scheduled, and the run would wait for ever."""
-    options, problems = config.ray, []
+    options, found = config.ray, []
     if options.address is not None:
         return []  # a cluster's size is not in the config
     for name, spec in config.stages.items():
         res = spec.resources
         key = "tensor_parallel" if res.tensor_parallel > 1 else "gpus"
         if options.num_gpus is not None and res.gpus_needed() > options.num_gpus:
-            loc = ("stages", name, "resources", key)
-            problems.append(
-                f"{source}{_line_of(node, loc)}: {'.'.join(loc)}: one actor needs {res.gpus_needed():g} GPUs, but "
-                f"ray.num_gpus gives the local Ray {options.num_gpus:g}"
-            )
+            found.append(_Found(("stages", name, "resources", key), f"one actor needs {res.gpus_needed():g} GPUs, "
+                                f"but ray.num_gpus gives the local Ray {options.num_gpus:g}"))
         if options.num_cpus is not None and res.cpus_needed() > options.num_cpus:
-            loc = ("stages", name, "resources", "cpus")
             bundles = f" ({res.cpus:g} + 1 per tensor-parallel GPU)" if res.tensor_parallel > 1 else ""
-            problems.append(
-                f"{source}{_line_of(node, loc)}: {'.'.join(loc)}: one actor needs {res.cpus_needed():g} CPUs{bundles}, "
-                f"but ray.num_cpus gives the local Ray {options.num_cpus}"
-            )
-    return problems
+            found.append(_Found(("stages", name, "resources", "cpus"), f"one actor needs {res.cpus_needed():g} "
+                                f"CPUs{bundles}, but ray.num_cpus gives the local Ray {options.num_cpus}"))
+    return found
+
+
+# Overrides, and where each problem came from ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Assignment:
+    """A value set over the config's: by a ``--set`` flag, a ``gpu_plans`` entry or ``--out``."""
+
+    path: tuple[str, ...]
+    location: str
+    created: tuple[str, ...] | None
+    """The first part of ``path`` the config did not have (``None``: it had them all)."""
+    typo_of: tuple[str, ...] = ()
+    """When the flag went into a new stage, track or GPU plan: the existing ones it is closest to."""
+
+    def covers(self, loc: Loc) -> bool:
+        """Whether a problem at ``loc`` is this value's: inside what it set or created, or about an object whose
+        value it set."""
+        parts = tuple(str(part) for part in loc)
+        inside = parts[: len(self.path)] == self.path or (self.created and parts[: len(self.created)] == self.created)
+        return bool(inside) or (len(parts) > 2 and self.path[: len(parts)] == parts)
+
+
+class _Unassignable(ValueError):
+    """A key path that cannot be set in the config's data (through a value, past the end of a list)."""
+
+
+class _Edits:
+    """The values set over a config's text, in order, to blame each problem on the last that caused it; the others
+    on the config's line."""
+
+    def __init__(self, source: str, node: yaml.Node | None) -> None:
+        self.source, self.node = source, node
+        self.assignments: list[_Assignment] = []
+        self.refused: list[ConfigProblem] = []
+        self.flags: dict[str, int] = {}  # flag -> its place on the command line
+
+    def apply_flags(self, data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+        """``data`` with each ``KEY.PATH=VALUE`` assigned (the value read as YAML); a flag that cannot be read or
+        set is a problem on that flag."""
+        for item in overrides:
+            flag = f"--set {item}"
+            self.flags.setdefault(flag, len(self.flags))
+            parsed = _parse_override(item)
+            if isinstance(parsed, str):
+                self.refused.append(ConfigProblem(flag, "", parsed))
+            else:
+                data = self.assign(data, *parsed, flag)
+        return data
+
+    def apply_gpu_plan(self, data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
+        """The ``gpu_plans`` entry of ``data``'s ``gpu`` applied, then the flags again: theirs win."""
+        plans, gpu = data.get("gpu_plans"), data.get("gpu")
+        plan = plans.get(gpu) if isinstance(plans, dict) and isinstance(gpu, str) else None
+        if not isinstance(plan, dict):
+            return data
+        for key, value in plan.items():
+            location = f"{self.source}{_line_of(self.node, ('gpu_plans', gpu, key))}"
+            path = tuple(str(key).split("."))
+            if not all(path):
+                self.refused.append(ConfigProblem(location, f"gpu_plans.{gpu}.{key}", _EMPTY_PART))
+            else:
+                data = self.assign(data, path, copy.deepcopy(value), location)
+        return self.apply_flags(data, overrides)
+
+    def assign(self, data: dict[str, Any], path: tuple[str, ...], value: Any, location: str) -> dict[str, Any]:
+        """A copy of ``data`` with ``path`` set to ``value``, recorded as ``location``'s doing."""
+        data = copy.deepcopy(data)
+        try:
+            created, typo_of = _assign(data, path, value)
+        except _Unassignable as exc:
+            self.refused.append(ConfigProblem(location, ".".join(path), str(exc)))
+        else:
+            self.assignments.append(_Assignment(path, location, created, typo_of))
+        return data
+
+    def problems(self, found: Iterable[_Found]) -> list[ConfigProblem]:
+        """Each problem told where it is, in the order of the config's lines, then the flags'; the problems of a flag
+        that went into a new stage (track, GPU plan) close to an existing one are that one typo."""
+        problems = list(dict.fromkeys(self.refused))  # a flag is applied twice around a GPU plan
+        typos: set[str] = set()
+        for item in found:
+            key = ".".join(str(part) for part in item.loc) or "(top level)"
+            blamed = next((a for a in reversed(self.assignments) if a.covers(item.loc)), None)
+            if blamed is None:
+                problems.append(ConfigProblem(f"{self.source}{_line_of(self.node, item.loc)}", key, item.message,
+                                              item.suggestions))
+            elif blamed.typo_of and blamed.created is not None:
+                if blamed.location not in typos:
+                    typos.add(blamed.location)
+                    kind = _NAMED[blamed.created[:-1]]
+                    problems.append(ConfigProblem(blamed.location, ".".join(blamed.created),
+                                                  f"no {kind} {blamed.created[-1]!r} in the config", blamed.typo_of))
+            else:
+                problems.append(ConfigProblem(blamed.location, key, item.message, item.suggestions))
+        return sorted(problems, key=self._place)
+
+    def _place(self, problem: ConfigProblem) -> tuple[float, float]:
+        """Where a problem goes in the list: the config's line it is on (0: the config as a whole), then the flags in
+        the order given."""
+        if problem.location == self.source:
+            return 0, 0
+        line = problem.location.removeprefix(f"{self.source}:")
+        if line != problem.location and line.isdigit():
+            return int(line), 0
+        return math.inf, self.flags.get(problem.location, math.inf)
+
+
+_EMPTY_PART = "an empty key in the path; write KEY.PATH with one dot between keys"
+
+
+def _parse_override(item: str) -> tuple[tuple[str, ...], Any] | str:
+    """``(key path, value)`` of ``KEY.PATH=VALUE``, or why it cannot be read."""
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        return "expected KEY.PATH=VALUE, e.g. --set stages.ingest.params.crf=20"
+    path = tuple(key.strip().split("."))
+    if not all(path):
+        return _EMPTY_PART
+    try:
+        return path, yaml.safe_load(raw)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        return f"the value is not valid YAML ({problem}); quote it to give a string, e.g. --set '{key}=\"{raw}\"'"
 
 
 def apply_overrides(data: dict[str, Any], overrides: Iterable[str]) -> dict[str, Any]:
-    """``stages.ingest.params.crf=23`` style overrides; values are parsed as YAML scalars."""
-    data = copy.deepcopy(data)
-    for item in overrides:
-        key, sep, raw = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set {item!r}: expected KEY.PATH=VALUE")
-        _assign(data, key, yaml.safe_load(raw), f"--set {item!r}")
+    """``data`` (not changed) with ``stages.ingest.params.crf=23`` style overrides; values are parsed as YAML."""
+    edits = _Edits("<config>", None)
+    data = edits.apply_flags(copy.deepcopy(data), overrides)
+    if edits.refused:
+        raise ConfigError(edits.refused)
     return data
 
 
-def _assigned(data: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
-    """``data`` with ``{KEY.PATH: value}`` assigned (a GPU plan)."""
-    data = copy.deepcopy(data)
-    for key, value in values.items():
-        _assign(data, str(key), copy.deepcopy(value), f"gpu_plans.{data.get('gpu')}.{key}")
-    return data
-
-
-def _assign(data: dict[str, Any], key: str, value: Any, what: str) -> None:
-    *path, last = key.split(".")
+def _assign(data: dict[str, Any], path: tuple[str, ...], value: Any) -> tuple[tuple[str, ...] | None, tuple[str, ...]]:
+    """Set ``path`` to ``value`` in ``data``, in place, making the mappings it goes through; returns the first part
+    of the path that was not there (or ``None``) and, when that is a new stage, track or GPU plan that is not the
+    last part, the existing ones closest to it."""
     target: Any = data
-    for part in path:
-        if isinstance(target, list) and part.isdigit() and int(part) < len(target):
-            target = target[int(part)]
+    created: tuple[str, ...] | None = None
+    typo_of: tuple[str, ...] = ()
+    for depth, part in enumerate(path):
+        at, last = path[: depth + 1], depth == len(path) - 1
+        if isinstance(target, list):
+            index = _list_index(target, path[:depth], part)
+            if last:
+                target[index] = value
+            elif not isinstance(target[index], (dict, list)):
+                raise _Unassignable(f"{'.'.join(at)} is {target[index]!r}, not a mapping or a list; set it whole: "
+                                    f"--set {'.'.join(at)}=VALUE")
+            target = target[index]
         elif isinstance(target, dict):
-            target = target.setdefault(part, {})
-        else:
-            raise ConfigError(f"{what}: cannot go into {part!r}")
-    if isinstance(target, list) and last.isdigit() and int(last) < len(target):
-        target[int(last)] = value
-    elif isinstance(target, dict):
-        target[last] = value
-    else:
-        raise ConfigError(f"{what}: cannot set {last!r}")
+            if created is None and part not in target:
+                created = at
+                if not last and path[:depth] in _NAMED:
+                    typo_of = close_names(part, target)
+            if last:
+                target[part] = value
+            elif not isinstance(target.get(part), (dict, list)):
+                if target.get(part) is not None:
+                    raise _Unassignable(f"{'.'.join(at)} is {target[part]!r}, not a mapping or a list; set it "
+                                        f"whole: --set {'.'.join(at)}=VALUE")
+                target[part] = {}  # new, or empty in the YAML
+            target = target[part]
+    return created, typo_of
 
 
-def _format(exc: ValidationError, prefix: tuple[str, ...], source: str, node: yaml.Node | None) -> str:
-    lines = []
-    for error in exc.errors():
-        loc = prefix + tuple(str(p) if not isinstance(p, int) else p for p in error["loc"])
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        message = "unknown key" if error["type"] == "extra_forbidden" else error["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}{_line_of(node, loc)}: {key}: {message}")
-    return "\n".join(lines)
+def _list_index(items: list[Any], at: tuple[str, ...], part: str) -> int:
+    name = ".".join(at)
+    if not part.isdigit():
+        raise _Unassignable(f"{name} is a list; give an item's index, e.g. {name}.0")
+    if int(part) >= len(items):
+        raise _Unassignable(f"{name} has items 0 to {len(items) - 1}, no item {part}; to add one, set the whole "
+                            f"list: --set '{name}=[...]'" if items else
+                            f"{name} is an empty list; set the whole list: --set '{name}=[...]'")
+    return int(part)
 
 
 def _line_of(node: yaml.Node | None, loc: Sequence[Any]) -> str:

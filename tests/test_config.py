@@ -208,8 +208,11 @@ def test_an_unknown_preset_lists_the_known_ones():
     assert "nope" in str(info.value) and "demo" in str(info.value) and "synth-vos" in str(info.value)
 
 
-def test_preset_errors_name_the_preset(tmp_path):
-    with pytest.raises(ConfigError, match=r"^preset:demo:\d+: stages\.ingest\.params\.crff: unknown key"):
+def test_preset_errors_name_the_preset_line_and_set_errors_the_flag(tmp_path):
+    with pytest.raises(ConfigError, match=r"^preset:demo:\d+: stages\.ingest\.params\.num_frames: unknown key"):
+        load_config(preset="demo", overrides=["stages.ingest.type=ingest_images"])  # the preset's params: not its
+    with pytest.raises(ConfigError, match=r"^--set stages\.ingest\.params\.crff=1: stages\.ingest\.params\.crff: "
+                       r"unknown key; did you mean 'crf'\?$"):
         load_config(preset="demo", overrides=["stages.ingest.params.crff=1"])
 
 
