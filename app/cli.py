@@ -29,7 +29,15 @@ from manifests.shards import open_shard
 from manifests.storage import Storage, StorageFull
 from manifests.verify import verify_run
 from media.sources import InputListError
-from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, json_schema, load_config, preset_names
+from pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    config_to_yaml,
+    json_schema,
+    load_config,
+    override_config,
+    preset_names,
+)
 from pipeline.gpus import DEFAULT_MFU
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
@@ -1043,7 +1051,7 @@ def _config_for_gpu(config: str | None, preset: str | None, out: str | None, set
             raise ConfigError(str(exc)) from None
         if config and Storage(config).exists(RUN_YAML):
             cfg = load_run_config(config)
-            cfg = load_config(text=yaml.safe_dump(cfg.model_dump(mode="json")), overrides=[f"gpu={gpu}"])
+            cfg = override_config(cfg, [f"gpu={gpu}"], source=f"{config}/{RUN_YAML}")
         else:
             cfg = _resolve_config(config, preset, out, [*(sets or []), f"gpu={gpu}"])
     else:

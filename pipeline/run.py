@@ -16,7 +16,7 @@ from manifests import layout, retry
 from manifests.layout import RUN_YAML
 from manifests.lease import Lease, LeaseLost
 from manifests.storage import Storage, StorageFull
-from pipeline.config import ConfigError, PipelineConfig, apply_overrides, config_to_yaml, validate_config
+from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, override_config, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
 from pipeline.plan import RunPlan, State, check_fixed_layout
 
@@ -43,9 +43,10 @@ def load_run_config(run_dir: str, overrides: Sequence[str] = ()) -> PipelineConf
         raise ConfigError(f"{run_dir}: no {RUN_YAML}; is this a run folder?")
     data = yaml.safe_load(storage.read_bytes(RUN_YAML))
     if isinstance(data, dict):
-        data = apply_overrides(data, overrides)
         data["run_dir"] = run_dir
-    return validate_config(data, source=f"{run_dir}/{RUN_YAML}")
+    source = f"{run_dir}/{RUN_YAML}"
+    config = validate_config(data, source=source)
+    return override_config(config, overrides, source=source) if overrides else config
 
 
 RUN_YAML_HEADER = "# ffp: the config of the run at "

@@ -499,7 +499,7 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     )
     cfg = write_config(tmp_path / "cfg.yaml", config)
     run = tmp_path / "run"
-    assert cli_invoke(["run", str(cfg)])[0] == 0
+    assert cli_invoke(["run", str(cfg)])[0] == 3  # finished, with failed samples
     ingest = by_id(manifest_rows(run, "ingest"))
     demo1 = next(sid for sid in ingest if sid.startswith("demo_001"))
     later = next(sid for sid in ingest if sid.startswith("later"))
@@ -517,7 +517,8 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     (lists / "clips/later.mp4").write_bytes(encode_frames(list(frames), 16))
     before = mtimes(run, "stages", "manifests")
     code, out, err = cli_invoke(["retry", str(run)])
-    assert code == 0, out + err
+    assert code == 3, out + err  # the text file still fails
+    assert "samples: 1 failed (ingest 1)" in err
     ingest = by_id(manifest_rows(run, "ingest"))
     assert ingest[f"{demo1}-c000"]["status"] == "ok" and demo1 not in ingest
     assert ingest[f"{later}-c000"]["status"] == "ok" and ingest[f"{later}-c000"]["attempts"] == 2
@@ -536,14 +537,14 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     assert verify_run(Storage(str(run))).ok
 
     # the text file keeps failing: after max_attempts it is quarantined, and listed
-    assert cli_invoke(["retry", str(run)])[0] == 0
+    assert cli_invoke(["retry", str(run)])[0] == 3
     row = by_id(manifest_rows(run, "ingest"))[notes]
     assert (row["status"], row["attempts"]) == ("quarantined", 3)
     code, out, _ = cli_invoke(["status", str(run), "--json"])
     status = {s["stage"]: s for s in json.loads(out)}
     assert status["ingest"]["quarantined"] == 1 and status["ingest"]["failed"] == 0
-    code, out, _ = cli_invoke(["status", str(run)])
-    assert "1 quarantined" in out
+    code, out, err = cli_invoke(["status", str(run)])
+    assert code == 0 and "samples: 1 quarantined (ingest 1); list them" in err
     code, out, _ = cli_invoke(["query", str(run), "select stage, sample_id, reason from manifests "
                                "where status = 'quarantined'", "--json"])
     listed = json.loads(out)
@@ -551,7 +552,7 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     assert "not a video" in listed[0]["reason"]
     # a further retry leaves it alone
     before = mtimes(run, "stages", "manifests")
-    assert cli_invoke(["retry", str(run)])[0] == 0
+    assert cli_invoke(["retry", str(run)])[0] == 3
     assert mtimes(run, "stages", "manifests") == before
 
 
