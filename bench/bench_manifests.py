@@ -74,7 +74,8 @@ from pipeline.plan import RunPlan, write_sources  # noqa: E402
 
 PRESET = ROOT / "pipeline" / "presets" / "local-tiny.yaml"
 FFP = [sys.executable, "-m", "pipeline"]
-GENERATOR_VERSION = "2"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer)
+GENERATOR_VERSION = "3"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer,
+# 3: the permanent column and the judge's verdict counts)
 MAX_CLIPS = 2
 GOAL_CPU_S = 2.0  # issue 21: status, plan, resume planning and query at 3M samples x 7 stages
 
@@ -274,6 +275,7 @@ def _fast_table(stage: str, shard: int, inputs: list[tuple[str, str]], columns: 
         "sample_id": pa.array(sids), "input_id": pa.array([i for i, _ in inputs]),
         "shard": pa.array(np.full(n, shard, np.int32)), "stage": pa.array([stage] * n),
         "status": pa.array(list(status), pa.string()), "reason": pa.array(reason, pa.string()),
+        "permanent": pa.array([False if s == "failed" else None for s in status], pa.bool_()),
         "attempts": pa.array(np.where(status == "quarantined", 2, 1).astype(np.int16)),
         "fingerprint": pa.array([fingerprint] * n),
         "worker": pools["worker"].take(pa.array(rng.integers(0, len(pools["worker"]), n))),
@@ -286,6 +288,14 @@ def _fast_table(stage: str, shard: int, inputs: list[tuple[str, str]], columns: 
     ok_ids = [sid for sid, good in zip(sids, ok) if good]
     files = {sid: {"meta.json": b"{" + b"0" * 62 + b"}"} for sid in ok_ids[:2]}
     return table, ok_ids, files
+
+
+def _verdicts(stage: str, table: pa.Table) -> dict[str, Any]:
+    """What a judge's commit counts besides the statuses (``ShardWorker._counted``): its ok rows per verdict."""
+    if stage != "judge":
+        return {}
+    pairs = zip(table.column("status").to_pylist(), table.column("verdict").to_pylist())
+    return {"verdicts": dict(sorted(Counter(v for s, v in pairs if s == "ok" and v).items()))}
 
 
 def _fast_shards(run_dir: str, shards: Sequence[int]) -> int:
@@ -322,7 +332,7 @@ def _fast_shards(run_dir: str, shards: Sequence[int]) -> int:
                 ok_digest=hashlib.sha256("\n".join(sorted(ok[stage])).encode()).hexdigest()[:16],
                 committed_at=time.time(),
                 extra={"seconds": round(float(pa.compute.sum(table.column("seconds")).as_py() or 0.0), 3),
-                       "worker": "bench", "reused": 0},
+                       "worker": "bench", "reused": 0, "permanent_failed": 0, **_verdicts(stage, table)},
             )
             table = table.replace_schema_metadata({META_KEY: json.dumps(asdict(info)).encode()})
             buffer = io.BytesIO()

@@ -61,6 +61,7 @@ BASE_COLUMNS: dict[str, pa.DataType] = {
     "stage": pa.string(),
     "status": pa.string(),
     "reason": pa.string(),
+    "permanent": pa.bool_(),
     "attempts": pa.int16(),
     "fingerprint": pa.string(),
     "worker": pa.string(),
@@ -92,6 +93,19 @@ class CommitInfo:
     @classmethod
     def from_json(cls, raw: bytes) -> CommitInfo:
         return cls(**json.loads(raw))
+
+    @property
+    def permanent_failed(self) -> int:
+        """Of the failed rows, those marked ``permanent`` (the input's content is at fault): ``ffp retry`` leaves
+        them. Counted by the worker into ``extra``; 0 for a manifest committed before the column existed."""
+        return int(self.extra.get("permanent_failed", 0) or 0)
+
+    @property
+    def verdicts(self) -> dict[str, int] | None:
+        """For a stage with a ``verdict`` column (a judge): its rows per verdict (``accept``, ``reject``), counted by
+        the worker into ``extra`` at commit; None for other stages and for manifests committed before."""
+        found = self.extra.get("verdicts")
+        return {str(k): int(v) for k, v in found.items()} if isinstance(found, dict) else None
 
 
 def manifest_schema(stage_columns: Mapping[str, pa.DataType]) -> pa.Schema:

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from manifests.labels import Label, current_labels, labels_digest, labels_per_shard
 from manifests.layout import digest_memo_path, manifest_path, source_digests_path, sources_path
-from manifests.manifest import INDEX_COUNTS, RACY_NS, CommitIndex, CommitInfo, read_commit, read_commit_index
+from manifests.manifest import INDEX_COUNTS, RACY_NS, CommitIndex, CommitInfo, Status, read_commit, read_commit_index
 from manifests.parquet import arrow_owned, read_parquet
 from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig
@@ -36,6 +36,24 @@ from pipeline.graph import StageGraph, digest
 log = logging.getLogger("ffp.plan")
 _NO_LABELS = labels_digest({}, "", 0)
 """``labels_digest`` of a shard without labels (the same for every shard)."""
+
+
+PERMANENT = "permanent"
+"""In a ``retry`` set, beside the statuses: failures marked ``permanent`` (the input's content is at fault) are redone
+too, afresh; without it a retry leaves them (they would fail the same way, at a worker's start-up cost each time)."""
+
+
+def retry_statuses(*, quarantined: bool = False, permanent: bool = False) -> frozenset[str]:
+    """The ``retry`` set of ``ffp retry``: the failed samples, but for failures marked permanent; ``quarantined``:
+    the quarantined ones too, afresh; ``permanent``: the permanent failures too (an input fixed in place: same path,
+    new content)."""
+    return frozenset({str(Status.FAILED), *([str(Status.QUARANTINED)] if quarantined else []),
+                      *([PERMANENT] if permanent else [])})
+
+
+def is_retried(status: str, permanent: bool | None, retry: frozenset[str]) -> bool:
+    """Whether a retry of ``retry`` redoes a committed row of this ``status`` (and ``permanent`` column)."""
+    return status in retry and not (permanent and status == Status.FAILED and PERMANENT not in retry)
 
 
 class State(StrEnum):
@@ -740,14 +758,16 @@ class RunPlan:
         return self._labels_grouped[1].get((stage, shard), {})
 
     def state(self, stage: str, shard: int, *, retry: frozenset[str] = frozenset()) -> ShardState:
-        """``retry``: statuses whose samples are to be redone (``failed``, and ``quarantined`` when asked)."""
+        """``retry``: statuses whose samples are to be redone (``failed``, and ``quarantined`` when asked; see
+        :func:`retry_statuses`): a shard whose only such samples are permanent failures is DONE, not RETRY."""
         node = self.graph.nodes[stage]
         vector = self._vector_for(shard)
         if vector is not None and shard < len(vector.stages[stage].code):
             v = vector.stages[stage]
             code = v.codes[shard]
             if code == _DONE:
-                to_redo = sum(int(v.counts[status][shard]) for status in retry) if retry else 0
+                counts = {status: int(v.counts[status][shard]) for status in retry if status in v.counts}
+                to_redo = self._to_redo(stage, shard, counts, retry)
                 if to_redo:
                     return ShardState(stage, shard, State.RETRY, f"{to_redo} to retry")
                 return ShardState(stage, shard, State.DONE)
@@ -766,10 +786,19 @@ class RunPlan:
             return ShardState(stage, shard, State.TODO)
         if info.inputs_digest != expected:
             return ShardState(stage, shard, State.TODO, "upstream changed")
-        to_redo = sum(info.counts.get(status, 0) for status in retry)
+        to_redo = self._to_redo(stage, shard, info.counts, retry)
         if to_redo:
             return ShardState(stage, shard, State.RETRY, f"{to_redo} to retry")
         return ShardState(stage, shard, State.DONE)
+
+    def _to_redo(self, stage: str, shard: int, counts: Mapping[str, int], retry: frozenset[str]) -> int:
+        """Samples of a done shard that a retry of ``retry`` redoes: its counts of those statuses, less its
+        permanent failures unless they are asked for (their count is in the commit info, decoded only for a shard
+        that has failures)."""
+        to_redo = sum(counts.get(status, 0) for status in retry if status != PERMANENT)
+        if to_redo and counts.get(Status.FAILED) and Status.FAILED in retry and PERMANENT not in retry:
+            to_redo -= self.commits[(stage, shard)].permanent_failed
+        return to_redo
 
     def all_states(self) -> list[ShardState]:
         return [

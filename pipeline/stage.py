@@ -54,6 +54,9 @@ class Result:
     """Tar fields: bytes, or bytes spilled to a local file (``StageContext.spill``)."""
     columns: dict[str, Any] = field(default_factory=dict)
     reason: str | None = None
+    permanent: bool = False
+    """A failure the input's content causes (an empty file, not a video, cannot be decoded): the same on every try,
+    so ``ffp retry`` does not redo it (the manifest column ``permanent``; docs/reliability.md)."""
 
     @classmethod
     def ok(cls, sample_id: str, files: Mapping[str, FieldData] | None = None, **columns: Any) -> Result:
@@ -68,8 +71,9 @@ class Result:
         return cls(sample_id, Status.FILTERED, {}, columns, reason)
 
     @classmethod
-    def failed(cls, sample_id: str, error: str, **columns: Any) -> Result:
-        return cls(sample_id, Status.FAILED, {}, columns, error)
+    def failed(cls, sample_id: str, error: str, *, permanent: bool = False, **columns: Any) -> Result:
+        """``permanent``: the input itself is at fault and a retry would fail the same way (see ``permanent``)."""
+        return cls(sample_id, Status.FAILED, {}, columns, error, permanent)
 
 
 class UndeclaredRead(KeyError):

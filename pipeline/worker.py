@@ -5,7 +5,8 @@ without Ray. Order of work for a shard:
 
 1. its input items: the shard's source rows, or the samples that are ``ok`` in every upstream shard;
 2. rows of an earlier commit with the same fingerprint move to ``_partial/`` (all of them, except failed
-   ones when retrying), and only then is the old manifest removed: a crash at any point loses nothing;
+   ones when retrying: not those marked ``permanent`` unless asked, see ``plan.retry_statuses``), and only then is
+   the old manifest removed: a crash at any point loses nothing;
 3. each item not in ``_partial/`` is processed in batches, its attempt counted before it runs;
 4. the tar and then the manifest are written, and ``_partial/`` is cleared.
 """
@@ -37,7 +38,7 @@ from manifests.storage import Storage, StorageFull
 from pipeline.faults import inject
 from pipeline.graph import StageGraph, StageNode
 from pipeline.oom import OOM_LIMIT, drop_traceback, free_memory, is_memory_error, oom_reason
-from pipeline.plan import RunPlan
+from pipeline.plan import RunPlan, is_retried
 from pipeline.stage import DeclaredColumns, Result, Sample, Stage, StageContext, UndeclaredRead
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
@@ -183,13 +184,23 @@ class ShardWorker:
                 self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
                 stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
                 extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused,
-                       "retries": storage_retry.since(retries_before)},
+                       "retries": storage_retry.since(retries_before), **self._counted(rows)},
             )
         partial.clear()
         summary.counts, summary.seconds = dict(info.counts), time.time() - started
         summary.retries = storage_retry.since(retries_before)
         summary.peak_rss_mb = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)  # KiB on Linux
         return summary
+
+    def _counted(self, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        """What the commit info counts besides the statuses: the permanent failures (``ffp retry`` leaves them) and,
+        for a judge, the ok rows per verdict (``ffp status`` shows them without reading any manifest's rows)."""
+        counted: dict[str, Any] = {"permanent_failed": sum(1 for r in rows if r["status"] == Status.FAILED
+                                                           and r.get("permanent"))}
+        if "judge" in self.node.cls.roles and "verdict" in self.node.columns:
+            verdicts = [str(r.get("verdict")) for r in rows if r["status"] == Status.OK and r.get("verdict")]
+            counted["verdicts"] = {verdict: verdicts.count(verdict) for verdict in sorted(set(verdicts))}
+        return counted
 
     def _fence(self, task: ShardTask) -> None:
         """Refuse to go on unless the run folder's lease still carries the token of the driver that sent ``task``."""
@@ -214,16 +225,17 @@ class ShardWorker:
                 by_input.setdefault(row["input_id"], []).append(row)
             reader = open_shard(self.storage, info.tar_path) if info.tar_samples else None
             for input_id, rows in by_input.items():
-                retried = any(r["status"] in retry for r in rows)
+                retried = any(is_retried(r["status"], r.get("permanent"), retry) for r in rows)
                 keep = input_id in inputs and not retried and not self._relabelled(rows, inputs[input_id])
                 if keep and partial.load(input_id) is None:
                     for row in rows:
                         row["finished_at"] = row["finished_at"].timestamp() if row.get("finished_at") else None
                     ok = [r["sample_id"] for r in rows if reader and reader.fields(r["sample_id"])]
                     partial.save(input_id, rows, LazySamples(ok, reader.sample if reader else lambda _: {}))
-                elif retried and input_id in inputs and not any(r["status"] == Status.QUARANTINED for r in rows):
+                elif retried and input_id in inputs and not any(r["status"] == Status.QUARANTINED or r.get("permanent")
+                                                                for r in rows):
                     # failed samples carry their attempts forward, so repeated failures end in quarantine;
-                    # quarantined ones retried on request start afresh
+                    # quarantined ones and permanent failures retried on request start afresh
                     partial.set_attempts(input_id, max(int(r.get("attempts") or 1) for r in rows))
             if reader is not None:
                 reader.close()
@@ -368,11 +380,12 @@ class ShardWorker:
         self, result: Result, sample: Sample, attempts: int, seconds: float, model_seconds: float = 0.0
     ) -> dict[str, Any]:
         status, reason = result.status, result.reason
-        if status == Status.FAILED and attempts >= self.max_attempts > 1:
+        if status == Status.FAILED and attempts >= self.max_attempts > 1 and not result.permanent:
             status, reason = Status.QUARANTINED, f"failed on {attempts} attempts; last: {reason}"
         return {
             "sample_id": result.sample_id, "input_id": sample.sample_id, "shard": sample.shard,
-            "stage": self.node.name, "status": str(status), "reason": reason, "attempts": attempts,
+            "stage": self.node.name, "status": str(status), "reason": reason,
+            "permanent": result.permanent if status == Status.FAILED else None, "attempts": attempts,
             "fingerprint": self.node.fingerprint, "worker": WORKER, "seconds": seconds, "model_seconds": model_seconds,
             "finished_at": time.time(), **result.columns,
         }

@@ -28,7 +28,7 @@ from pydantic import Field, field_validator
 
 from media.arrays import json_bytes, npz_bytes
 from media.colour import OutputColour
-from media.errors import VideoError
+from media.errors import VideoError, is_permanent_reason
 from media.gates import GateConfig
 from media.png import png_bytes
 from media.shot_cut import ShotCut, cut_in_shots
@@ -207,7 +207,9 @@ class Ingest(Stage):
                 return self._raw(source, spec, base)
             else:
                 made = self._cut_video(source["uri"], spec)
-        except (VideoError, NotRegularFile, _UnreachableUrl) as exc:
+        except VideoError as exc:  # the content's fault (empty, not a video, ...) is permanent: retries skip it
+            return [Result.failed(source_id, str(exc), permanent=exc.permanent, **base)]
+        except (NotRegularFile, _UnreachableUrl) as exc:  # the file may be replaced, the backend installed: retryable
             return [Result.failed(source_id, str(exc), **base)]
         except FileNotFoundError as exc:
             return [Result.failed(source_id, f"not found: {exc}", **base)]
@@ -220,8 +222,10 @@ class Ingest(Stage):
             reason = f"too short: {facts.frames} frames at {facts.fps:.3g} fps, a clip needs {needed:.2f} s"
             return [Result.filtered(source_id, reason, **base)]
         if not cut.clips:  # nothing usable: one row for the source, as for any unreadable file
-            return [Result.failed(source_id, cut.lost[0].reason, **base)]
-        lost = [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **base) for c in cut.lost]
+            return [Result.failed(source_id, cut.lost[0].reason, permanent=is_permanent_reason(cut.lost[0].reason),
+                                  **base)]
+        lost = [Result.failed(_clip_id(source_id, c.index), c.reason, permanent=is_permanent_reason(c.reason),
+                              clip_index=c.index, **base) for c in cut.lost]
         return [*(self._result(source, facts, clip, base) for clip in cut.clips), *lost]
 
     def _too_small(self, width: int, height: int) -> str | None:
@@ -278,7 +282,7 @@ class Ingest(Stage):
         base |= facts.columns() | {"shots": json.dumps([[s.start, s.end] for s in cut.shots])}
         if not cut.clips and not cut.filtered and not cut.lost:
             if cut.damaged and not cut.shots:
-                return [Result.failed(source_id, "cannot decode: no frame decoded", **base)]
+                return [Result.failed(source_id, "cannot decode: no frame decoded", permanent=True, **base)]
             lengths = [s.frames for s in cut.shots]
             shown = ", ".join(map(str, lengths[:20])) + (f" and {len(lengths) - 20} more" if len(lengths) > 20 else "")
             margin = self.params.shots.margin_frames if self.params.shots else 0
@@ -299,8 +303,8 @@ class Ingest(Stage):
         rows = [self._result(source, facts, clip, base, cut.facts[clip.index]) for clip in cut.clips]
         rows += [Result.filtered(_clip_id(source_id, f.index), f.reason, clip_index=f.index, **f.values, **base)
                  for f in cut.filtered]
-        rows += [Result.failed(_clip_id(source_id, c.index), c.reason, clip_index=c.index, **cut.facts[c.index], **base)
-                 for c in cut.lost]
+        rows += [Result.failed(_clip_id(source_id, c.index), c.reason, permanent=is_permanent_reason(c.reason),
+                               clip_index=c.index, **cut.facts[c.index], **base) for c in cut.lost]
         return rows
 
     def _cut_shots(self, uri: str, spec: ClipSpec) -> tuple[_SourceFacts, ShotCut] | str:
@@ -320,7 +324,7 @@ class Ingest(Stage):
     def _cut_vos(self, source: dict[str, Any], spec: ClipSpec) -> tuple[_SourceFacts, Cut] | str:
         frames = list_frames(source["uri"])
         if not frames:
-            raise VideoError(f"no frames in {display_uri(source['uri'])}")
+            raise VideoError(f"no frames in {display_uri(source['uri'])}", permanent=True)
         fs, _ = _input_fs(source["uri"])
         frame_sources = [_image_loader(fs, f) for f in frames]
         masks = _mask_files(fs, source.get("annotations"), frames)
@@ -423,7 +427,7 @@ def _image_loader(fs: Any, path: str) -> Callable[[], np.ndarray]:
 def _decode_image(data: bytes, name: str = "image") -> np.ndarray:
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        raise VideoError(f"cannot decode {name}: not a JPEG or PNG image, or damaged")
+        raise VideoError(f"cannot decode {name}: not a JPEG or PNG image, or damaged", permanent=True)
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
