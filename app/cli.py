@@ -21,7 +21,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from app.status import StageStatus, StatusWatch, WatchFrame, stage_statuses
+from app.status import (
+    StageStatus,
+    StatusWatch,
+    WatchFrame,
+    permanent_failures,
+    run_status,
+    stage_statuses,
+    status_cells,
+    status_table_columns,
+)
 from manifests.layout import actor_log, actor_logs_dir
 from manifests.lease import LeaseHeld, LeaseLost, read_lease
 from manifests.manifest import Status
@@ -102,6 +111,8 @@ def _options(
 def main() -> None:
     if not console.is_terminal:
         console.width = max(console.width, PIPED_WIDTH)
+    if not err.is_terminal:  # Ray's driver colours the raylet lines it prints (a worker died) unless told not to
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")
     try:
         app()
     except (ConfigError, StaleError, InputListError, GraphError) as exc:
@@ -170,7 +181,7 @@ def run(
     cfg = _resolve_config(config, preset, out, set_)
     report, plan = _execute(cfg, rerun_stale=rerun_stale, verbose=verbose)
     statuses = _print_status(cfg.run_dir, plan=plan)
-    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses))
+    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses, plan))
 
 
 @app.command()
@@ -178,6 +189,8 @@ def retry(
     run_dir: RunArg,
     stage: Annotated[Optional[list[str]], typer.Option("--stage", help="only this stage (repeatable)")] = None,
     quarantined: Annotated[bool, typer.Option("--quarantined", help="also retry quarantined samples, afresh")] = False,
+    permanent: Annotated[bool, typer.Option("--permanent", help="also retry failures marked permanent (an empty file, "
+                                            "not a video, ...): for inputs fixed in place")] = False,
     verbose: VerboseOpt = False,
 ) -> None:
     """Rerun only the failed samples (all stages, or --stage); what they feed downstream is updated."""
@@ -186,9 +199,10 @@ def retry(
     unknown = stages - set(cfg.stages)
     if unknown:
         raise ConfigError(f"unknown stages {sorted(unknown)}; stages: {', '.join(cfg.stages)}")
-    report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined, verbose=verbose)
+    report, plan = _execute(cfg, retry_stages=stages, retry_quarantined=quarantined, retry_permanent=permanent,
+                            verbose=verbose)
     statuses = _print_status(run_dir, plan=plan)
-    raise typer.Exit(_exit_code(report, run_dir, statuses))
+    raise typer.Exit(_exit_code(report, run_dir, statuses, plan))
 
 
 def _execute(cfg: PipelineConfig, **kwargs: Any) -> tuple[RunReport, RunPlan]:
@@ -251,7 +265,7 @@ class _RunProgress:
         pass
 
     def notice(self, text: str) -> None:
-        console.print(text)
+        console.print(text, soft_wrap=True)  # a log line stays one line, however many stages it names
 
 
 class _RunBars(_RunProgress):
@@ -303,7 +317,8 @@ class _RunLines(_RunProgress):
                     f"({summary.seconds:.1f} s)")
 
 
-def _exit_code(report: RunReport, run_dir: str, statuses: list[StageStatus] | None = None) -> int:
+def _exit_code(report: RunReport, run_dir: str, statuses: list[StageStatus] | None = None,
+               plan: RunPlan | None = None) -> int:
     """The command's exit code (``EXIT_*``), after saying why it is not 0 and what to do."""
     if report.halted:
         err.print(f"[red]the run stopped:[/red] {escape(report.halted)}")
@@ -322,21 +337,27 @@ def _exit_code(report: RunReport, run_dir: str, statuses: list[StageStatus] | No
         err.print(f"Fix the cause, then run `ffp run {run_dir}` again: finished work is kept.")
     if not report.ok:
         return EXIT_NOT_FINISHED
-    return EXIT_SAMPLES_FAILED if _print_failed(run_dir, statuses or []) else EXIT_OK
+    return EXIT_SAMPLES_FAILED if _print_failed(run_dir, statuses or [], plan) else EXIT_OK
 
 
-def _print_failed(run_dir: str, statuses: list[StageStatus]) -> bool:
+def _print_failed(run_dir: str, statuses: list[StageStatus], plan: RunPlan | None = None) -> bool:
     """One line for the samples that failed or were quarantined, per stage, with the commands that list and retry
-    them; False when there are none."""
+    them (``plan``: to tell the permanent failures, which only ``--permanent`` retries); False when there are none."""
     failed = {s.stage: s.failed for s in statuses if s.failed}
     quarantined = {s.stage: s.quarantined for s in statuses if s.quarantined}
     if not failed and not quarantined:
         return False
+    permanent = sum(permanent_failures(plan, stage) for stage in failed) if plan is not None else 0
     parts = [f"{sum(found.values())} {what} ({', '.join(f'{stage} {n}' for stage, n in found.items())})"
              for what, found in (("failed", failed), ("quarantined", quarantined)) if found]
-    err.print(f"[yellow]samples: {', '.join(parts)}[/yellow]; list them: ffp query {run_dir} "
-              "\"select stage, sample_id, status, reason from manifests where status in ('failed', 'quarantined')\"; "
-              f"retry them: ffp retry {run_dir}" + (" --quarantined" if quarantined else ""))
+    hints = [f"list them: ffp query {run_dir} \"select stage, sample_id, status, reason from manifests where status "
+             "in ('failed', 'quarantined')\""]
+    if sum(failed.values()) > permanent or quarantined:
+        hints.append(f"retry them: ffp retry {run_dir}" + (" --quarantined" if quarantined else ""))
+    if permanent:
+        hints.append(f"{permanent} failed for good (an empty file, not a video, ...): fix the inputs in place, then "
+                     f"ffp retry {run_dir} --permanent")
+    err.print(f"[yellow]samples: {', '.join(parts)}[/yellow]; {'; '.join(hints)}")
     return True
 
 
@@ -369,7 +390,7 @@ def demo(
     folders = [node.output_dir for node in plan.graph.with_role("export")]
     console.print("pairs: " + ", ".join(f"[cyan]{cfg.run_dir}/{folder}[/cyan]" for folder in folders)
                   + f" (WebDataset shards, dataset.parquet, README.md); demo took {time.time() - started:.1f} s")
-    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses) or (EXIT_OK if checked.ok else EXIT_NOT_FINISHED))
+    raise typer.Exit(_exit_code(report, cfg.run_dir, statuses, plan) or (EXIT_OK if checked.ok else EXIT_NOT_FINISHED))
 
 
 DEMO_INPUTS_READY = "inputs-ready"
@@ -590,9 +611,10 @@ def status(run_dir: RunArg, as_json: JsonOpt = False, watch: WatchOpt = False, e
         raise typer.BadParameter("--watch draws a table; --json prints the status once", param_hint="--json")
     if watch:
         sys.exit(_watch_status(run_dir, every))
-    statuses = _print_status(run_dir, as_json=as_json)
+    plan = open_run(load_run_config(run_dir)).plan
+    statuses = _print_status(run_dir, as_json=as_json, plan=plan)
     if not as_json:
-        _print_failed(run_dir, statuses)
+        _print_failed(run_dir, statuses, plan)
         _print_driver(Storage(run_dir))
         logs = Storage(run_dir).walk_files(actor_logs_dir())
         if logs:
@@ -612,32 +634,33 @@ def _print_driver(run: Storage) -> None:
 
 
 def _print_status(run_dir: str, *, as_json: bool = False, plan: RunPlan | None = None) -> list[StageStatus]:
-    """``plan``: the run as the command that just ran it holds it (not opened again)."""
+    """``plan``: the run as the command that just ran it holds it (not opened again). ``as_json``: the run's state,
+    its driver, every stage's counts and the ids of its failed and quarantined samples (``app.status.run_status``)."""
     run_plan = plan if plan is not None else open_run(load_run_config(run_dir)).plan
-    statuses = stage_statuses(run_plan)
     if as_json:
-        print(json.dumps([s.as_dict() for s in statuses], indent=1))
-    else:
-        console.print(_status_table(run_dir, statuses))
+        document = run_status(run_plan, Storage(run_dir))
+        print(json.dumps(document, indent=1, default=_json_value))
+        return [StageStatus(**stage) for stage in document["stages"]]
+    statuses = stage_statuses(run_plan)
+    console.print(_status_table(run_dir, statuses))
     return statuses
 
 
 def _status_table(run_dir: str, statuses: list[StageStatus], frame: WatchFrame | None = None) -> Table:
     """The status table; in a watch (``frame``) with each stage's samples and shards per second since the last look."""
     table = Table(title=f"status of {run_dir}")
+    columns = status_table_columns(statuses)
     recent = ["now samples/s", "now shards/s"] if frame is not None else []
-    for column in ("stage", "shards", "ok", "filtered", "failed", "quarantined", "samples/s", *recent, "ETA"):
+    columns = [*columns[:-1], *recent, columns[-1]]  # the rates since the last look before the ETA
+    for column in columns:
         table.add_column(column, justify="right" if column != "stage" else "left")
     for s in statuses:
-        rate = f"{s.samples_per_s:.2f}" if s.samples_per_s else "-"
-        eta = "done" if s.eta_s == 0 else (f"{s.eta_s:.0f} s" if s.eta_s else "-")
-        shards = f"{s.shards_done}/{s.shards_total}" + (f" ({s.shards_stale} stale)" if s.shards_stale else "")
-        now = []
+        cells = status_cells(s)
+        cells["failed"], cells["quarantined"] = _warn(s.failed), _warn(s.quarantined)
         if frame is not None:
             since = frame.rates.get(s.stage) if frame.rates else None
-            now = [f"{since.samples_per_s:.2f}", f"{since.shards_per_s:.3f}"] if since else ["-", "-"]
-        table.add_row(s.stage, shards, str(s.ok), str(s.filtered), _warn(s.failed), _warn(s.quarantined), rate, *now,
-                      eta)
+            cells |= dict(zip(recent, [f"{since.samples_per_s:.2f}", f"{since.shards_per_s:.3f}"] if since else ["-", "-"]))
+        table.add_row(*(cells[column] for column in columns))
     return table
 
 

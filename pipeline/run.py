@@ -18,7 +18,7 @@ from manifests.lease import Lease, LeaseLost
 from manifests.storage import Storage, StorageFull
 from pipeline.config import ConfigError, PipelineConfig, config_to_yaml, override_config, validate_config
 from pipeline.graph import StageGraph, build_graph, digest
-from pipeline.plan import RunPlan, State, check_fixed_layout
+from pipeline.plan import RunPlan, State, check_fixed_layout, retry_statuses
 
 if TYPE_CHECKING:  # ray is imported only when work runs (status, plan and query stay light)
     from pipeline.runner import Listener, RunReport
@@ -102,6 +102,7 @@ def execute(
     rerun_stale: bool = False,
     retry_stages: set[str] | None = None,
     retry_quarantined: bool = False,
+    retry_permanent: bool = False,
     listener: Listener | None = None,
     verbose: bool = False,
 ) -> tuple[RunPlan, RunReport]:
@@ -120,7 +121,8 @@ def execute(
         if replaced is not None and listener is not None:
             listener("lease_taken_over", replaced)
         plan, report = _drive(
-            opened, lease, retry_stages=retry_stages, retry_quarantined=retry_quarantined, listener=listener,
+            opened, lease, retry_stages=retry_stages,
+            retry=retry_statuses(quarantined=retry_quarantined, permanent=retry_permanent), listener=listener,
             verbose=verbose,
         )
     finally:
@@ -129,7 +131,7 @@ def execute(
 
 
 def _drive(
-    opened: OpenedRun, lease: Lease, *, retry_stages: set[str] | None, retry_quarantined: bool,
+    opened: OpenedRun, lease: Lease, *, retry_stages: set[str] | None, retry: frozenset[str],
     listener: Listener | None, verbose: bool,
 ) -> tuple[RunPlan, RunReport]:
     storage, graph, plan = opened
@@ -143,7 +145,7 @@ def _drive(
         storage, graph, plan, retry_stages=retry_stages, listener=_fenced(lease, listener), verbose=verbose,
         lease_token=lease.token,
         connect=lambda: connect_ray(config.ray, verbose=verbose),
-        retry=frozenset({"failed", "quarantined"} if retry_quarantined else {"failed"}),
+        retry=retry,
     ).run()
     lease.check()  # a driver that lost its lease finalizes nothing and writes no run log
     if not report.halted:  # halted: the storage is full, no dataset files now

@@ -24,7 +24,7 @@ from pipeline.config import config_to_yaml
 from tests.conftest import by_id, cli_invoke, ffp_cli, manifest_rows, run_local, synth_config
 
 STATUS_FIELDS = {"stage", "shards_total", "shards_done", "shards_stale", "ok", "filtered", "failed", "quarantined",
-                 "samples_per_s", "eta_s"}
+                 "accepted", "rejected", "samples_per_s", "eta_s"}
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +54,9 @@ def counts(run: Path, stage: str) -> dict[str, int]:
 def test_status_json(run_dir):
     code, out, err = cli_invoke(["status", str(run_dir), "--json"])
     assert code == 0, err
-    status = json.loads(out)
+    document = json.loads(out)
+    assert document["state"] == "complete" and document["driver"] is None
+    status = document["stages"]
     assert [s["stage"] for s in status] == ["ingest", "augment", "export"]
     for entry in status:
         assert set(entry) == STATUS_FIELDS
@@ -63,6 +65,8 @@ def test_status_json(run_dir):
         for name in ("ok", "filtered", "failed", "quarantined"):
             assert entry[name] == found.get(name, 0), (entry["stage"], name)
         assert entry["eta_s"] == 0
+    failed = [r["sample_id"] for r in manifest_rows(run_dir, "ingest") if r["status"] == "failed"]
+    assert document["failed"]["ingest"]["sample_ids"] == failed
     ingest = status[0]
     assert (ingest["ok"], ingest["failed"], ingest["filtered"]) == (6, 1, 1)
 

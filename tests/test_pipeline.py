@@ -484,7 +484,9 @@ def test_a_changed_param_reruns_only_that_stage_and_later(tmp_path, demo_vos, ra
 @pytest.mark.slow
 def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos, ray_session):
     """Inputs: the demo VOS layout with one annotation PNG missing, plus a CSV list (relative paths) naming a
-    video that does not exist yet and a text file called .mp4. The missing pieces are then put in place."""
+    video that does not exist yet, one that never will, and a text file called .mp4. The missing pieces are then
+    put in place: a retry cures them, quarantines the one that stays missing after max_attempts, and leaves the text
+    file alone (its failure is permanent)."""
     vos = tmp_path / "vos"
     shutil.copytree(demo_vos, vos)
     lost_png = vos / "Annotations/480p/demo-001/00003.png"
@@ -493,7 +495,8 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     lists = tmp_path / "lists"
     (lists / "clips").mkdir(parents=True)
     (lists / "clips/notes.mp4").write_text("not a video\n")
-    (lists / "videos.csv").write_text("path,comment\nclips/later.mp4,arrives late\nclips/notes.mp4,text\n")
+    (lists / "videos.csv").write_text("path,comment\nclips/later.mp4,arrives late\nclips/notes.mp4,text\n"
+                                      "clips/never.mp4,never arrives\n")
     config = synth_config(
         tmp_path / "run", vos, extra_inputs=[{"kind": "list", "path": str(lists / "videos.csv")}], max_attempts=3
     )
@@ -503,10 +506,12 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     ingest = by_id(manifest_rows(run, "ingest"))
     demo1 = next(sid for sid in ingest if sid.startswith("demo_001"))
     later = next(sid for sid in ingest if sid.startswith("later"))
+    never = next(sid for sid in ingest if sid.startswith("never"))
     notes = next(sid for sid in ingest if sid.startswith("notes"))
     assert ingest[demo1]["status"] == "failed" and "annotation" in ingest[demo1]["reason"]
     assert ingest[later]["status"] == "failed" and "not found" in ingest[later]["reason"]
     assert ingest[notes]["status"] == "failed" and "not a video" in ingest[notes]["reason"]
+    assert [ingest[sid]["permanent"] for sid in (later, never, notes)] == [False, False, True]  # missing: may arrive
     assert sum(r["status"] == "ok" for r in ingest.values()) == 5
     exported = {r["sample_id"] for r in manifest_rows(run, "export")}
     assert len(exported) == 5 and f"{demo1}-c000" not in exported
@@ -516,16 +521,16 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     frames = decode_frames(encode_frames(_frames_of(vos / "JPEGImages/480p/demo-002"), 16))
     (lists / "clips/later.mp4").write_bytes(encode_frames(list(frames), 16))
     before = mtimes(run, "stages", "manifests")
-    code, out, err = cli_invoke(["retry", str(run)])
-    assert code == 3, out + err  # the text file still fails
-    assert "samples: 1 failed (ingest 1)" in err
+    code, out, err = cli_invoke(["retry", str(run), "--permanent"])  # the annotation was fixed in place
+    assert code == 3, out + err  # the text file and the missing video still fail
     ingest = by_id(manifest_rows(run, "ingest"))
     assert ingest[f"{demo1}-c000"]["status"] == "ok" and demo1 not in ingest
     assert ingest[f"{later}-c000"]["status"] == "ok" and ingest[f"{later}-c000"]["attempts"] == 2
     assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 2)
+    assert (ingest[never]["status"], ingest[never]["attempts"]) == ("failed", 2)
     log = newest_log(run)
-    ingest_work = {s["shard"]: (s["processed"], s["reused"]) for s in log["shards"] if s["stage"] == "ingest"}
-    assert ingest_work == {0: (1, 3), 1: (2, 2)}  # only the failed samples were processed again
+    processed = sum(s["processed"] for s in log["shards"] if s["stage"] == "ingest")
+    assert processed == 4  # only the failed samples were processed again
     augment = by_id(manifest_rows(run, "augment"))
     assert f"{demo1}-c000" in augment and f"{later}-c000" in augment  # downstream shards gained them
     assert augment[f"{later}-c000"]["status"] == "filtered"  # a plain video has no instance masks
@@ -536,21 +541,26 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     assert after != before
     assert verify_run(Storage(str(run))).ok
 
-    # the text file keeps failing: after max_attempts it is quarantined, and listed
-    assert cli_invoke(["retry", str(run)])[0] == 3
-    row = by_id(manifest_rows(run, "ingest"))[notes]
-    assert (row["status"], row["attempts"]) == ("quarantined", 3)
+    # the missing video keeps failing: after max_attempts it is quarantined, and listed; a plain retry leaves the
+    # text file (a permanent failure) as it is
+    code, out, err = cli_invoke(["retry", str(run)])
+    assert code == 3 and "fix the inputs in place, then ffp retry" in " ".join(err.split())
+    ingest = by_id(manifest_rows(run, "ingest"))
+    assert (ingest[never]["status"], ingest[never]["attempts"]) == ("quarantined", 3)
+    assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 2)
     code, out, _ = cli_invoke(["status", str(run), "--json"])
-    status = {s["stage"]: s for s in json.loads(out)}
-    assert status["ingest"]["quarantined"] == 1 and status["ingest"]["failed"] == 0
+    status = json.loads(out)
+    ingest_status = next(s for s in status["stages"] if s["stage"] == "ingest")
+    assert ingest_status["quarantined"] == 1 and ingest_status["failed"] == 1
+    assert status["failed"]["ingest"]["permanent_ids"] == [notes]
     code, out, err = cli_invoke(["status", str(run)])
-    assert code == 0 and "samples: 1 quarantined (ingest 1); list them" in err
+    assert code == 0 and "samples: 1 failed (ingest 1), 1 quarantined (ingest 1); list them" in err
     code, out, _ = cli_invoke(["query", str(run), "select stage, sample_id, reason from manifests "
                                "where status = 'quarantined'", "--json"])
     listed = json.loads(out)
-    assert [(r["stage"], r["sample_id"]) for r in listed] == [("ingest", notes)]
-    assert "not a video" in listed[0]["reason"]
-    # a further retry leaves it alone
+    assert [(r["stage"], r["sample_id"]) for r in listed] == [("ingest", never)]
+    assert "not found" in listed[0]["reason"]
+    # a further retry leaves them alone
     before = mtimes(run, "stages", "manifests")
     assert cli_invoke(["retry", str(run)])[0] == 3
     assert mtimes(run, "stages", "manifests") == before
@@ -573,7 +583,10 @@ def test_ffp_demo(tmp_path, ray_session):
     # 3 sequences and 3 still scenes x 1 style: one shard in each of the 4 + 8 + 9 stages
     assert "verify: 21 shards" in out and "clean" in out
     # a quiet terminal: ffp's lines only (the status table is 26 of them); what the actors printed is in their logs
-    assert len(out.splitlines()) <= 40 and "Loading" not in out and "StageActor" not in out, out
+    # (not a terminal here: a line per committed shard instead of bars)
+    shard_lines = [line for line in out.splitlines() if " committed: " in line or " progress after " in line]
+    assert sum(" committed: " in line for line in shard_lines) == 21
+    assert len(out.splitlines()) - len(shard_lines) <= 40 and "Loading" not in out and "StageActor" not in out, out
     assert {p.parent.name for p in (tmp_path / "demo/run/logs/actors").glob("*/*.log")} == set(load_run_config(
         str(tmp_path / "demo/run")).stages)
     for stage, folder in (("export", "export"), ("export_local", "export-local"), ("export_style", "export-style")):
