@@ -2,7 +2,10 @@
 
 A shard is committed when its manifest exists: the manifest is written last, atomically, and carries the
 tar's path, sha256, size and sample count in its Parquet key-value metadata (key ``ffp``). Rows are one per
-sample with the base columns below plus the stage's own scalar columns.
+sample with the base columns below plus the stage's own columns. Every manifest of a run is written with the run's
+schema (:func:`run_manifest_schema`: every stage's columns, other stages' null), so that any Parquet reader sees
+all columns of ``RUN/manifests``; ffp's own readers (:func:`read_manifest`, :func:`committed_tables`, the query
+views) see a stage's own columns (:data:`COLUMNS_KEY`), as in a manifest written before, with its stage's only.
 """
 
 from __future__ import annotations
@@ -115,6 +118,37 @@ def manifest_schema(stage_columns: Mapping[str, pa.DataType]) -> pa.Schema:
     return pa.schema([pa.field(n, t) for n, t in {**BASE_COLUMNS, **stage_columns}.items()])
 
 
+def run_manifest_schema(columns_by_stage: Mapping[str, Mapping[str, pa.DataType]]) -> pa.Schema:
+    """The schema every manifest of a run is written with: the base columns, then each stage's columns in stage
+    order (a column two stages declare, once). One schema for every file is what lets pandas, pyarrow datasets and
+    Hugging Face ``datasets`` read ``RUN/manifests`` whole: they take the schema of the first file they open."""
+    union: dict[str, pa.DataType] = {}
+    declared_by: dict[str, str] = {}
+    for stage, columns in columns_by_stage.items():
+        manifest_schema(columns)  # no clash with the base columns
+        for name, arrow in columns.items():
+            if name in union and union[name] != arrow:
+                raise ValueError(
+                    f"stages {declared_by[name]!r} and {stage!r} both write manifest column {name!r}, as {union[name]} "
+                    f"and as {arrow}: one manifest schema needs one type; rename the column in one stage type")
+            union.setdefault(name, arrow)
+            declared_by.setdefault(name, stage)
+    return manifest_schema(union)
+
+
+COLUMNS_KEY = b"ffp_columns"
+"""A manifest's Parquet key-value metadata: the columns its stage writes (a JSON list), when the manifest is written
+with the run's schema (:func:`run_manifest_schema`: the other stages' columns null). A manifest without it (written
+before, or with its stage's schema only) holds its stage's columns only."""
+
+
+def stage_columns_of(table: pa.Table) -> pa.Table:
+    """A manifest's rows with the columns its stage writes only, in its stage's order (:data:`COLUMNS_KEY`), as a
+    manifest written with its stage's schema has them; metadata kept."""
+    own = (table.schema.metadata or {}).get(COLUMNS_KEY)
+    return table if own is None else table.select(json.loads(own))
+
+
 def rows_to_table(rows: Sequence[Mapping[str, Any]], schema: pa.Schema) -> pa.Table:
     columns = {name: [row.get(name) for row in rows] for name in schema.names}
     for name in schema.names:  # epoch seconds (JSON-friendly in _partial/) to timestamps
@@ -139,8 +173,13 @@ def commit_shard(
     fingerprint: str,
     inputs_digest: str,
     extra: Mapping[str, Any] | None = None,
+    schema: pa.Schema | None = None,
 ) -> CommitInfo:
-    """Write the shard's tar, then its manifest (the commit marker). Rows must be unique per sample_id."""
+    """Write the shard's tar, then its manifest (the commit marker). Rows must be unique per sample_id.
+
+    ``schema``: the run's manifest schema (:func:`run_manifest_schema`, ``StageGraph.manifest_schema``), which
+    must hold ``stage_columns`` with their types; the manifest then has every column of it (those of other stages
+    null) and names its own in :data:`COLUMNS_KEY`. Without it, the manifest has the stage's columns only."""
     ids = [row["sample_id"] for row in rows]
     if len(ids) != len(set(ids)):
         raise ValueError(f"{stage}/{shard_name(shard)}: duplicate sample_id in manifest rows")
@@ -159,10 +198,30 @@ def commit_shard(
     ordered = sorted(rows, key=lambda row: row["sample_id"])
     table = rows_to_table(ordered, manifest_schema(stage_columns))
     table = table.replace_schema_metadata({META_KEY: json.dumps(asdict(info)).encode()})
+    if schema is not None:
+        table = with_run_schema(stage, table, schema)
     buffer = io.BytesIO()
-    pq.write_table(table, buffer, compression="zstd")
+    with pq.ParquetWriter(buffer, table.schema, compression="zstd") as writer:
+        if table.num_rows:  # a shard with no rows gets no row group: Hugging Face datasets refuses an empty one
+            writer.write_table(table)
     storage.write_bytes(manifest_path(stage, shard), buffer.getvalue())
     return info
+
+
+def with_run_schema(stage: str, table: pa.Table, schema: pa.Schema) -> pa.Table:
+    """A stage's manifest rows (its own columns) with every column of the run's ``schema``, the other stages' null,
+    and its own named in :data:`COLUMNS_KEY` (the table's other metadata kept). A row's value of a column its stage
+    does not declare is never written, as with the stage's own schema."""
+    for column in table.schema:
+        index = schema.get_field_index(column.name)
+        if index < 0 or schema.field(index).type != column.type:
+            found = "no such column" if index < 0 else schema.field(index).type
+            raise ValueError(f"{stage}: manifest column {column.name!r} ({column.type}) is not in the run's manifest "
+                             f"schema as that type ({found}): build the schema from this run's graph")
+    arrays = [table.column(f.name) if f.name in table.column_names else pa.nulls(table.num_rows, f.type)
+              for f in schema]
+    metadata = {**(table.schema.metadata or {}), COLUMNS_KEY: json.dumps(table.column_names).encode()}
+    return pa.Table.from_arrays(arrays, schema=schema.with_metadata(metadata))
 
 
 def uncommit_shard(storage: Storage, stage: str, shard: int) -> None:
@@ -192,7 +251,7 @@ def read_manifest(storage: Storage, stage: str, shard: int) -> tuple[CommitInfo,
     if not storage.exists(rel):
         return None
     table = read_parquet(storage, rel)
-    return CommitInfo.from_json((table.schema.metadata or {})[META_KEY]), table
+    return CommitInfo.from_json((table.schema.metadata or {})[META_KEY]), stage_columns_of(table)
 
 
 def committed_shards(storage: Storage, stage: str) -> dict[int, CommitInfo]:
@@ -205,8 +264,10 @@ def committed_shards(storage: Storage, stage: str) -> dict[int, CommitInfo]:
 
 
 def committed_tables(storage: Storage, stage: str) -> list[pa.Table]:
-    """The committed manifest of every shard of a stage, in shard order (what a stage's ``finalize`` publishes)."""
-    return [read_parquet(storage, rel) for rel in storage.list(layout.manifests_dir(stage), pattern=MANIFEST_PATTERN)]
+    """The committed manifest of every shard of a stage (its own columns), in shard order (what a stage's
+    ``finalize`` publishes)."""
+    return [stage_columns_of(read_parquet(storage, rel))
+            for rel in storage.list(layout.manifests_dir(stage), pattern=MANIFEST_PATTERN)]
 
 
 def read_commits(storage: Storage, stages: Iterable[str]) -> dict[tuple[str, int], CommitInfo]:

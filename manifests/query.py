@@ -1,11 +1,13 @@
 """SQL over a run's manifests with DuckDB, for local and object-store run folders alike.
 
 Views: ``manifests`` (every stage, columns unioned by name), one view per stage (``ingest``,
-``augment``, ...), and the review labels: ``labels`` (the current decision per judged pair) and
+``augment``, ...) with that stage's own columns (a manifest holds every stage's, see
+``manifests.manifest.COLUMNS_KEY``), and the review labels: ``labels`` (the current decision per judged pair) and
 ``label_history`` (every decision, see ``manifests.labels``). A stage of the run's config with no manifest yet
 has its view too, empty and typed (as are the columns it adds to ``manifests``), so a query over a run that has
 committed nothing yet answers with no rows. The same data reads without our code:
-``duckdb.sql("select * from read_parquet('RUN/manifests/**/*.parquet', union_by_name=true)")``.
+``duckdb.sql("select * from read_parquet('RUN/manifests/**/*.parquet', union_by_name=true)")``, or
+``pd.read_parquet("RUN/manifests")`` (a run committed before issue 23 needs ``union_by_name``).
 
 Local manifests are read by DuckDB itself (``read_parquet``, multi-threaded), through a derived copy of
 each stage's rows (``index/rows/<stage>.parquet``, see :func:`_stage_relation`): opening one Parquet file per
@@ -32,7 +34,7 @@ import yaml
 from manifests import layout
 from manifests.labels import label_files, read_label_history
 from manifests.layout import RUN_YAML
-from manifests.manifest import RACY_NS, list_manifests, manifest_schema
+from manifests.manifest import COLUMNS_KEY, RACY_NS, list_manifests, manifest_schema, stage_columns_of
 from manifests.parquet import read_parquet
 from manifests.storage import TEMP_MARKER, Storage
 
@@ -59,6 +61,31 @@ def _quote(text: str) -> str:
 
 def _read(run: Storage, files: list[str]) -> str:
     return f"read_parquet([{', '.join(_quote(run.path(rel)) for rel in files)}], union_by_name=true)"
+
+
+def _own_columns(con: duckdb.DuckDBPyConnection, run: Storage, files: list[str]) -> list[str] | None:
+    """The columns the stage of these manifests writes, in its order (``manifests.manifest.COLUMNS_KEY``, or
+    every column of a manifest written with its stage's schema only), from their footers; None when every column
+    of every one is the stage's."""
+    paths = ", ".join(_quote(run.path(rel)) for rel in files)
+    found = con.execute(f"select file_name, value from parquet_kv_metadata([{paths}]) "
+                        f"where key = {_quote(COLUMNS_KEY.decode())}").fetchall()
+    if not found:
+        return None
+    own = dict.fromkeys(name for _, value in found for name in json.loads(value))
+    tagged = {name for name, _ in found}
+    legacy = [rel for rel in files if run.path(rel) not in tagged]
+    if legacy:
+        described = con.execute(f"describe select * from {_read(run, legacy)}").fetchall()
+        own.update(dict.fromkeys(row[0] for row in described))
+    return list(own)
+
+
+def _columns_in(own: list[str] | None, *also: str) -> str:
+    """The select list of ``own`` columns (and ``also``); ``*`` (every column) for None."""
+    if own is None:
+        return "*"
+    return ", ".join('"' + name.replace('"', '""') + '"' for name in dict.fromkeys([*own, *also]))
 
 
 def _stage_relation(con: duckdb.DuckDBPyConnection, run: Storage, stage: str) -> str | None:
@@ -94,13 +121,13 @@ def _stage_relation(con: duckdb.DuckDBPyConnection, run: Storage, stage: str) ->
         stale = sorted(rel for rel, stat in listed.items() if held.get(rel) != stat or stat[2] >= copy_mtime - RACY_NS)
         gone = sorted(set(held) - set(listed))
     if not held:
-        return f"select * from {_read(run, sorted(listed))}"
+        return f"select {_columns_in(_own_columns(con, run, sorted(listed)))} from {_read(run, sorted(listed))}"
     dropped = stale + gone
     if dropped:
         base += f" where {SOURCE_COLUMN} not in ({', '.join(_quote(rel) for rel in dropped)})"
     if not stale:
         return base
-    return f"{base} union all by name select * from {_read(run, stale)}"
+    return f"{base} union all by name select {_columns_in(_own_columns(con, run, stale))} from {_read(run, stale)}"
 
 
 def _folder_state(run: Storage, stage: str) -> list[int] | None:
@@ -136,7 +163,7 @@ def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: di
              folder: list[int]) -> bool:
     """Write a stage's copy from the manifests ``listed`` (stat taken before reading: a manifest replaced
     meanwhile shows another stat next time and is read again); ``folder``: the folder's ``[inode, mtime_ns]``
-    taken before the listing, and when."""
+    taken before the listing, and when. The copy holds the stage's own columns only (``_own_columns``)."""
     target = run.path(copy)
     temp = f"{target}{TEMP_MARKER}{uuid.uuid4().hex[:12]}"
     files = sorted(listed)
@@ -144,10 +171,12 @@ def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: di
     prefix = len(run.path("x")) - 1  # the run folder with its trailing slash: rows name their manifest by rel
     try:
         os.makedirs(os.path.dirname(target), exist_ok=True)
+        own = _columns_in(_own_columns(con, run, files), SOURCE_COLUMN)
+        rows = (f"select {own} from read_parquet([{', '.join(_quote(run.path(rel)) for rel in files)}], "
+                f"union_by_name=true, filename='{SOURCE_COLUMN}')")
         con.execute(
-            f"copy (select * replace (substr({SOURCE_COLUMN}, {prefix + 1}) as {SOURCE_COLUMN}) from "
-            f"read_parquet([{', '.join(_quote(run.path(rel)) for rel in files)}], union_by_name=true, "
-            f"filename='{SOURCE_COLUMN}')) to {_quote(temp)} (format parquet, compression zstd, "
+            f"copy (select * replace (substr({SOURCE_COLUMN}, {prefix + 1}) as {SOURCE_COLUMN}) from ({rows})) "
+            f"to {_quote(temp)} (format parquet, compression zstd, "
             f"kv_metadata {{{SOURCES_KEY.decode()}: '{sources}', {FOLDER_KEY.decode()}: '{json.dumps(folder)}'}})"
         )
         os.replace(temp, target)
@@ -160,9 +189,10 @@ def _rebuild(con: duckdb.DuckDBPyConnection, run: Storage, copy: str, listed: di
 
 
 def _register(con: duckdb.DuckDBPyConnection, run: Storage, name: str, files: list[str], fetched: dict[str, pa.Table]) -> None:
+    """A view of these manifests' rows, each with its stage's own columns (fetched once, kept in ``fetched``)."""
     for rel in files:
         if rel not in fetched:
-            fetched[rel] = read_parquet(run, rel).replace_schema_metadata(None)
+            fetched[rel] = stage_columns_of(read_parquet(run, rel)).replace_schema_metadata(None)
     con.register(name, pa.concat_tables([fetched[rel] for rel in files], promote_options="permissive"))
 
 

@@ -11,6 +11,7 @@ from typing import Any
 import pyarrow as pa
 
 from manifests.layout import StageFolders, stage_folders
+from manifests.manifest import run_manifest_schema
 from manifests.shards import check_field
 from pipeline.config import PipelineConfig, Resources
 from pipeline.stage import Params, Stage
@@ -91,6 +92,9 @@ class StageNode:
 class StageGraph:
     nodes: dict[str, StageNode]  # topological order
     config: PipelineConfig
+    manifest_schema: pa.Schema = field(default_factory=lambda: run_manifest_schema({}))
+    """The schema of every manifest of the run: the base columns and every stage's (``StageNode.columns``); see
+    ``manifests.manifest.run_manifest_schema``."""
 
     @property
     def order(self) -> list[str]:
@@ -156,7 +160,11 @@ def build_graph(config: PipelineConfig) -> StageGraph:
         if clash is not None:
             raise GraphError(f"stages {clash.name!r} and {name!r} both write to {node.output_dir}/: give one another folder")
         nodes[name] = node
-    return StageGraph(nodes, config)
+    try:
+        schema = run_manifest_schema({name: node.columns for name, node in nodes.items()})
+    except ValueError as exc:
+        raise GraphError(str(exc)) from None
+    return StageGraph(nodes, config, schema)
 
 
 LABEL_COLUMNS = ("label", "label_reviewer", "label_note")

@@ -182,7 +182,8 @@ class ShardWorker:
         with partial.files(rows) as files:  # read back sample by sample as the tar is written: memory holds one
             info = commit_shard(
                 self.storage, stage=node.name, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
-                stage_columns=node.columns, fingerprint=node.fingerprint, inputs_digest=task.inputs_digest,
+                stage_columns=node.columns, schema=self.graph.manifest_schema, fingerprint=node.fingerprint,
+                inputs_digest=task.inputs_digest,
                 extra={"seconds": round(time.time() - started, 3), "worker": WORKER, "reused": summary.reused,
                        "retries": storage_retry.since(retries_before), **self._counted(rows)},
             )
