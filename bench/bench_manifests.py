@@ -15,12 +15,13 @@ and the inputs digests the plan expects (computed with ``RunPlan`` itself, so th
 Tars are tiny: at most two ok samples of one 64-byte member each (``verify`` then checks them like any other; the
 tar bytes are not what is measured here).
 
-The default generator (``_fast_shards``, version 2) writes those files in bulk: each manifest's rows built as
+The default generator (``_fast_shards``, version 4) writes those files in bulk: each manifest's rows built as
 Arrow columns (values drawn from pools with numpy), sorted by sample_id, with the schema ``manifest_schema``
-gives, the ``ffp`` footer of a ``CommitInfo`` computed from those rows and the tar, written with the same
-``pq.write_table`` options as ``commit_shard``; the tar goes through the real ``write_shard``. It skips the fsync a
-real commit does (the bytes are the same). At 300K samples it takes 131 s with 2 processes where committing row
-by row took 655 s; ``--commit-generator`` keeps that old path (``_generate_shards``, through ``commit_shard``).
+gives, widened to the run's (``with_run_schema``, as ``commit_shard`` does), the ``ffp`` footer of a ``CommitInfo``
+computed from those rows and the tar, written with the same ``pq.write_table`` options as ``commit_shard``; the
+tar goes through the real ``write_shard``. It skips the fsync a real commit does (the bytes are the same). At
+300K samples it takes 131 s with 2 processes where committing row by row took 655 s; ``--commit-generator`` keeps
+that old path (``_generate_shards``, through ``commit_shard``).
 ``tests/test_scale.py`` and ``tests/test_index_scale.py`` run on its output.
 
 Each command runs as a fresh subprocess, as a user types it (``ffp status RUN``, ``ffp plan RUN``, ``ffp query
@@ -64,7 +65,14 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from manifests.layout import manifest_path  # noqa: E402
-from manifests.manifest import META_KEY, CommitInfo, Status, commit_shard, manifest_schema  # noqa: E402
+from manifests.manifest import (  # noqa: E402
+    META_KEY,
+    CommitInfo,
+    Status,
+    commit_shard,
+    manifest_schema,
+    with_run_schema,
+)
 from manifests.shards import write_shard  # noqa: E402
 from manifests.storage import Storage  # noqa: E402
 from media.sources import source_id_for  # noqa: E402
@@ -74,8 +82,8 @@ from pipeline.plan import RunPlan, write_sources  # noqa: E402
 
 PRESET = ROOT / "pipeline" / "presets" / "local-tiny.yaml"
 FFP = [sys.executable, "-m", "pipeline"]
-GENERATOR_VERSION = "3"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer,
-# 3: the permanent column and the judge's verdict counts)
+GENERATOR_VERSION = "4"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer,
+# 3: the permanent column and the judge's verdict counts, 4: the run's schema in every manifest)
 MAX_CLIPS = 2
 GOAL_CPU_S = 2.0  # issue 21: status, plan, resume planning and query at 3M samples x 7 stages
 
@@ -183,7 +191,8 @@ def _generate_shards(run_dir: str, shards: Sequence[int]) -> int:
             assert expected is not None, (stage, shard)
             info = commit_shard(
                 storage, stage=stage, shard=shard, tar_path=node.tar_path(shard), samples=files, rows=rows,
-                stage_columns=node.cls.columns, fingerprint=node.fingerprint, inputs_digest=expected,
+                stage_columns=node.columns, schema=graph.manifest_schema, fingerprint=node.fingerprint,
+                inputs_digest=expected,
                 extra={"seconds": round(sum(r["seconds"] for r in rows), 3), "worker": "bench", "reused": 0},
             )
             plan.commits[(stage, shard)] = info
@@ -335,6 +344,7 @@ def _fast_shards(run_dir: str, shards: Sequence[int]) -> int:
                        "worker": "bench", "reused": 0, "permanent_failed": 0, **_verdicts(stage, table)},
             )
             table = table.replace_schema_metadata({META_KEY: json.dumps(asdict(info)).encode()})
+            table = with_run_schema(stage, table, graph.manifest_schema)
             buffer = io.BytesIO()
             pq.write_table(table, buffer, compression="zstd")
             with open(storage.path(manifest_path(stage, shard)), "wb") as handle:

@@ -90,7 +90,8 @@ def rewrite_footer(storage: Storage, stage: str, shard: int, **changes: object) 
     rel = manifest_path(stage, shard)
     table = pq.read_table(storage.path(rel))
     info = dataclasses.replace(read_commit(storage, rel), **changes)  # type: ignore[arg-type]
-    table = table.replace_schema_metadata({mf.META_KEY: json.dumps(dataclasses.asdict(info)).encode()})
+    metadata = {**(table.schema.metadata or {}), mf.META_KEY: json.dumps(dataclasses.asdict(info)).encode()}
+    table = table.replace_schema_metadata(metadata)  # the other keys (the stage's own columns) kept
     buffer = mf.io.BytesIO()
     pq.write_table(table, buffer, compression="zstd")
     storage.write_bytes(rel, buffer.getvalue())

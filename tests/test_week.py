@@ -98,8 +98,12 @@ def test_a_data_engineers_week(tmp_path: Path, demo_vos: Path) -> None:
     assert "…" not in out and "quarantined" in out and "filtered" in out
     out, _ = week.ffp("status", run, "--json", code=EXIT_OK)
     status = json.loads(out)
-    stages = status["stages"] if isinstance(status, dict) else status
-    assert [s["stage"] for s in stages] == ["ingest", "augment", "judge", "export"]
+    assert status["state"] == "complete" and status["driver"] is None
+    assert [s["stage"] for s in status["stages"]] == ["ingest", "augment", "judge", "export"]
+    bad = status["failed"]["ingest"]
+    assert bad["count"] == 2 and sorted(bad["permanent_ids"]) == sorted(bad["sample_ids"])  # empty, not a video
+    judge = next(s for s in status["stages"] if s["stage"] == "judge")
+    assert judge["accepted"] + judge["rejected"] == judge["ok"] > 0
 
     # finding the failures: every format, any column type (reject_reasons is a list)
     sql = "select stage, sample_id, status, reason from manifests where status = 'failed' order by sample_id"
@@ -123,9 +127,12 @@ def test_a_data_engineers_week(tmp_path: Path, demo_vos: Path) -> None:
     assert "datetime.datetime(" not in out and "wrote " in out
     assert (tmp_path / "dump" / "ingest.json").exists() and any((tmp_path / "dump" / "ingest").iterdir())
 
-    # retrying the failed: the files are still bad, so the run ends the same way
+    # retrying the failed: both failed for good (an empty file, not a video), so nothing is redone
+    manifests = sorted((run / "manifests").rglob("*.parquet"))
+    before = [p.stat().st_mtime_ns for p in manifests]
     out, err = week.ffp("retry", run, code=EXIT_SAMPLES_FAILED)
-    assert "samples: 2 failed (ingest 2)" in " ".join(err.split())
+    assert "samples: 2 failed (ingest 2)" in " ".join(err.split()) and "ffp retry" in err and "--permanent" in err
+    assert [p.stat().st_mtime_ns for p in manifests] == before
 
     # changing one param of the run: previewed, refused without --rerun-stale, then done; the rest is kept
     out, _ = week.ffp("plan", run, "--set", STRICT, code=EXIT_OK)
@@ -142,6 +149,12 @@ def test_a_data_engineers_week(tmp_path: Path, demo_vos: Path) -> None:
         "first_frame_psnr"]["min"] != 1000
     out, _ = week.ffp("query", run, "select distinct verdict from judge", "--format", "jsonl", code=EXIT_OK)
     assert [json.loads(line)["verdict"] for line in out.splitlines()] == ["reject"]
+    out, _ = week.ffp("status", run, code=EXIT_OK)  # the judge's row says it rejected every pair
+    judge_row = next(line for line in out.splitlines() if line.strip("│┃ ").startswith("judge"))
+    cells = [cell.strip() for cell in judge_row.strip("│┃ ").split("│")]
+    header = next(line for line in out.splitlines() if "accepted" in line)
+    names = [cell.strip() for cell in header.strip("│┃ ").split("┃")]
+    assert cells[names.index("accepted")] == "0" and cells[names.index("rejected")] == cells[names.index("ok")] != "0"
 
     # the run's config copied and used from another folder: it still names the same run
     elsewhere = tmp_path / "elsewhere"
