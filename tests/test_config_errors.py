@@ -3,7 +3,6 @@ where it is (the file line, or the ``--set`` flag the value came from) and the v
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -18,37 +17,7 @@ from pipeline.config import (
     preset_text,
 )
 from tests.conftest import cli_invoke
-
-GOOD = """\
-name: test
-run_dir: {run_dir}
-shard_size: 4
-inputs:
-  - kind: videos
-    path: /data/videos
-tracks:
-  main: [ingest, augment]
-stages:
-  ingest:
-    type: ingest
-    params:
-      num_frames: 17
-      fps: 8
-    resources: {{cpus: 2}}
-  augment:
-    type: synth_augment
-    params: {{seed: 3}}
-"""
-
-
-def write(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "cfg.yaml"
-    path.write_text(textwrap.dedent(text).format(run_dir=tmp_path / "run"))
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    return next(i for i, line in enumerate(path.read_text().splitlines(), 1) if needle in line)
+from tests.test_config import GOOD, line_of, write
 
 
 def problems_of(*args: object, **kwargs: object) -> list[str]:
