@@ -526,7 +526,7 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     ingest = by_id(manifest_rows(run, "ingest"))
     assert ingest[f"{demo1}-c000"]["status"] == "ok" and demo1 not in ingest
     assert ingest[f"{later}-c000"]["status"] == "ok" and ingest[f"{later}-c000"]["attempts"] == 2
-    assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 2)
+    assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 1)  # --permanent: redone afresh
     assert (ingest[never]["status"], ingest[never]["attempts"]) == ("failed", 2)
     log = newest_log(run)
     processed = sum(s["processed"] for s in log["shards"] if s["stage"] == "ingest")
@@ -547,7 +547,7 @@ def test_retry_cures_failed_samples_and_quarantines_the_rest(tmp_path, demo_vos,
     assert code == 3 and "fix the inputs in place, then ffp retry" in " ".join(err.split())
     ingest = by_id(manifest_rows(run, "ingest"))
     assert (ingest[never]["status"], ingest[never]["attempts"]) == ("quarantined", 3)
-    assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 2)
+    assert (ingest[notes]["status"], ingest[notes]["attempts"]) == ("failed", 1)
     code, out, _ = cli_invoke(["status", str(run), "--json"])
     status = json.loads(out)
     ingest_status = next(s for s in status["stages"] if s["stage"] == "ingest")

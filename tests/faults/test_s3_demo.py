@@ -36,7 +36,7 @@ def stage_progress(run_url: str, launcher: Launcher) -> list[dict[str, object]]:
     done = subprocess.run([*FFP_CMD, "status", run_url, "--json"], capture_output=True, text=True,
                           env={**launcher.env, **s3_env()}, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    return json.loads(done.stdout)
+    return json.loads(done.stdout)["stages"]
 
 
 @pytest.mark.slow
