@@ -40,7 +40,7 @@ from manifests.storage import Storage, StorageFull
 
 FORMAT_VERSION = 1
 META_KEY = b"ffp"
-COMMIT_CACHE_VERSION = b"2"
+COMMIT_CACHE_VERSION = b"3"
 RACY_NS = 2_000_000_000
 PERSIST_LISTED = 8192
 """Manifests listed again (in folders that changed without a manifest changing) above which the commit index is
@@ -102,6 +102,14 @@ class CommitInfo:
         """Of the failed rows, those marked ``permanent`` (the input's content is at fault): ``ffp retry`` leaves
         them. Counted by the worker into ``extra``; 0 for a manifest committed before the column existed."""
         return int(self.extra.get("permanent_failed", 0) or 0)
+
+    def tally(self, name: str) -> int:
+        """One of ``INDEX_TALLIES``: the permanent failures, or the ok rows per verdict (-1: not counted, as for a
+        stage that is no judge or a manifest committed before verdicts were counted)."""
+        if name == "permanent_failed":
+            return self.permanent_failed
+        verdicts = self.verdicts
+        return -1 if verdicts is None else verdicts.get(name, 0)
 
     @property
     def verdicts(self) -> dict[str, int] | None:
@@ -279,6 +287,9 @@ def read_commits(storage: Storage, stages: Iterable[str]) -> dict[tuple[str, int
 
 INDEX_COUNTS = tuple(str(status) for status in Status)
 """The statuses the commit index keeps a count column of (``n_ok``, ``n_filtered``, ...)."""
+INDEX_TALLIES = ("permanent_failed", "accept", "reject")
+"""What else each commit counted that the status sums over a stage (``n_permanent_failed``, ``n_accept``,
+``n_reject``: :meth:`CommitInfo.tally`); -1 where the commit did not count it (committed before it was counted)."""
 
 
 class CommitIndex:
@@ -345,7 +356,7 @@ _INDEX_FIELDS = [
     ("stage", pa.string()), ("shard", pa.int32()), ("rel", pa.string()), ("inode", pa.uint64()), ("size", pa.int64()),
     ("mtime_ns", pa.int64()), ("fingerprint", pa.string()), ("inputs_digest", pa.string()), ("ok_digest", pa.string()),
     ("rows", pa.int64()), *[(f"n_{status}", pa.int64()) for status in INDEX_COUNTS], ("seconds", pa.float64()),
-    ("info", pa.binary()),
+    *[(f"n_{name}", pa.int64()) for name in INDEX_TALLIES], ("info", pa.binary()),
 ]
 INDEX_SCHEMA = pa.schema(_INDEX_FIELDS)
 
@@ -361,9 +372,19 @@ def _index_rows(entries: Sequence[tuple[str, str, tuple[int, int, int], bytes]])
         "ok_digest": [info["ok_digest"] for info in infos], "rows": [info["rows"] for info in infos],
         **{f"n_{status}": [info["counts"].get(status, 0) for info in infos] for status in INDEX_COUNTS},
         "seconds": [float((info.get("extra") or {}).get("seconds", 0.0) or 0.0) for info in infos],
+        **{f"n_{name}": [_tally(info, name) for info in infos] for name in INDEX_TALLIES},
         "info": [raw for _, _, _, raw in entries],
     }
     return pa.table(columns, schema=INDEX_SCHEMA)
+
+
+def _tally(info: Mapping[str, Any], name: str) -> int:
+    """:meth:`CommitInfo.tally` of a footer's JSON, without building the ``CommitInfo``."""
+    extra = info.get("extra") or {}
+    if name == "permanent_failed":
+        return int(extra.get("permanent_failed", 0) or 0)
+    verdicts = extra.get("verdicts")
+    return int(verdicts.get(name, 0)) if isinstance(verdicts, dict) else -1
 
 
 def read_commit_index(storage: Storage, stages: Iterable[str]) -> CommitIndex:
@@ -498,7 +519,7 @@ def list_manifests(storage: Storage, stage: str) -> list[tuple[str, tuple[int, i
 
 
 PLAN_COLUMNS = ["stage", "shard", "fingerprint", "inputs_digest", "ok_digest", "rows",
-                *[f"n_{status}" for status in INDEX_COUNTS], "seconds"]
+                *[f"n_{status}" for status in INDEX_COUNTS], "seconds", *[f"n_{name}" for name in INDEX_TALLIES]]
 """The commit index's columns a steady start reads (planning and status); the others are read when needed."""
 
 

@@ -27,7 +27,16 @@ import pyarrow.parquet as pq
 
 from manifests.labels import Label, current_labels, labels_digest, labels_per_shard
 from manifests.layout import digest_memo_path, manifest_path, source_digests_path, sources_path
-from manifests.manifest import INDEX_COUNTS, RACY_NS, CommitIndex, CommitInfo, Status, read_commit, read_commit_index
+from manifests.manifest import (
+    INDEX_COUNTS,
+    INDEX_TALLIES,
+    RACY_NS,
+    CommitIndex,
+    CommitInfo,
+    Status,
+    read_commit,
+    read_commit_index,
+)
 from manifests.parquet import arrow_owned, read_parquet
 from manifests.storage import Storage, StorageFull
 from pipeline.config import PipelineConfig
@@ -386,6 +395,7 @@ class _StageVector:
     counts: dict[str, np.ndarray]  # per status, the commit's count (0: no commit)
     rows: np.ndarray
     seconds: np.ndarray
+    tallies: dict[str, np.ndarray]  # per ``INDEX_TALLIES`` name, the commit's (-1: not counted)
 
 
 @dataclass
@@ -615,7 +625,7 @@ class RunPlan:
         return _StageVector(
             code=code, codes=code.tolist(), changed_upstream=has & fp_ok & ~same & ~waiting, expected=expected, fingerprint=fingerprint,
             counts={status: numbers(f"n_{status}") for status in INDEX_COUNTS}, rows=numbers("rows"),
-            seconds=numbers("seconds"),
+            seconds=numbers("seconds"), tallies={name: numbers(f"n_{name}") for name in INDEX_TALLIES},
         )
 
     def _ok_digests(self, stage: str, n: int) -> pa.Array:
@@ -641,6 +651,36 @@ class RunPlan:
         found = [shard for shard in np.flatnonzero(vector.stages[stage].code == _DONE).tolist() if shard not in changed]
         found += [shard for shard in changed if shard < self.num_shards(stage) and self.state(stage, shard).state == State.DONE]
         return sorted(found)
+
+    def done_shards_with(self, stage: str, status: str) -> list[int]:
+        """The done shards of ``stage`` with samples of ``status`` (vectorised as :meth:`done_shards`)."""
+        vector = self._current_vector()
+        if vector is None:
+            return [shard for shard in self.done_shards(stage) if self.commits[(stage, shard)].counts.get(status, 0)]
+        v = vector.stages[stage]
+        changed = self.commits.changes  # type: ignore[attr-defined]
+        found = [shard for shard in np.flatnonzero((v.code == _DONE) & (v.counts[status] > 0)).tolist()
+                 if shard not in changed]
+        found += [shard for shard in changed if shard < len(v.code) and self.state(stage, shard).state == State.DONE
+                  and self.commits[(stage, shard)].counts.get(status, 0)]
+        return sorted(found)
+
+    def stage_tally(self, stage: str, name: str) -> int | None:
+        """The sum over the stage's done shards of what each commit counted (``INDEX_TALLIES``: permanent failures,
+        ok rows per verdict), vectorised but for the shards whose commits changed since the index was read; None when
+        a done shard's commit did not count it."""
+        vector = self._current_vector()
+        if vector is None:
+            found = [self.commits[(stage, shard)].tally(name) for shard in self.done_shards(stage)]
+        else:
+            v = vector.stages[stage]
+            changed = [shard for shard in self.commits.changes if 0 <= shard < len(v.code)]  # type: ignore[attr-defined]
+            done = v.code == _DONE
+            done[changed] = False
+            found = [int(v.tallies[name][done].sum())] if (v.tallies[name][done] >= 0).all() else [-1]
+            found += [self.commits[(stage, shard)].tally(name) for shard in changed
+                      if self.state(stage, shard).state == State.DONE]
+        return None if any(n < 0 for n in found) else sum(found)
 
     def stage_summary(self, stage: str) -> dict[str, Any]:
         """Per stage: shards (total, done, stale) and, over the done shards, the count of each status, the rows and

@@ -20,6 +20,7 @@ import pytest
 from manifests import manifest as mf
 from manifests.layout import COMMIT_CACHE, digest_memo_path, manifests_dir
 from manifests.manifest import (
+    INDEX_TALLIES,
     CommitInfo,
     commit_shard,
     manifest_path,
@@ -236,6 +237,11 @@ def test_a_commit_the_driver_adds_takes_its_shard_off_the_vectorised_path(run):
     assert plan.stale_stages() == slow.stale_stages() == []
     assert all(plan.done_shards(stage) == slow.done_shards(stage) for stage in STAGES)
     assert plan.done_shards("ground") == [0, 1, 3] and plan.done_shards("track") == [0, 3]
+    for stage in STAGES:  # what the status sums (verdicts, permanent failures), and the shards with failures
+        assert all(plan.stage_tally(stage, name) == slow.stage_tally(stage, name) for name in INDEX_TALLIES)
+        assert plan.done_shards_with(stage, "failed") == slow.done_shards_with(stage, "failed")
+    judged = plan.stage_tally("judge", "accept"), plan.stage_tally("judge", "reject")
+    assert None not in judged and sum(judged) == plan.stage_summary("judge")["counts"]["ok"] > 0
     assert isinstance(plan.commits, Commits) and len(plan.commits) == 4 * 7 - 1
 
 
