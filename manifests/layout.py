@@ -45,6 +45,11 @@ LEASE = f"{LOGS_DIR}/lease.json"
 """The lease of the driver that runs the run now (``manifests.lease``): one writer per run folder."""
 LEASE_LOCK = f"{LOGS_DIR}/lease.lock"
 """Local run folders: the lock file that serialises renewals and takeovers of the lease."""
+ENDED_CLEAN = f"{LOGS_DIR}/ended-clean"
+"""Written last by a driver whose run ended with every shard resolved (none gave up, nothing halted); the next
+driver removes it before it writes anything. While it is there, no process was killed mid-write in the stage and
+manifest folders since (a killed actor's shard was retried, and a retry removes its temporaries first), so a start
+need not walk those folders for temporaries (``pipeline.run._clean_leftovers``)."""
 
 
 def shard_name(shard: int) -> str:
