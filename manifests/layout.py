@@ -9,7 +9,7 @@ Everything else asks this module where a thing lives; nothing else writes ``"man
     <output>/shard-N.tar                  a stage's tar of that shard (``<output>`` below)
     stages/<stage>/_partial/shard-N/      per-item results of a shard in progress (checkpoints)
     labels/labels-*.parquet               review labels (append-only)
-    logs/                                 run logs, the previous run.yaml, finalize markers
+    logs/                                 run logs, the previous run.yaml, finalize markers, ended-clean
     logs/lease.json                       the lease of the driver running the run now (one writer per run)
     logs/actors/<stage>/<host>-<pid>.log  what each stage actor printed (stdout, stderr, library logging)
     index/                                derived caches (commit info, rows, source digests): delete freely
