@@ -241,9 +241,10 @@ class _RunProgress:
         pass
 
     def listen(self, event: str, data: Any) -> None:
-        if event == "resolved":
-            self.done[data[0]] += 1
-            self.advance(data[0])
+        if event in ("resolved", "resolved_many"):  # a shard, or (stage, n) found done at the start
+            count = data[1] if event == "resolved_many" else 1
+            self.done[data[0]] += count
+            self.advance(data[0], count)
         elif event == "committed":
             self.committed(data)
         elif event == "shard_error":
@@ -258,7 +259,7 @@ class _RunProgress:
         elif event == "lease_taken_over":
             self.notice(f"[yellow]took over the run's lease from a driver gone quiet ({escape(data.describe())})[/yellow]")
 
-    def advance(self, stage: str) -> None:
+    def advance(self, stage: str, count: int) -> None:
         pass
 
     def committed(self, summary: Any) -> None:
@@ -281,8 +282,8 @@ class _RunBars(_RunProgress):
     def __exit__(self, *exc: object) -> None:
         self.bars.__exit__(None, None, None)
 
-    def advance(self, stage: str) -> None:
-        self.bars.advance(self.tasks[stage])
+    def advance(self, stage: str, count: int) -> None:
+        self.bars.advance(self.tasks[stage], count)
 
     def notice(self, text: str) -> None:
         self.bars.console.print(text)

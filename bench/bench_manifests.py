@@ -15,7 +15,7 @@ and the inputs digests the plan expects (computed with ``RunPlan`` itself, so th
 Tars are tiny: at most two ok samples of one 64-byte member each (``verify`` then checks them like any other; the
 tar bytes are not what is measured here).
 
-The default generator (``_fast_shards``, version 4) writes those files in bulk: each manifest's rows built as
+The default generator (``_fast_shards``, version 5) writes those files in bulk: each manifest's rows built as
 Arrow columns (values drawn from pools with numpy), sorted by sample_id, with the schema ``manifest_schema``
 gives, widened to the run's (``with_run_schema``, as ``commit_shard`` does), the ``ffp`` footer of a ``CommitInfo``
 computed from those rows and the tar, written with the same ``pq.write_table`` options as ``commit_shard``; the
@@ -64,7 +64,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from manifests.layout import manifest_path  # noqa: E402
+from manifests.layout import ENDED_CLEAN, manifest_path  # noqa: E402
 from manifests.manifest import (  # noqa: E402
     META_KEY,
     CommitInfo,
@@ -82,8 +82,9 @@ from pipeline.plan import RunPlan, write_sources  # noqa: E402
 
 PRESET = ROOT / "pipeline" / "presets" / "local-tiny.yaml"
 FFP = [sys.executable, "-m", "pipeline"]
-GENERATOR_VERSION = "4"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer,
-# 3: the permanent column and the judge's verdict counts, 4: the run's schema in every manifest)
+GENERATOR_VERSION = "5"  # bump when the synthetic layout changes, so cached runs are rebuilt (2: the bulk writer,
+# 3: the permanent column and the judge's verdict counts, 4: the run's schema in every manifest, 5: the clean-end
+# marker a finished run leaves)
 MAX_CLIPS = 2
 GOAL_CPU_S = 2.0  # issue 21: status, plan, resume planning and query at 3M samples x 7 stages
 
@@ -396,6 +397,7 @@ def generate(run_dir: Path, samples: int, shard_size: int, workers: int, fast: b
     else:
         with ProcessPoolExecutor(workers) as pool:
             done = sum(pool.map(work, [str(run_dir)] * len(chunks), chunks))
+    storage.write_bytes(ENDED_CLEAN, b"")  # what the driver of a run that resolved every shard leaves last
     print(f"  generated {run_dir}: {num_shards} shards x 7 stages = {done} commits in {time.perf_counter() - started:.0f} s",
           flush=True)
     return time.perf_counter() - started
@@ -404,7 +406,7 @@ def generate(run_dir: Path, samples: int, shard_size: int, workers: int, fast: b
 # Measuring -------------------------------------------------------------------------------------------------
 RESUME = """
 import sys, time
-from pipeline.run import _clean_leftovers, load_run_config, open_run
+from pipeline.run import _clean_leftovers, load_run_config, note_clean_end, open_run
 from pipeline.runner import Driver
 from pipeline.plan import State
 def refuse():
@@ -415,6 +417,7 @@ assert not plan.stale_stages()
 _clean_leftovers(storage, plan)
 report = Driver(storage, graph, plan, connect=refuse).run()
 assert not report.blocked and not report.errors, report
+note_clean_end(storage, report)  # as the driver does last: the next start skips the walk of the stage folders
 print(f'{sum(plan.num_shards(s) for s in graph.order)} shards resolved in {time.perf_counter() - t:.3f} s')
 """
 FAILED_SQL = "select count(*) from manifests where status = 'failed'"

@@ -9,7 +9,7 @@ Everything else asks this module where a thing lives; nothing else writes ``"man
     <output>/shard-N.tar                  a stage's tar of that shard (``<output>`` below)
     stages/<stage>/_partial/shard-N/      per-item results of a shard in progress (checkpoints)
     labels/labels-*.parquet               review labels (append-only)
-    logs/                                 run logs, the previous run.yaml, finalize markers
+    logs/                                 run logs, the previous run.yaml, finalize markers, ended-clean
     logs/lease.json                       the lease of the driver running the run now (one writer per run)
     logs/actors/<stage>/<host>-<pid>.log  what each stage actor printed (stdout, stderr, library logging)
     index/                                derived caches (commit info, rows, source digests): delete freely
@@ -45,6 +45,11 @@ LEASE = f"{LOGS_DIR}/lease.json"
 """The lease of the driver that runs the run now (``manifests.lease``): one writer per run folder."""
 LEASE_LOCK = f"{LOGS_DIR}/lease.lock"
 """Local run folders: the lock file that serialises renewals and takeovers of the lease."""
+ENDED_CLEAN = f"{LOGS_DIR}/ended-clean"
+"""Written last by a driver whose run ended with every shard resolved (none gave up, nothing halted); the next
+driver removes it before it writes anything. While it is there, no process was killed mid-write in the stage and
+manifest folders since (a killed actor's shard was retried, and a retry removes its temporaries first), so a start
+need not walk those folders for temporaries (``pipeline.run._clean_leftovers``)."""
 
 
 def shard_name(shard: int) -> str:

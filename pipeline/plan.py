@@ -640,16 +640,24 @@ class RunPlan:
         return {shard: labels_digest(labels, stage, shard) for (st, shard), labels in self._labels_grouped[1].items()
                 if st == stage}
 
-    def done_shards(self, stage: str) -> list[int]:
-        """The shards of ``stage`` whose state is DONE (current, nothing to retry): from the vectorised states but
-        for the shards whose commits changed since the index was read (what a driver's readiness pass can resolve
-        in bulk rather than shard by shard)."""
+    def done_shards(self, stage: str, *, retry: frozenset[str] = frozenset()) -> list[int]:
+        """The shards of ``stage`` whose state is DONE under ``retry`` (as :meth:`state` says): from the vectorised
+        states but for the shards whose commits changed since the index was read, and those with samples of a
+        ``retry`` status (their permanent failures are told apart one by one); what a driver's readiness pass can
+        resolve in bulk rather than shard by shard."""
         vector = self._current_vector()
         if vector is None:
-            return [shard for shard in self.shards(stage) if self.state(stage, shard).state == State.DONE]
+            return [shard for shard in self.shards(stage) if self.state(stage, shard, retry=retry).state == State.DONE]
+        v = vector.stages[stage]
         changed = self.commits.changes  # type: ignore[attr-defined]
-        found = [shard for shard in np.flatnonzero(vector.stages[stage].code == _DONE).tolist() if shard not in changed]
-        found += [shard for shard in changed if shard < self.num_shards(stage) and self.state(stage, shard).state == State.DONE]
+        done = v.code == _DONE
+        to_check = np.zeros(len(done), bool)
+        for status in retry:
+            if status in v.counts:
+                to_check |= v.counts[status] > 0
+        found = [shard for shard in np.flatnonzero(done & ~to_check).tolist() if shard not in changed]
+        again = {*np.flatnonzero(done & to_check).tolist(), *(s for s in changed if s < self.num_shards(stage))}
+        found += [shard for shard in again if self.state(stage, shard, retry=retry).state == State.DONE]
         return sorted(found)
 
     def done_shards_with(self, stage: str, status: str) -> list[int]:

@@ -175,6 +175,7 @@ class Scheduler:
         self.listener = listener or (lambda event, data: None)
         self.max_shard_attempts = max_shard_attempts or graph.config.max_attempts + 1
         self.pending: dict[str, deque[int]] = {name: deque() for name in graph.order}
+        self.queued: set[tuple[str, int]] = set()  # what ``pending`` holds, to look up (33K shards at 3M samples)
         self.resolved: set[tuple[str, int]] = set()
         self.inflight: dict[Any, _Try] = {}  # the executor's ticket -> the try it stands for
         self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
@@ -204,7 +205,7 @@ class Scheduler:
     # Readiness ------------------------------------------------------------------------------------------
     def _consider(self, stage: str, shard: int) -> None:
         """Queue a shard that can run now, or mark it resolved if it is already current."""
-        if (stage, shard) in self.resolved or shard in self.pending[stage]:
+        if (stage, shard) in self.resolved or (stage, shard) in self.queued:
             return
         state = self.plan.state(stage, shard, retry=self._retry_for(stage)).state
         if state == State.DONE:
@@ -212,6 +213,23 @@ class Scheduler:
         elif (state in (State.TODO, State.RETRY, State.STALE) and stage in self.wanted
               and self.plan.expected_inputs_digest(stage, shard) is not None):
             self.pending[stage].append(shard)
+            self.queued.add((stage, shard))
+
+    def _resolve_done(self) -> None:
+        """Resolve at once every shard that is already done (current, nothing in it to retry) and whose upstream
+        shards are: from the plan's vectorised states, stage by stage. A resume of a 3M-sample run has 230K such
+        shards; one by one through ``_consider`` they took 2.3 s of CPU."""
+        for stage in self.graph.order:
+            node = self.graph.nodes[stage]
+            if node.run_wide:  # resolved through its barrier, shard by shard
+                continue
+            done = self.plan.done_shards(stage, retry=self._retry_for(stage))
+            if node.deps:
+                done = [shard for shard in done if all((dep, shard) in self.resolved for dep in node.deps)]
+            self.resolved.update((stage, shard) for shard in done)
+            self.resolved_count[stage] += len(done)
+            if done:
+                self.listener("resolved_many", (stage, len(done)))
 
     def _retry_for(self, stage: str) -> frozenset[str]:
         return self.retry if stage in self.retry_stages else frozenset()
@@ -395,9 +413,17 @@ class Scheduler:
 
     def _run(self) -> RunReport:
         started = time.time()
-        for stage in self.graph.sources:
+        self._resolve_done()
+        for stage in self.graph.order:  # what the shards resolved in bulk make ready
+            node = self.graph.nodes[stage]
+            if node.run_wide:
+                if all(self.resolved_count[dep] == self.total_shards[dep] for dep in node.deps):
+                    for shard in self.plan.shards(stage):
+                        self._consider(stage, shard)
+                continue
             for shard in self.plan.shards(stage):
-                self._consider(stage, shard)
+                if (stage, shard) not in self.resolved and all((dep, shard) in self.resolved for dep in node.deps):
+                    self._consider(stage, shard)
         while True:
             self._dispatch()
             self._retire_finished_pools()
@@ -430,6 +456,7 @@ class Scheduler:
                 if actor is None:
                     break
                 self.pending[stage].remove(shard)
+                self.queued.discard((stage, shard))
                 task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage), lease=self.lease_token)
                 self.tries[(stage, shard)] += 1
                 ticket = self.executor.submit(actor, task)
@@ -541,6 +568,7 @@ class Scheduler:
         self.listener("shard_error", (stage, shard, error))
         if self.tries[(stage, shard)] < self.max_shard_attempts:
             self.pending[stage].appendleft(shard)
+            self.queued.add((stage, shard))
         else:
             self.report.errors[(stage, shard)] = error
             self.given_up[stage] += 1

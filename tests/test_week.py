@@ -92,6 +92,7 @@ def test_a_data_engineers_week(tmp_path: Path, demo_vos: Path) -> None:
     assert "samples: 2 failed (ingest 2); list them: ffp query" in " ".join(err.split())
     recorded = yaml.safe_load((run / "run.yaml").read_text())
     assert recorded["run_dir"] == str(run)  # absolute, though the config gave it relative
+    assert (run / "logs" / "ended-clean").exists()  # every shard resolved: the next start skips the long walk
 
     # watching it: the table is whole (no column cut to `sta…`), and the JSON says the state and the failed ids
     out, _ = week.ffp("status", run, code=EXIT_OK)
