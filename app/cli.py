@@ -74,7 +74,7 @@ EXIT_OK, EXIT_NOT_FINISHED, EXIT_USAGE, EXIT_SAMPLES_FAILED = 0, 1, 2, 3
 up, a stage could not be placed, the disk is full, the lease was lost); a usage or config error, nothing run; the
 run finished, but some samples failed or were quarantined (listed by the line printed before it exits)."""
 
-ConfigArg = Annotated[Optional[str], typer.Argument(metavar="[CONFIG|RUN]", help="config YAML, or a run folder to "
+ConfigArg = Annotated[Optional[str], typer.Argument(metavar="CONFIG|RUN", help="config YAML, or a run folder to "
                                                    "resume (with --set: to change)")]
 PresetOpt = Annotated[Optional[str], typer.Option("--preset", "-p", metavar="NAME", help="a config shipped with ffp "
                                                     "(ffp config presets)")]
