@@ -49,7 +49,7 @@ from pipeline.config import (
 )
 from pipeline.gpus import DEFAULT_MFU
 from pipeline.graph import GraphError, build_graph
-from pipeline.plan import RunPlan, State
+from pipeline.plan import RunPlan
 from pipeline.run import RUN_YAML, StaleError, execute, last_run_retries, load_run_config, open_run, run_yaml_origin
 
 if TYPE_CHECKING:  # ray (through pipeline.runner) is imported only by the commands that run work
@@ -457,9 +457,8 @@ def plan(
     storage, graph, run_plan = open_run(cfg)
     rows = []
     for node in graph.nodes.values():
-        states = [run_plan.state(node.name, shard).state for shard in run_plan.shards(node.name)]
-        counts = {state.value: states.count(state) for state in State}
-        rows.append({**graph.describe()[graph.order.index(node.name)], "shards": len(states), **counts})
+        counts = {state.value: n for state, n in run_plan.state_counts(node.name).items()}
+        rows.append({**graph.describe()[graph.order.index(node.name)], "shards": sum(counts.values()), **counts})
     if as_json:
         console.print_json(json.dumps(rows))
         return

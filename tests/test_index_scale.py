@@ -12,6 +12,7 @@ import dataclasses
 import json
 import os
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -236,6 +237,9 @@ def test_a_commit_the_driver_adds_takes_its_shard_off_the_vectorised_path(run):
         assert fast.pop("seconds") == pytest.approx(python.pop("seconds")) and fast == python
     assert plan.stale_stages() == slow.stale_stages() == []
     assert all(plan.done_shards(stage) == slow.done_shards(stage) for stage in STAGES)
+    for stage in STAGES:  # what `ffp plan` counts, vectorised and shard by shard
+        assert plan.state_counts(stage) == Counter({**dict.fromkeys(State, 0), **Counter(
+            slow.state(stage, shard).state for shard in slow.shards(stage))})
     assert plan.done_shards("ground") == [0, 1, 3] and plan.done_shards("track") == [0, 3]
     for stage in STAGES:  # what the status sums (verdicts, permanent failures), and the shards with failures
         assert all(plan.stage_tally(stage, name) == slow.stage_tally(stage, name) for name in INDEX_TALLIES)
