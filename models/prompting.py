@@ -268,6 +268,10 @@ class VLMStage(Stage):
             "schema_sha256": schema_sha256(cls.answer_model_for(params)),
         }
 
+    @classmethod
+    def shards_at_once(cls, params: PromptParams) -> int:  # type: ignore[override]
+        return params.shards_in_flight if params.backend == "vllm" else 1  # transformers' generate is one batch
+
     def setup(self) -> None:
         self.backend = load_backend(
             self.params, tensor_parallel=self.context.tensor_parallel, limit_mm_per_prompt=self.media_limits(self.params)

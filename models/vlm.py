@@ -13,8 +13,12 @@ such as pydantic's whitespace stripping before a length check).
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
+import threading
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -105,6 +109,11 @@ class VLMParams(ModelParams):
     )
     enforce_eager: bool = Field(
         False, description="vllm: no CUDA graphs / compilation (faster start)", json_schema_extra=RUNTIME_ONLY
+    )
+    shards_in_flight: int = Field(
+        4, ge=1, le=16, json_schema_extra=RUNTIME_ONLY,
+        description="vllm: shards one actor works on at once; their requests share the engine, so it keeps decoding "
+        "the next shards while one finishes (about 2 x max_num_seqs requests in flight keep it full)",
     )
 
 
@@ -302,7 +311,12 @@ class TransformersBackend:
 
 
 class VllmBackend:
-    """``vllm.LLM`` in this process; every request of a ``generate`` call goes into one ``llm.generate`` call.
+    """A vLLM ``AsyncLLM`` engine in this process, driven by an asyncio loop in a background thread.
+
+    ``generate`` may be called from several threads at once (a stage actor that runs ``shards_in_flight`` shards
+    at the same time): every request goes into the one engine as soon as it is made, so the engine's continuous
+    batching keeps decoding the next shard's requests while the last ones of a shard finish, instead of draining
+    at every shard boundary (the batch barrier of one ``LLM.generate`` call per shard).
 
     With ``tensor_parallel > 1`` the engine uses Ray workers (``distributed_executor_backend="ray"``): the
     pipeline runner schedules the actor into a placement group holding that many GPUs, and vLLM places its
@@ -315,7 +329,8 @@ class VllmBackend:
 
     def __init__(self, params: VLMParams, *, tensor_parallel: int = 1, limit_mm_per_prompt: dict[str, int]) -> None:
         from transformers import AutoProcessor, GenerationConfig
-        from vllm import LLM
+        from vllm.config import StructuredOutputsConfig
+        from vllm.engine.arg_utils import AsyncEngineArgs
 
         weights, revision = params.weights(), params.pretrained_kwargs().get("revision")
         self.params = params
@@ -324,9 +339,9 @@ class VllmBackend:
             "model": weights, "dtype": str(params.torch_dtype()).removeprefix("torch."), "seed": params.seed,
             "trust_remote_code": params.trust_remote_code, "enforce_eager": params.enforce_eager,
             "gpu_memory_utilization": params.gpu_memory_utilization, "limit_mm_per_prompt": limit_mm_per_prompt,
-            "tensor_parallel_size": tensor_parallel,
+            "tensor_parallel_size": tensor_parallel, "disable_log_stats": True,
             # compact JSON: a model cannot pad the output with whitespace until max_new_tokens
-            "structured_outputs_config": {"backend": "xgrammar", "disable_any_whitespace": True},
+            "structured_outputs_config": StructuredOutputsConfig(backend="xgrammar", disable_any_whitespace=True),
         }
         if limit_mm_per_prompt.get("video"):
             kwargs["mm_processor_kwargs"] = dict(VIDEO_PROCESSOR_KWARGS)
@@ -338,16 +353,36 @@ class VllmBackend:
             kwargs["max_num_seqs"] = params.max_num_seqs
         if tensor_parallel > 1:
             kwargs["distributed_executor_backend"] = "ray"
-        self.llm = LLM(**kwargs)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="vllm-engine", daemon=True)
+        self._thread.start()
+        self.engine = self._wait(self._start(AsyncEngineArgs(**kwargs)))
+        atexit.register(self.close)  # before the interpreter tears the loop down under the engine's output handler
         try:  # vLLM stops at the checkpoint's generation_config eos ids too
             eos = _as_list(GenerationConfig.from_pretrained(weights, revision=revision).eos_token_id)
         except OSError:
             eos = []
         self.stops = _Stops(frozenset(eos + _as_list(self.processor.tokenizer.eos_token_id)))
 
+    @staticmethod
+    async def _start(args: Any) -> Any:
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        return AsyncLLM.from_engine_args(args)  # in the loop: its output handler runs there
+
+    def close(self) -> None:
+        """Stop the engine (its core process) and the loop thread; idempotent."""
+        if self._loop.is_running():
+            self.engine.shutdown()
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+
+    def _wait(self, coroutine: Any) -> Any:
+        return asyncio.run_coroutine_threadsafe(coroutine, self._loop).result()
+
     def _sampling(self, request: VLMRequest) -> Any:
         from vllm import SamplingParams
-        from vllm.sampling_params import StructuredOutputsParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
 
         structured = None
         if request.json_schema is not None and self.params.structured_output:
@@ -356,29 +391,37 @@ class VllmBackend:
         return SamplingParams(
             temperature=self.params.temperature, max_tokens=request.max_new_tokens or self.params.max_new_tokens,
             seed=None if greedy else self.params.seed, structured_outputs=structured,
+            output_kind=RequestOutputKind.FINAL_ONLY,
         )
 
+    def _prompt(self, request: VLMRequest) -> dict[str, Any]:
+        data: dict[str, Any] = {}
+        if request.images:
+            data["image"] = list(request.images) if len(request.images) > 1 else request.images[0]
+        if request.videos:
+            videos = [(v.frames, v.metadata()) for v in request.videos]
+            data["video"] = videos if len(videos) > 1 else videos[0]
+        prompt: dict[str, Any] = {"prompt": render_prompt(self.processor, request)}
+        if data:
+            prompt["multi_modal_data"] = data
+        return prompt
+
+    async def _one(self, prompt: dict[str, Any], sampling: Any) -> Generation:
+        final = None
+        async for output in self.engine.generate(prompt, sampling, request_id=uuid.uuid4().hex):
+            final = output
+        assert final is not None
+        completion = final.outputs[0]
+        return Generation(completion.text, self.stops.strip(completion.token_ids), completion.finish_reason)
+
+    async def _all(self, prompts: list[dict[str, Any]], samplings: list[Any]) -> list[Generation]:
+        return list(await asyncio.gather(*(self._one(p, s) for p, s in zip(prompts, samplings, strict=True))))
+
     def generate(self, requests: Sequence[VLMRequest]) -> list[Generation]:
-        prompts = []
-        for request in requests:
-            data: dict[str, Any] = {}
-            if request.images:
-                data["image"] = list(request.images) if len(request.images) > 1 else request.images[0]
-            if request.videos:
-                videos = [(v.frames, v.metadata()) for v in request.videos]
-                data["video"] = videos if len(videos) > 1 else videos[0]
-            prompt: dict[str, Any] = {"prompt": render_prompt(self.processor, request)}
-            if data:
-                prompt["multi_modal_data"] = data
-            prompts.append(prompt)
-        if not prompts:
+        if not requests:
             return []
-        outputs = self.llm.generate(prompts, [self._sampling(r) for r in requests], use_tqdm=False)
-        results = []
-        for output in outputs:
-            completion = output.outputs[0]
-            results.append(Generation(completion.text, self.stops.strip(completion.token_ids), completion.finish_reason))
-        return results
+        prompts = [self._prompt(request) for request in requests]
+        return self._wait(self._all(prompts, [self._sampling(r) for r in requests]))
 
 
 def load_backend(params: VLMParams, *, tensor_parallel: int = 1, limit_mm_per_prompt: dict[str, int]) -> VLMBackend:

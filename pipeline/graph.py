@@ -52,6 +52,11 @@ class StageNode:
     def run_wide(self) -> bool:
         return self.cls.run_wide
 
+    @property
+    def shards_at_once(self) -> int:
+        """Shards one worker of this stage runs at the same time (``Stage.shards_at_once``)."""
+        return self.cls.shards_at_once(self.params)
+
     def label_stage(self, graph: StageGraph) -> str | None:
         """The stage whose review labels this one honours: the nearest ``labelled`` stage before it."""
         if not self.cls.uses_labels:

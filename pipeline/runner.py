@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import re
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -117,6 +118,7 @@ class StageActor:
         from pipeline.worker import WORKER
 
         storage = Storage(run_url)
+        self.log_lock = threading.Lock()
         self.log = ActorLog(storage, stage_name, WORKER) if quiet else None
         try:
             graph = build_graph(PipelineConfig.model_validate(config))
@@ -135,7 +137,8 @@ class StageActor:
 
     def sync_log(self) -> None:
         if self.log is not None:
-            self.log.sync()
+            with self.log_lock:  # shards of a stage that runs several at once end in their own threads
+                self.log.sync()
 
     def placement(self) -> list[dict[str, float]] | None:
         """Bundles of the placement group this actor (and the tasks it starts) runs in, if any."""
@@ -172,7 +175,7 @@ class RayExecutor:
     def __init__(
         self, storage: Storage, graph: StageGraph, connect: Callable[[], None] = lambda: None, *, verbose: bool = False
     ) -> None:
-        self.storage, self.run_url, self.connect, self.verbose = storage, storage.url, connect, verbose
+        self.storage, self.graph, self.run_url, self.connect, self.verbose = storage, graph, storage.url, connect, verbose
         self.stage_of: dict[ray.ObjectRef, str] = {}
         self.submitted_at: dict[ray.ObjectRef, float] = {}  # time.monotonic(): kernel log lines before it are older
         self.config_json = graph.config.model_dump(mode="json")
@@ -187,6 +190,8 @@ class RayExecutor:
 
     def start_worker(self, stage: str, resources: Resources) -> Any:
         options, group = actor_placement(resources)
+        if (at_once := self.graph.nodes[stage].shards_at_once) > 1:  # a threaded actor: run_shard calls overlap
+            options["max_concurrency"] = at_once + 1  # and a thread for sync_log, pid and placement
         if not self.verbose:
             options["runtime_env"] = {"env_vars": QUIET_ENV}  # merged into the job's own env_vars
         actor = StageActor.options(**options).remote(self.run_url, self.config_json, stage, not self.verbose)

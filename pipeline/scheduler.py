@@ -178,7 +178,8 @@ class Scheduler:
         self.queued: set[tuple[str, int]] = set()  # what ``pending`` holds, to look up (33K shards at 3M samples)
         self.resolved: set[tuple[str, int]] = set()
         self.inflight: dict[Any, _Try] = {}  # the executor's ticket -> the try it stands for
-        self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}
+        self.idle: dict[str, list[Any]] = {name: [] for name in graph.order}  # live workers running no try
+        self.running: Counter[int] = Counter()  # id(live worker) -> its tries in flight (see Stage.shards_at_once)
         self.actors: dict[str, list[Any]] = {name: [] for name in graph.order}
         self.tries: Counter[tuple[str, int]] = Counter()
         self.finished_at_death: dict[tuple[str, int], int] = {}
@@ -199,6 +200,7 @@ class Scheduler:
         # GPU-seconds held and spent running shards, per stage, for the busy share (live metrics)
         self.started_at: dict[int, tuple[str, float]] = {}  # id(live worker) -> its stage, when it was started
         self.loaded: set[int] = set()  # id(live worker) that has ended a try: its model is loaded
+        self.counted_until: dict[int, float] = {}  # id(live worker) -> busy time counted up to (overlapping tries)
         self.gpu_held_s: defaultdict[str, float] = defaultdict(float)  # of workers no longer alive
         self.gpu_busy_s: defaultdict[str, float] = defaultdict(float)  # of tries that ended
 
@@ -374,6 +376,9 @@ class Scheduler:
         self._drop_actor(actor)
 
     def _take_actor(self, stage: str) -> Any | None:
+        """A worker for the stage's next shard: an idle one, else a new one within the stage's share, else (a stage
+        whose workers run several shards at once) the running one with the fewest tries in flight and a free slot,
+        so its model starts on the next shard before the current one ends."""
         if self.idle[stage]:
             return self.idle[stage].pop()
         wanted = max(1, self.targets.get(stage, 1))
@@ -381,7 +386,9 @@ class Scheduler:
             self._per_actor(stage), self._free()
         ):
             return self._new_actor(stage)
-        return None
+        at_once = self.graph.nodes[stage].shards_at_once
+        open_slots = [a for a in self.actors[stage] if self.running[id(a)] < at_once]
+        return min(open_slots, key=lambda a: self.running[id(a)], default=None)
 
     def _retire_finished_pools(self) -> None:
         for stage in self.graph.order:
@@ -393,6 +400,8 @@ class Scheduler:
     def _drop_actor(self, actor: Any) -> None:
         self.holding.pop(id(actor), None)
         self.loaded.discard(id(actor))
+        self.running.pop(id(actor), None)
+        self.counted_until.pop(id(actor), None)
         started = self.started_at.pop(id(actor), None)
         if started is not None:
             stage, since = started
@@ -460,6 +469,7 @@ class Scheduler:
                 task = ShardTask.from_plan(self.plan, stage, shard, retry=self._retry_for(stage), lease=self.lease_token)
                 self.tries[(stage, shard)] += 1
                 ticket = self.executor.submit(actor, task)
+                self.running[id(actor)] += 1
                 self.inflight[ticket] = _Try(stage, shard, actor, time.time(), task.try_id)
                 self.listener("started", (stage, shard))
         self._prewarm()
@@ -519,19 +529,25 @@ class Scheduler:
         attempt = self.inflight.pop(event.ticket)
         stage, shard, actor = attempt.stage, attempt.shard, attempt.worker
         self._end_try(attempt, event.summary if isinstance(event, Finished) else None)
+        alive = id(actor) in self.holding  # not when a worker running several shards died with the first of them
+        if alive:
+            self.running[id(actor)] -= 1
         if isinstance(event, Died):
-            self.report.actor_deaths += 1
+            self.report.actor_deaths += alive
             self.metrics.shard_failed(stage, "out_of_memory" if event.oom else "actor_died")
             if event.oom:  # the next try blames the samples this one had in flight (quarantined at OOM_LIMIT)
                 self.report.oom_deaths += 1
                 note_oom_death(self.storage, stage, shard, attempt.try_id, event.error)
-            self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
-            self._drop_actor(actor)
+            if alive:
+                self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
+                self._drop_actor(actor)
             self._forgive_if_progress(stage, shard)
             self._retry_or_give_up(stage, shard, event.error)
             return
-        self.idle[stage].append(actor)
-        self.loaded.add(id(actor))
+        if alive:  # a try that ended after its worker was let go (a sibling's timeout) leaves it gone
+            self.loaded.add(id(actor))
+            if not self.running[id(actor)]:
+                self.idle[stage].append(actor)
         if isinstance(event, Failed):
             if event.lease_lost:  # another driver holds the run now: stop at once, retry nothing, write nothing
                 self.report.halted = event.error
@@ -580,14 +596,24 @@ class Scheduler:
     def _end_try(self, attempt: _Try, summary: ShardSummary | None = None) -> None:
         """Count the GPU-seconds of a try that just ended as busy. A worker's first try may have waited for the
         worker's model to load, which is not running a shard: it counts the seconds the worker measured running
-        it if it committed, else none."""
+        it if it committed, else none. Tries that overlap on one worker count their time once."""
         gpus = self._gpus(attempt.stage)
         if not gpus:
             return
+        now = time.time()
         if id(attempt.worker) in self.loaded:
-            self.gpu_busy_s[attempt.stage] += (time.time() - attempt.started) * gpus
+            self.gpu_busy_s[attempt.stage] += self._uncounted(attempt.worker, attempt.started, now) * gpus
         elif summary is not None:
-            self.gpu_busy_s[attempt.stage] += summary.seconds * gpus
+            self.gpu_busy_s[attempt.stage] += self._uncounted(attempt.worker, now - summary.seconds, now) * gpus
+
+    def _uncounted(self, worker: Any, started: float, now: float) -> float:
+        """Seconds up to ``now`` that ``worker`` was busy and that are not counted yet: from the earliest start of
+        the try that ends and of the worker's tries still in flight (each of those runs until now, so the union of
+        their times is one span), or from where the last count ended."""
+        siblings = [t.started for t in self.inflight.values() if t.worker is worker]
+        since = max(min([started, *siblings]), self.counted_until.get(id(worker), 0.0))
+        self.counted_until[id(worker)] = now
+        return max(0.0, now - since)
 
     def stage_gauges(self) -> list[StageGauges]:
         """Every stage's state now: queue, tries in flight, workers, shards done, GPU-seconds held and busy."""
@@ -596,10 +622,14 @@ class Scheduler:
         for stage, since in self.started_at.values():
             held[stage] += (now - since) * self._gpus(stage)
         in_flight: Counter[str] = Counter()
+        since: dict[int, tuple[str, float]] = {}  # id(loaded worker) -> its stage, its earliest try in flight
         for attempt in self.inflight.values():
             in_flight[attempt.stage] += 1
             if id(attempt.worker) in self.loaded:
-                busy[attempt.stage] += (now - attempt.started) * self._gpus(attempt.stage)
+                earliest = min(attempt.started, since.get(id(attempt.worker), (attempt.stage, now))[1])
+                since[id(attempt.worker)] = (attempt.stage, earliest)
+        for worker, (stage, started) in since.items():
+            busy[stage] += max(0.0, now - max(started, self.counted_until.get(worker, 0.0))) * self._gpus(stage)
         return [
             StageGauges(
                 stage, queued=len(self.pending[stage]), in_flight=in_flight[stage], actors=len(self.actors[stage]),

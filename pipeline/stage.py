@@ -8,6 +8,7 @@ and columns), ``filtered`` (with a reason) or ``failed`` (with an error). An exc
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -206,7 +207,16 @@ class Stage:
 
     def __init__(self, params: Params, context: StageContext) -> None:
         self.params, self.context = params, context
-        self.model_seconds = 0.0
+        self._per_thread = threading.local()  # model_seconds of the batch each thread runs (see shards_at_once)
+
+    @property
+    def model_seconds(self) -> float:
+        """Seconds spent in ``model_call`` by this thread since the worker reset it (once per batch)."""
+        return getattr(self._per_thread, "model_seconds", 0.0)
+
+    @model_seconds.setter
+    def model_seconds(self, value: float) -> None:
+        self._per_thread.model_seconds = value
 
     @contextmanager
     def model_call(self) -> Iterator[None]:
@@ -217,6 +227,15 @@ class Stage:
             yield
         finally:
             self.model_seconds += time.perf_counter() - started
+
+    @classmethod
+    def shards_at_once(cls, params: Params) -> int:
+        """Shards one actor of this stage runs at the same time, each in its own thread of the actor (1 by default).
+        More than 1 only for a stage whose ``process`` may run in several threads at once and whose model serves
+        concurrent callers, such as a vLLM engine, which batches the requests of every shard in flight together: the
+        engine then never drains at a shard boundary. The scheduler gives such an actor a next shard while its
+        current ones run; pool sizes still count actors."""
+        return 1
 
     @classmethod
     def reads_for(cls, params: Params) -> tuple[str, ...]:

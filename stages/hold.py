@@ -20,12 +20,16 @@ from typing import Any
 import pyarrow as pa
 from pydantic import Field
 
-from pipeline.stage import Params, Result, Sample, Stage
+from pipeline.stage import RUNTIME_ONLY, Params, Result, Sample, Stage
 
 
 class HoldParams(Params):
     seconds: float = Field(0.0, ge=0, description="seconds each sample holds the actor (and its GPUs)")
     lock_dir: str | None = Field(None, description="folder of per-GPU lock files; null: GPUs are not shared")
+    shards_at_once: int = Field(
+        1, ge=1, description="shards one actor holds for at once, each in its own thread (a vLLM stage's engine)",
+        json_schema_extra=RUNTIME_ONLY,
+    )
 
 
 class HoldSourceParams(HoldParams):
@@ -83,6 +87,11 @@ class Hold(Stage):
     Params = HoldParams
     columns = COLUMNS
     params: HoldParams
+
+    @classmethod
+    def shards_at_once(cls, params: Params) -> int:
+        assert isinstance(params, HoldParams)
+        return params.shards_at_once
 
     def setup(self) -> None:
         self.gpu_ids = _gpu_ids()

