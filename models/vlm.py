@@ -391,7 +391,9 @@ class VllmBackend:
         return SamplingParams(
             temperature=self.params.temperature, max_tokens=request.max_new_tokens or self.params.max_new_tokens,
             seed=None if greedy else self.params.seed, structured_outputs=structured,
-            output_kind=RequestOutputKind.FINAL_ONLY,
+            # only the final answer is read, and it is decoded once (``_one``): the engine's incremental
+            # detokenizer would redo that at every step, in this process, next to the actor's other work
+            output_kind=RequestOutputKind.FINAL_ONLY, detokenize=False,
         )
 
     def _prompt(self, request: VLMRequest) -> dict[str, Any]:
@@ -406,22 +408,26 @@ class VllmBackend:
             prompt["multi_modal_data"] = data
         return prompt
 
-    async def _one(self, prompt: dict[str, Any], sampling: Any) -> Generation:
+    async def _one(self, prompt: dict[str, Any], sampling: Any) -> Any:
         final = None
         async for output in self.engine.generate(prompt, sampling, request_id=uuid.uuid4().hex):
             final = output
         assert final is not None
-        completion = final.outputs[0]
-        return Generation(completion.text, self.stops.strip(completion.token_ids), completion.finish_reason)
+        return final.outputs[0]
 
-    async def _all(self, prompts: list[dict[str, Any]], samplings: list[Any]) -> list[Generation]:
+    async def _all(self, prompts: list[dict[str, Any]], samplings: list[Any]) -> list[Any]:
         return list(await asyncio.gather(*(self._one(p, s) for p, s in zip(prompts, samplings, strict=True))))
 
     def generate(self, requests: Sequence[VLMRequest]) -> list[Generation]:
         if not requests:
             return []
         prompts = [self._prompt(request) for request in requests]
-        return self._wait(self._all(prompts, [self._sampling(r) for r in requests]))
+        results = []
+        for completion in self._wait(self._all(prompts, [self._sampling(r) for r in requests])):
+            kept = self.stops.strip(completion.token_ids)
+            text = self.processor.tokenizer.decode(list(kept), skip_special_tokens=True)  # as TransformersBackend does
+            results.append(Generation(text, kept, completion.finish_reason))
+        return results
 
 
 def load_backend(params: VLMParams, *, tensor_parallel: int = 1, limit_mm_per_prompt: dict[str, int]) -> VLMBackend:

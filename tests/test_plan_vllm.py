@@ -35,6 +35,8 @@ def test_vllm_matches_transformers_and_plans_parse(tmp_path: Path) -> None:
     # image + video under the plan's JSON schema: xgrammar in both)
     assert len(report["vllm_ids"]) == 3 and all(report["vllm_ids"])
     assert report["vllm_ids"] == report["transformers_ids"]
+    # two threads asking the one engine at once (an actor with shards in flight) get the same answers
+    assert report["concurrent_ids"] == [report["vllm_ids"]] * 2
 
     # structured output: every clip's plan parses (ok rows, nothing failed), and plan.json follows the schema
     results = report["results"]

@@ -5,8 +5,9 @@ spawns processes, so this needs its own interpreter and a ``__main__`` guard).
 
 Starts the plan stage with the vllm backend (its ``setup()`` creates our ``VllmBackend``), then runs our
 ``VllmBackend`` and our ``TransformersBackend`` on the same requests (an image prompt, the stage's own
-image + video prompt, and that prompt constrained by the plan's JSON schema) with greedy decoding and a fixed ``max_new_tokens``, then the plan stage itself on two
-clips (structured output on). Writes token ids, results and timings to OUT.json. Exits 77 if vLLM does not
+image + video prompt, and that prompt constrained by the plan's JSON schema) with greedy decoding and a fixed
+``max_new_tokens``; the same requests again from two threads at once (an actor with several shards in flight);
+then the plan stage itself on two clips (structured output on). Writes token ids, results and timings to OUT.json. Exits 77 if vLLM does not
 import. Clips come from MEDIA_DIR/sam2_gallery when given, else are synthetic.
 """
 
@@ -16,6 +17,7 @@ import json
 import os
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,8 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     started = time.perf_counter()
     vllm_out = stage.backend.generate(requests)
     vllm_parity_s = time.perf_counter() - started
+    with ThreadPoolExecutor(max_workers=2) as pool:  # two shards of an actor asking the one engine at once
+        concurrent = list(pool.map(stage.backend.generate, [requests, requests]))
     transformers_out = TransformersBackend(params.model_copy(update={"backend": "transformers"})).generate(requests)
 
     started = time.perf_counter()
@@ -85,6 +89,7 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     plan_s = time.perf_counter() - started
     report = {
         "vllm_ids": [list(g.token_ids) for g in vllm_out],
+        "concurrent_ids": [[list(g.token_ids) for g in out] for out in concurrent],
         "transformers_ids": [list(g.token_ids) for g in transformers_out],
         "results": [
             {"sample_id": r.sample_id, "status": str(r.status), "reason": r.reason, "columns": r.columns,
