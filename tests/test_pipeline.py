@@ -578,9 +578,9 @@ def test_resuming_by_run_folder_is_a_no_op(e2e):
 
 @pytest.mark.slow
 def test_ffp_demo(tmp_path, ray_session):
-    code, out, err = cli_invoke(["demo", "--dir", str(tmp_path / "demo"), "--sequences", "3"])
+    code, out, err = cli_invoke(["demo", "--dir", str(tmp_path / "demo"), "--sequences", "2"])
     assert code == 0, out + err
-    # 3 sequences and 3 still scenes x 1 style: one shard in each of the 4 + 8 + 9 stages
+    # 2 sequences and 3 still scenes x 1 style: one shard in each of the 4 + 8 + 9 stages
     assert "verify: 21 shards" in out and "clean" in out
     # a quiet terminal: ffp's lines only (the status table is 26 of them); what the actors printed is in their logs
     # (not a terminal here: a line per committed shard instead of bars)

@@ -26,6 +26,8 @@ REQUIRED = {"stage", "model", "params", "weights_gib", "activation_gib", "tflops
 DIFFUSION_REQUIRED = {"tflops_per_forward", "steps"}
 RAW_VARIANTS = ("local-gpu-raw", "ffp300k-style-raw")
 FAST_VARIANTS = ("local-gpu-fast", "style-gpu-fast")
+TINY_PRESETS = ("demo", "local-tiny", "style-tiny", "style-videos-tiny")
+"""Presets of tiny random models: their stages run for real, at these shapes, in the demo and track tests."""
 """Their model stages at real size are their base presets' with a LoRA fused (no change of shape or memory) and fewer
 steps (tests/test_diffusion_levers.py checks that nothing else differs; models/realsize/levers.py counts the FLOPs)."""
 
@@ -52,13 +54,14 @@ def test_every_shipped_preset_runs_its_model_stages_at_real_size(tmp_path: Path)
     """The CI gate: a stage whose code breaks at its preset's real shapes, or does not fit its GPU share, fails
     here. Two processes share the machine's two cores (each preset's stages run in order)."""
     styles = ("--set", f"stages.style_pairs.params.styles={style_folder(tmp_path)}")
-    heavy = ["local-gpu", "local-gpu-480p", "demo", "local-tiny"]
+    heavy = ["local-gpu", "local-gpu-480p"]
     # the raw-video variants' model stages are those of local-gpu and ffp300k-style, same params and per-actor
-    # resources (tests/test_raw_presets.py): checking them again would only double the time
-    presets = [p for p in preset_names() if p not in RAW_VARIANTS + FAST_VARIANTS]
+    # resources (tests/test_raw_presets.py): checking them again would only double the time; the tiny presets'
+    # stages run for real in the demo and track tests
+    presets = [p for p in preset_names() if p not in RAW_VARIANTS + FAST_VARIANTS + TINY_PRESETS]
     styled = [p for p in presets if any(s.type == "style_pairs" for s in load_config(preset=p).stages.values())]
     rest = [p for p in presets if p not in heavy and p not in styled]
-    runs = [checks_of(*heavy), checks_of(*rest), checks_of(*styled, extra=styles)]
+    runs = [checks_of(*heavy), checks_of(*rest)] + ([checks_of(*styled, extra=styles)] if styled else [])
     rows = []
     for run in runs:
         out, err = run.communicate(timeout=900)
