@@ -34,6 +34,7 @@ import tempfile
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +118,7 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     from manifests.storage import Storage
     from pipeline.graph import build_graph
     from pipeline.plan import RunPlan
-    from pipeline.worker import ShardTask, ShardWorker
+    from pipeline.worker import ShardTask, ShardWorker, open_upstream
 
     config = plan_config(run_dir, run_dir.parent / "vos", args)
     storage, graph = Storage(config.run_dir), build_graph(config)
@@ -143,6 +144,19 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
                          "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
         print(f"plan stage, {in_flight} shard(s) in flight: {counted.tokens} tokens, {counted.requests} requests in "
               f"{seconds:.1f} s = {counted.tokens / seconds:.1f} tokens/s", flush=True)
+    if args.ceiling:  # every clip of one more setting's shards in one process() call: no shard boundary, no commit
+        index = len(schedule(args))
+        with ExitStack() as stack:
+            samples = [sample for shard in shards[index * per_setting:(index + 1) * per_setting]
+                       for sample in stack.enter_context(open_upstream(storage, graph, "plan", shard))]
+            counted.requests = counted.tokens = 0
+            started = time.perf_counter()
+            worker.stage.process(samples)
+            seconds = time.perf_counter() - started
+        outcomes.append({"in_flight": 0, "shards": per_setting, "requests": counted.requests,
+                         "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
+        print(f"plan stage, every clip in one call: {counted.tokens} tokens in {seconds:.1f} s = "
+              f"{counted.tokens / seconds:.1f} tokens/s", flush=True)
     prompt_tokens = counted.prompt_tokens()
     counted.backend.close()  # its engine's process, before the peer starts its own
     for outcome in outcomes:
@@ -184,6 +198,8 @@ def main() -> int:
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4])
     parser.add_argument("--repeat", type=int, choices=(1, 2), default=2, help="2: every setting forth and back")
+    parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
+                        help="also every clip of one more setting in one process() call: no shard boundary at all")
     parser.add_argument("--structured-output", action=argparse.BooleanOptionalAction, default=True,
                         help="the plan's JSON-schema grammar (on in production; off shows what it costs)")
     args = parser.parse_args()
@@ -195,23 +211,25 @@ def main() -> int:
           f"{args.clips}, shards of {args.shard_size}, max_num_seqs {args.max_num_seqs}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="ffp-bench-vlm-"))
     try:
-        run_dir, clips = work / "run", args.clips * len(schedule(args)) + args.shard_size  # + a warm-up shard
+        runs = len(schedule(args)) + args.ceiling
+        run_dir, clips = work / "run", args.clips * runs + args.shard_size  # + a warm-up shard
         started = time.perf_counter()
         ingest(run_dir, clips, args)
         print(f"ingest: {clips} clips in {time.perf_counter() - started:.1f} s", flush=True)
         outcomes = run_plan(run_dir, args)
-        requests = round(sum(o["requests"] for o in outcomes) / len(outcomes))
+        requests = round(sum(o["requests"] for o in outcomes if o["in_flight"]) / len(schedule(args)))
         output_len = round(sum(o["tokens"] for o in outcomes) / sum(o["requests"] for o in outcomes))
         prompt_len = round(sum(o["prompt_tokens"] for o in outcomes) / len(outcomes))
         peer = run_peer(str(ensure("qwen2_5_vl")), requests, prompt_len, output_len, args, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
     print(f"\n{'run':<48} {'requests':>8} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'vs peer':>8}")
-    for in_flight in args.in_flight:
+    for in_flight in [*args.in_flight, *([0] if args.ceiling else [])]:
         runs = [o for o in outcomes if o["in_flight"] == in_flight]
+        name = (f"ffp plan stage, {in_flight} shard(s) in flight per actor" if in_flight
+                else "ffp plan stage, every clip in one call (ceiling)")
         for o in runs:
-            print(f"{'ffp plan stage, ' + str(in_flight) + ' shard(s) in flight per actor':<48} {o['requests']:>8} "
-                  f"{o['tokens']:>8} {o['seconds']:>8.1f} {o['tokens_per_s']:>9.1f} "
+            print(f"{name:<48} {o['requests']:>8} {o['tokens']:>8} {o['seconds']:>8.1f} {o['tokens_per_s']:>9.1f} "
                   f"{o['tokens_per_s'] / peer['tokens_per_s']:>8.2f}")
         if len(runs) > 1:
             rate = sum(o["tokens"] for o in runs) / sum(o["seconds"] for o in runs)
