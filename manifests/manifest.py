@@ -104,12 +104,8 @@ class CommitInfo:
         return int(self.extra.get("permanent_failed", 0) or 0)
 
     def tally(self, name: str) -> int:
-        """One of ``INDEX_TALLIES``: the permanent failures, or the ok rows per verdict (-1: not counted, as for a
-        stage that is no judge or a manifest committed before verdicts were counted)."""
-        if name == "permanent_failed":
-            return self.permanent_failed
-        verdicts = self.verdicts
-        return -1 if verdicts is None else verdicts.get(name, 0)
+        """One of ``INDEX_TALLIES`` (see :func:`tally_of`)."""
+        return tally_of(self.extra, name)
 
     @property
     def verdicts(self) -> dict[str, int] | None:
@@ -372,15 +368,15 @@ def _index_rows(entries: Sequence[tuple[str, str, tuple[int, int, int], bytes]])
         "ok_digest": [info["ok_digest"] for info in infos], "rows": [info["rows"] for info in infos],
         **{f"n_{status}": [info["counts"].get(status, 0) for info in infos] for status in INDEX_COUNTS},
         "seconds": [float((info.get("extra") or {}).get("seconds", 0.0) or 0.0) for info in infos],
-        **{f"n_{name}": [_tally(info, name) for info in infos] for name in INDEX_TALLIES},
+        **{f"n_{name}": [tally_of(info.get("extra") or {}, name) for info in infos] for name in INDEX_TALLIES},
         "info": [raw for _, _, _, raw in entries],
     }
     return pa.table(columns, schema=INDEX_SCHEMA)
 
 
-def _tally(info: Mapping[str, Any], name: str) -> int:
-    """:meth:`CommitInfo.tally` of a footer's JSON, without building the ``CommitInfo``."""
-    extra = info.get("extra") or {}
+def tally_of(extra: Mapping[str, Any], name: str) -> int:
+    """One of ``INDEX_TALLIES`` from a commit footer's ``extra``: the permanent failures, or the ok rows per verdict
+    (-1: not counted, as for a stage that is no judge or a manifest committed before verdicts were counted)."""
     if name == "permanent_failed":
         return int(extra.get("permanent_failed", 0) or 0)
     verdicts = extra.get("verdicts")

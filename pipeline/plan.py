@@ -640,23 +640,34 @@ class RunPlan:
         return {shard: labels_digest(labels, stage, shard) for (st, shard), labels in self._labels_grouped[1].items()
                 if st == stage}
 
+    def _vector_of(self, stage: str) -> tuple[_StageVector, list[int], np.ndarray] | None:
+        """The stage's vectorised states, the shards whose commits changed since the index was read (which the
+        callers look at one by one), and the mask of the other shards; None without a current vector."""
+        vector = self._current_vector()
+        if vector is None:
+            return None
+        v = vector.stages[stage]
+        changed = [shard for shard in self.commits.changes if 0 <= shard < len(v.code)]  # type: ignore[attr-defined]
+        keep = np.ones(len(v.code), bool)
+        keep[changed] = False
+        return v, changed, keep
+
     def done_shards(self, stage: str, *, retry: frozenset[str] = frozenset()) -> list[int]:
         """The shards of ``stage`` whose state is DONE under ``retry`` (as :meth:`state` says): from the vectorised
         states but for the shards whose commits changed since the index was read, and those with samples of a
         ``retry`` status (their permanent failures are told apart one by one); what a driver's readiness pass can
         resolve in bulk rather than shard by shard."""
-        vector = self._current_vector()
-        if vector is None:
+        vectorised = self._vector_of(stage)
+        if vectorised is None:
             return [shard for shard in self.shards(stage) if self.state(stage, shard, retry=retry).state == State.DONE]
-        v = vector.stages[stage]
-        changed = self.commits.changes  # type: ignore[attr-defined]
-        done = v.code == _DONE
+        v, changed, keep = vectorised
+        done = (v.code == _DONE) & keep
         to_check = np.zeros(len(done), bool)
         for status in retry:
             if status in v.counts:
                 to_check |= v.counts[status] > 0
-        found = [shard for shard in np.flatnonzero(done & ~to_check).tolist() if shard not in changed]
-        again = {*np.flatnonzero(done & to_check).tolist(), *(s for s in changed if s < self.num_shards(stage))}
+        found = np.flatnonzero(done & ~to_check).tolist()
+        again = {*np.flatnonzero(done & to_check).tolist(), *changed}
         found += [shard for shard in again if self.state(stage, shard, retry=retry).state == State.DONE]
         return sorted(found)
 
@@ -664,15 +675,12 @@ class RunPlan:
         """How many of the stage's shards are in each state (as :meth:`state` says, no retry asked): vectorised
         but for the shards whose commits changed since the index was read (``ffp plan``)."""
         counts = dict.fromkeys(State, 0)
-        vector = self._current_vector()
-        if vector is None:
+        vectorised = self._vector_of(stage)
+        if vectorised is None:
             for shard in self.shards(stage):
                 counts[self.state(stage, shard).state] += 1
             return counts
-        v = vector.stages[stage]
-        changed = [shard for shard in self.commits.changes if 0 <= shard < len(v.code)]  # type: ignore[attr-defined]
-        keep = np.ones(len(v.code), bool)
-        keep[changed] = False
+        v, changed, keep = vectorised
         for state, code in ((State.DONE, _DONE), (State.STALE, _STALE), (State.TODO, _TODO), (State.WAITING, _WAITING)):
             counts[state] = int(((v.code == code) & keep).sum())
         for shard in changed:
@@ -681,14 +689,12 @@ class RunPlan:
 
     def done_shards_with(self, stage: str, status: str) -> list[int]:
         """The done shards of ``stage`` with samples of ``status`` (vectorised as :meth:`done_shards`)."""
-        vector = self._current_vector()
-        if vector is None:
+        vectorised = self._vector_of(stage)
+        if vectorised is None:
             return [shard for shard in self.done_shards(stage) if self.commits[(stage, shard)].counts.get(status, 0)]
-        v = vector.stages[stage]
-        changed = self.commits.changes  # type: ignore[attr-defined]
-        found = [shard for shard in np.flatnonzero((v.code == _DONE) & (v.counts[status] > 0)).tolist()
-                 if shard not in changed]
-        found += [shard for shard in changed if shard < len(v.code) and self.state(stage, shard).state == State.DONE
+        v, changed, keep = vectorised
+        found = np.flatnonzero((v.code == _DONE) & (v.counts[status] > 0) & keep).tolist()
+        found += [shard for shard in changed if self.state(stage, shard).state == State.DONE
                   and self.commits[(stage, shard)].counts.get(status, 0)]
         return sorted(found)
 
@@ -696,14 +702,12 @@ class RunPlan:
         """The sum over the stage's done shards of what each commit counted (``INDEX_TALLIES``: permanent failures,
         ok rows per verdict), vectorised but for the shards whose commits changed since the index was read; None when
         a done shard's commit did not count it."""
-        vector = self._current_vector()
-        if vector is None:
+        vectorised = self._vector_of(stage)
+        if vectorised is None:
             found = [self.commits[(stage, shard)].tally(name) for shard in self.done_shards(stage)]
         else:
-            v = vector.stages[stage]
-            changed = [shard for shard in self.commits.changes if 0 <= shard < len(v.code)]  # type: ignore[attr-defined]
-            done = v.code == _DONE
-            done[changed] = False
+            v, changed, keep = vectorised
+            done = (v.code == _DONE) & keep
             found = [int(v.tallies[name][done].sum())] if (v.tallies[name][done] >= 0).all() else [-1]
             found += [self.commits[(stage, shard)].tally(name) for shard in changed
                       if self.state(stage, shard).state == State.DONE]
@@ -713,15 +717,11 @@ class RunPlan:
         """Per stage: shards (total, done, stale) and, over the done shards, the count of each status, the rows and
         the seconds their commits spent: from the vectorised states, but for the shards whose commits changed since
         the index was read (the driver's new commits), which are looked at one by one."""
-        vector = self._current_vector()
-        if vector is not None:
-            v = vector.stages[stage]
-            n = len(v.code)
-            changed = [shard for shard in self.commits.changes if 0 <= shard < n]  # type: ignore[attr-defined]
-            keep = np.ones(n, bool)
-            keep[changed] = False
+        vectorised = self._vector_of(stage)
+        if vectorised is not None:
+            v, changed, keep = vectorised
             done = (v.code == _DONE) & keep
-            summary = {"shards": n, "done": int(done.sum()), "stale": int(((v.code == _STALE) & keep).sum()),
+            summary = {"shards": len(v.code), "done": int(done.sum()), "stale": int(((v.code == _STALE) & keep).sum()),
                        "counts": {status: int(v.counts[status][done].sum()) for status in INDEX_COUNTS},
                        "rows": int(v.rows[done].sum()), "seconds": float(v.seconds[done].sum())}
             return _add_summary(summary, self._python_summary(stage, changed), shards=False)
