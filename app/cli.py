@@ -1023,6 +1023,7 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
     from models.realsize.check import CheckError, check_config
     from models.realsize.fit import fits
     from pipeline.estimate import physics, physics_calibration
+    from pipeline.gpu_sharing import Sharing
     from pipeline.gpus import GIB
 
     graph = build_graph(cfg)
@@ -1036,7 +1037,8 @@ def _check_models(cfg: PipelineConfig, card: Any, mfu: float, stages: list[str] 
     except CheckError as exc:
         err.print(f"[red]error:[/red] {cfg.name}: {escape(str(exc))}")
         raise typer.Exit(1 if "breaks at real size" in str(exc) else 2) from None
-    fitted = {r.stage: fits(r, graph.nodes[r.stage], card) for r in reports}
+    sharing = Sharing.of(graph.config)
+    fitted = {r.stage: fits(r, graph.nodes[r.stage], card, sharing) for r in reports}
     costs = physics(graph, reports, card, mfu)
     if write_calibration:
         document = physics_calibration(costs, card, mfu, cfg.name)

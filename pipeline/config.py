@@ -189,6 +189,11 @@ class SchedulerOptions(Strict):
         300.0, ge=0, description="on a joined cluster, how long a stage whose actor fits no live node waits for "
         "one to join before the run ends without it (a local Ray does not wait)"
     )
+    share_gpus: bool = Field(
+        False, description="run the actors of stages that ask a fraction of a GPU on the GPUs of whole-GPU stages, "
+        "beside their model, instead of on GPUs of their own (pipeline/gpu_sharing.py): both models must fit one "
+        "GPU's memory, which `ffp models check --gpu` proves"
+    )
 
 
 class PipelineConfig(Strict):

@@ -20,6 +20,7 @@ from manifests.layout import MANIFEST_PATTERN, manifests_dir
 from manifests.parquet import read_parquet
 from manifests.storage import Storage
 from pipeline.allocation import CostModel, Demand, plan_actors
+from pipeline.gpu_sharing import Sharing
 from pipeline.graph import StageGraph
 
 
@@ -84,22 +85,26 @@ def estimate(
     wall hours. ``items_per_clip``: what each stage sees per clip (from the calibration: plan's fan-out, the
     filters before it); 1 where not given."""
     shard_size = graph.config.shard_size
+    sharing = Sharing.of(graph.config)  # light stages beside whole-GPU ones: the pools the scheduler would plan
+    if sharing:
+        capacity = sharing.plan_capacity(dict(capacity))
     demands, per_item, items = [], {}, {}
     for stage in graph.order:
         node = graph.nodes[stage]
         per_item[stage] = costs.seconds_per_item(stage, node.type)
         items[stage] = clips * (items_per_clip or {}).get(stage, 1.0)
         resources = node.resources
-        demands.append(Demand(stage, resources.per_actor(),
+        demands.append(Demand(stage, sharing.plan_need(stage, resources) if sharing else resources.per_actor(),
                               resources.actors, max(1, -(-int(items[stage]) // shard_size)),
                               per_item[stage] * shard_size, ready=True))
     actors = plan_actors(demands, capacity)
+    node_gpus = {stage: graph.nodes[stage].resources.gpus_needed() for stage in graph.order}
     rows, slowest = [], 0.0
     held = {kind: 0.0 for kind in capacity}  # resource-hours the actors hold while working
     for demand in demands:
         stage, n = demand.stage, max(1, actors[demand.stage])  # a stage left out at the start runs later
         work = items[stage] * per_item[stage] / 3600
-        gpus = demand.per_actor["GPU"]
+        gpus = node_gpus[stage]
         rows.append(StageEstimate(stage, per_item[stage], actors[demand.stage], gpus, work * gpus, work / n))
         slowest = max(slowest, work / n)
         for kind in held:

@@ -63,8 +63,16 @@ class Executor(Protocol):
     def nodes(self) -> list[dict[str, float]]:
         """CPUs and GPUs of each live node: one worker must fit on a single node."""
 
-    def start_worker(self, stage: str, resources: Resources) -> Any:
-        """A new worker of ``stage`` holding ``resources`` (it may load its model in the background)."""
+    def start_worker(self, stage: str, resources: Resources, *, slot: Any = None, gpus: float | None = None) -> Any:
+        """A new worker of ``stage`` holding ``resources`` (it may load its model in the background); in a GPU
+        reserved by :meth:`reserve_gpu` (``slot``) it asks ``gpus`` of it instead of ``resources.gpus``."""
+
+    def reserve_gpu(self, holds: dict[str, float], memory_gb: float) -> Any:
+        """Reserve one GPU with ``holds`` (``{"CPU": n, "GPU": 1}``) and ``memory_gb`` (0: none) on one node, for
+        the workers that share it (``pipeline.gpu_sharing``); the reservation is handed to ``start_worker``."""
+
+    def release_gpu(self, slot: Any) -> None:
+        """Give back a GPU reserved by :meth:`reserve_gpu` (its workers were killed)."""
 
     def submit(self, worker: Any, task: ShardTask) -> Hashable:
         """Hand one shard to a worker; the ticket names the try in events."""
@@ -122,8 +130,15 @@ class InProcessExecutor:
     def nodes(self) -> list[dict[str, float]]:
         return [dict(node) for node in self._nodes]
 
-    def start_worker(self, stage: str, resources: Resources) -> InProcessWorker:
+    def start_worker(self, stage: str, resources: Resources, *, slot: Any = None,
+                     gpus: float | None = None) -> InProcessWorker:
         return InProcessWorker(stage)
+
+    def reserve_gpu(self, holds: dict[str, float], memory_gb: float) -> object:
+        return object()
+
+    def release_gpu(self, slot: Any) -> None:
+        pass
 
     def _shard_worker(self, worker: InProcessWorker) -> ShardWorker:
         if worker.worker is None:

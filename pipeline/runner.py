@@ -188,8 +188,11 @@ class RayExecutor:
     def nodes(self) -> list[dict[str, float]]:
         return node_resources()
 
-    def start_worker(self, stage: str, resources: Resources) -> Any:
+    def start_worker(self, stage: str, resources: Resources, *, slot: Any = None, gpus: float | None = None) -> Any:
         options, group = actor_placement(resources)
+        if slot is not None:  # a GPU reserved for sharing: the actor takes its part of the slot's bundle
+            options.update(num_gpus=gpus, scheduling_strategy=PlacementGroupSchedulingStrategy(
+                slot, placement_group_bundle_index=0))
         if (at_once := self.graph.nodes[stage].shards_at_once) > 1:  # a threaded actor: run_shard calls overlap
             options["max_concurrency"] = at_once + 1  # and a thread for sync_log, pid and placement
         if not self.verbose:
@@ -234,6 +237,15 @@ class RayExecutor:
         group = self.groups.pop(worker, None)
         if group is not None:
             remove_placement_group(group)
+
+    def reserve_gpu(self, holds: dict[str, float], memory_gb: float) -> PlacementGroup:
+        bundle = dict(holds)
+        if memory_gb:
+            bundle["memory"] = int(memory_gb * (1 << 30))
+        return placement_group([bundle])
+
+    def release_gpu(self, slot: PlacementGroup) -> None:
+        remove_placement_group(slot)
 
 
 class Driver(Scheduler):

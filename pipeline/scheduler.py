@@ -24,6 +24,7 @@ from manifests.storage import Storage
 from pipeline.allocation import CostModel, Demand, fits, plan_actors, read_calibration, take
 from pipeline.config import Resources
 from pipeline.executors import Died, Event, Executor, Failed, Finished
+from pipeline.gpu_sharing import Sharing, Slot
 from pipeline.graph import StageGraph
 from pipeline.plan import RunPlan, State
 from pipeline.worker import ShardSummary, ShardTask
@@ -191,6 +192,9 @@ class Scheduler:
         self.unplaced_since: dict[str, float] = {}  # stages with work that fits no live node, since when
         self.node_wait_s = options.node_wait_s
         self.holding: dict[int, dict[str, float]] = {}  # id(live worker) -> resources it holds
+        self.sharing = Sharing.of(graph.config, self.wanted)  # light stages on whole-GPU ones' GPUs (share_gpus)
+        self.slots: list[Slot] = []  # the GPUs reserved for sharing, each held as Sharing.slot_holds
+        self.slot_of: dict[int, Slot] = {}  # id(live worker in a slot) -> its slot
         self.targets: dict[str, int] = {}
         self.resolved_count: Counter[str] = Counter()
         self.given_up: Counter[str] = Counter()
@@ -254,20 +258,63 @@ class Scheduler:
 
     # Workers --------------------------------------------------------------------------------------------
     def _new_actor(self, stage: str) -> Any:
-        actor = self.executor.start_worker(stage, self.graph.nodes[stage].resources)
+        resources = self.graph.nodes[stage].resources
+        if self.sharing and self.sharing.shares(stage):
+            slot = self._slot_for(stage) or self._reserve_slot()
+            gpus = self.sharing.gpus_asked(stage, resources)
+            actor = self.executor.start_worker(stage, resources, slot=slot.handle, gpus=gpus)
+            if stage in self.sharing.mains:
+                slot.main = actor
+            else:
+                slot.guests[id(actor)] = (actor, gpus, resources.cpus)
+            self.slot_of[id(actor)] = slot
+            self.holding[id(actor)] = {}  # its slot holds the GPU and the CPUs
+        else:
+            actor = self.executor.start_worker(stage, resources)
+            self.holding[id(actor)] = self._per_actor(stage)
         self.actors[stage].append(actor)
-        self.holding[id(actor)] = self._per_actor(stage)
         self.started_at[id(actor)] = (stage, time.time())
         self.report.peak_actors[stage] = max(self.report.peak_actors.get(stage, 0), len(self.actors[stage]))
         self.listener("actor_started", (stage, actor))
         return actor
+
+    def _slot_for(self, stage: str) -> Slot | None:
+        """A reserved GPU with room for an actor of ``stage``: for a light stage one with a main actor first (it
+        uses no GPU a main could), for a whole-GPU stage one whose light actors wait for a main."""
+        assert self.sharing is not None
+        resources = self.graph.nodes[stage].resources
+        open_slots = [slot for slot in self.slots if slot.has_room(self.sharing, stage, resources)]
+        return max(open_slots, key=lambda slot: (slot.main is not None, bool(slot.guests)), default=None)
+
+    def _reserve_slot(self) -> Slot:
+        assert self.sharing is not None
+        slot = Slot(self.executor.reserve_gpu(self.sharing.slot_holds(), self.sharing.slot_memory_gb))
+        self.slots.append(slot)
+        return slot
+
+    def _leave_slot(self, actor: Any) -> None:
+        slot = self.slot_of.pop(id(actor), None)
+        if slot is None:
+            return
+        if slot.main is actor:
+            slot.main = None
+        slot.guests.pop(id(actor), None)
+        if slot.empty:
+            self.slots.remove(slot)
+            self.executor.release_gpu(slot.handle)
+
+    def _room_for(self, stage: str) -> bool:
+        """Whether one more worker of ``stage`` can start now: in a reserved GPU with room, or on free resources."""
+        if self.sharing and self.sharing.shares(stage):
+            return self._slot_for(stage) is not None or fits(self.sharing.slot_holds(), self._free())
+        return fits(self._per_actor(stage), self._free())
 
     def _check_placeable(self) -> None:
         """Find stages with work none of whose workers fits on any live node: the engine would keep such a worker
         pending for ever. Each is named once (listener, run log); on a joined cluster ``run`` waits
         ``scheduler.node_wait_s`` for a node that fits to join, on a local one it does not."""
         for stage in self.graph.order:
-            need = self._per_actor(stage)
+            need = self.sharing.slot_holds() if self.sharing and self.sharing.shares(stage) else self._per_actor(stage)
             if not self.pending[stage] or any(fits(need, node) for node in self.nodes):
                 self.unplaced_since.pop(stage, None)
                 continue
@@ -299,6 +346,8 @@ class Scheduler:
         free = dict(self.capacity or {})
         for held in self.holding.values():
             take(free, held)
+        if self.sharing:
+            take(free, self.sharing.slot_holds(), len(self.slots))
         return free
 
     def _mean_items(self, stage: str) -> float:
@@ -318,8 +367,9 @@ class Scheduler:
         for stage in self.graph.order:
             node = self.graph.nodes[stage]
             per_item = self.costs.seconds_per_item(stage, node.type)
+            need = self.sharing.plan_need(stage, node.resources) if self.sharing else self._per_actor(stage)
             demands.append(Demand(
-                stage, self._per_actor(stage), node.resources.actors, self._remaining(stage),
+                stage, need, node.resources.actors, self._remaining(stage),
                 per_item * self.items_per_shard[stage], ready=self._dispatchable(stage) is not None,
             ))
         return demands
@@ -359,13 +409,12 @@ class Scheduler:
             self.metrics.capacity(self.nodes)
         self._check_placeable()
         demands = self._demands()
-        self.targets = plan_actors(demands, self.capacity)
+        self.targets = plan_actors(demands, self.sharing.plan_capacity(self.capacity) if self.sharing else self.capacity)
         wanting = [d for d in demands if d.ready and not self.idle[d.stage]
                    and len(self.actors[d.stage]) < max(1, self.targets[d.stage])]
         for demand in wanting:
-            need = self._per_actor(demand.stage)
             for stage in self.graph.order:
-                while not fits(need, self._free()) and self.idle[stage] and (
+                while not self._room_for(demand.stage) and self.idle[stage] and (
                     len(self.actors[stage]) > self.targets[stage]
                     or (not self.actors[demand.stage] and self._dispatchable(stage) is None)
                 ):
@@ -382,9 +431,7 @@ class Scheduler:
         if self.idle[stage]:
             return self.idle[stage].pop()
         wanted = max(1, self.targets.get(stage, 1))
-        if len(self.actors[stage]) < min(wanted, self.graph.nodes[stage].resources.actors) and fits(
-            self._per_actor(stage), self._free()
-        ):
+        if len(self.actors[stage]) < min(wanted, self.graph.nodes[stage].resources.actors) and self._room_for(stage):
             return self._new_actor(stage)
         at_once = self.graph.nodes[stage].shards_at_once
         open_slots = [a for a in self.actors[stage] if self.running[id(a)] < at_once]
@@ -407,6 +454,7 @@ class Scheduler:
             stage, since = started
             self.gpu_held_s[stage] += (time.time() - since) * self._gpus(stage)
         self.executor.kill(actor)
+        self._leave_slot(actor)
 
     def _stage_finished(self, stage: str) -> bool:
         if self.pending[stage] or any(t.stage == stage for t in self.inflight.values()):
@@ -481,7 +529,7 @@ class Scheduler:
             return
         for stage in sorted(self.graph.order, key=self._neediest_first):
             wanted = min(self.targets.get(stage, 0), self.graph.nodes[stage].resources.actors)
-            while self._remaining(stage) > 0 and len(self.actors[stage]) < wanted and fits(self._per_actor(stage), self._free()):
+            while self._remaining(stage) > 0 and len(self.actors[stage]) < wanted and self._room_for(stage):
                 self.idle[stage].append(self._new_actor(stage))
 
     def _neediest_first(self, stage: str) -> float:
@@ -591,6 +639,9 @@ class Scheduler:
 
     # Live metrics ---------------------------------------------------------------------------------------
     def _gpus(self, stage: str) -> float:
+        """The GPUs one worker of the stage holds: with sharing, its part of its slot's GPU."""
+        if self.sharing and self.sharing.shares(stage):
+            return self.sharing.gpus_asked(stage, self.graph.nodes[stage].resources)
         return self._per_actor(stage)["GPU"]
 
     def _end_try(self, attempt: _Try, summary: ShardSummary | None = None) -> None:

@@ -2,10 +2,11 @@
 dry runs through the real runner, without models (``bench/bench_scheduling.py``).
 
 ``hold_source`` makes ``samples`` samples out of nothing; ``hold`` passes each sample on after holding its
-actor for ``seconds`` (the stage's cost per sample, e.g. from a calibration table). Several fractional-GPU
-actors placed on one GPU take turns: each sample takes an exclusive lock on the GPU's id (``lock_dir``) while
-it holds, as kernels of models sharing a GPU would. Each row records when it held and on which GPU, so a
-benchmark can compute how busy every GPU was.
+actor for ``seconds`` (the stage's cost per sample, e.g. from a calibration table). Actors placed on one GPU share
+it as CUDA processes do, by time slices: a sample holds an exclusive lock on the GPU's id (``lock_dir``) for
+:data:`TIME_SLICE_S` at a time until it has held it ``seconds`` in all, and waiters queue fairly, so two actors
+on one GPU each go at half speed. Each row records when it started and ended, how long it held the GPU and on
+which, so a benchmark can compute how busy every GPU was.
 """
 
 from __future__ import annotations
@@ -36,7 +37,8 @@ class HoldSourceParams(HoldParams):
     samples: int = Field(64, ge=1, description="samples to make")
 
 
-COLUMNS = {"hold_start": pa.float64(), "hold_end": pa.float64(), "gpu_ids": pa.string()}
+COLUMNS = {"hold_start": pa.float64(), "hold_end": pa.float64(), "hold_seconds": pa.float64(), "gpu_ids": pa.string()}
+TIME_SLICE_S = 0.01
 
 
 def _gpu_ids() -> list[str]:
@@ -50,19 +52,30 @@ def _gpu_ids() -> list[str]:
 
 @contextmanager
 def _gpus_locked(lock_dir: str | None, gpu_ids: list[str]) -> Iterator[None]:
+    """Hold each GPU's lock. A waiter first takes the GPU's gate and keeps it while it waits for the lock, so an
+    actor that just let the GPU go queues behind it instead of taking the lock straight back (flock alone is not
+    fair): actors sharing a GPU take turns sample by sample, as time-sliced CUDA processes do."""
     with ExitStack() as stack:
         for gpu in sorted(gpu_ids) if lock_dir else []:
-            handle = stack.enter_context(open(os.path.join(lock_dir, f"gpu-{gpu}.lock"), "a"))  # type: ignore[arg-type]
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            path = os.path.join(lock_dir, f"gpu-{gpu}")  # type: ignore[arg-type]
+            with open(f"{path}.gate", "a") as gate:
+                fcntl.flock(gate, fcntl.LOCK_EX)
+                handle = stack.enter_context(open(f"{path}.lock", "a"))
+                fcntl.flock(handle, fcntl.LOCK_EX)
         yield
 
 
 def _hold(params: HoldParams, sample_id: str, gpu_ids: list[str]) -> Result:
-    with _gpus_locked(params.lock_dir, gpu_ids):
-        start = time.time()
-        time.sleep(params.seconds)
-        end = time.time()
-    return Result.ok(sample_id, hold_start=start, hold_end=end, gpu_ids=",".join(gpu_ids))
+    shared = bool(params.lock_dir and gpu_ids)
+    start, held = None, 0.0
+    while start is None or held < params.seconds:
+        with _gpus_locked(params.lock_dir, gpu_ids):
+            began = time.time()
+            start = began if start is None else start
+            time.sleep(min(TIME_SLICE_S, params.seconds - held) if shared else params.seconds)
+            end = time.time()
+        held += end - began
+    return Result.ok(sample_id, hold_start=start, hold_end=end, hold_seconds=held, gpu_ids=",".join(gpu_ids))
 
 
 class HoldSource(Stage):

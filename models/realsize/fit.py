@@ -1,7 +1,8 @@
 """Whether a checked stage fits its share of a GPU type: as configured, and (diffusion stages) with each offload mode.
 
 Per GPU: the weights (split over tensor-parallel GPUs) + one sample's activation peak + :data:`RESERVED_GIB`, against
-the stage's share (``resources.gpus``, at most 1, times the GPU's memory). A vLLM stage takes exactly its
+the stage's share (``resources.gpus``, at most 1, times the GPU's memory; with ``scheduler.share_gpus`` a whole-GPU
+stage's share is what the light stages beside it leave, ``pipeline.gpu_sharing``). A vLLM stage takes exactly its
 ``gpu_memory_utilization`` of the GPU, which must hold the weights, one request's activations, the KV cache for
 ``max_model_len`` and the reserve, and must not exceed the stage's share.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from models.realsize.check import StageCheck
+from pipeline.gpu_sharing import Sharing
 from pipeline.gpus import GIB, GPU, RESERVED_GIB
 from pipeline.graph import StageNode
 
@@ -28,7 +30,7 @@ class Fit:
     note: str = ""
 
 
-def fits(report: StageCheck, node: StageNode, gpu: GPU) -> list[Fit]:
+def fits(report: StageCheck, node: StageNode, gpu: GPU, sharing: Sharing | None = None) -> list[Fit]:
     """Whether the stage's models fit its GPU share, as configured and (diffusion stages) with each offload option."""
     from models.vlm import VLMParams
     from models.wan import WanParams
@@ -37,7 +39,8 @@ def fits(report: StageCheck, node: StageNode, gpu: GPU) -> list[Fit]:
     if not resources.gpus_needed():
         return [Fit("as configured", 0.0, 0.0, True, "no GPU in resources: the models run on CPU")]
     parallel = max(1, resources.tensor_parallel)
-    limit = min(1.0, resources.gpus_needed() / parallel) * gpu.memory_gib
+    share = sharing.gpus_asked(node.name, resources) if sharing and sharing.shares(node.name) else resources.gpus_needed()
+    limit = min(1.0, share / parallel) * gpu.memory_gib
     weights, activation = report.weight_bytes / GIB / parallel, report.activation_bytes / GIB / parallel
     if isinstance(params, VLMParams) and params.backend == "vllm":
         engine = params.gpu_memory_utilization * gpu.memory_gib
