@@ -113,6 +113,17 @@ class Slot:
     def empty(self) -> bool:
         return self.main is None and not self.guests
 
+    def add(self, actor: Any, main: bool, gpus: float, cpus: float) -> None:
+        if main:
+            self.main = actor
+        else:
+            self.guests[id(actor)] = (actor, gpus, cpus)
+
+    def remove(self, actor: Any) -> None:
+        if self.main is actor:
+            self.main = None
+        self.guests.pop(id(actor), None)
+
     def has_room(self, sharing: Sharing, stage: str, resources: Resources) -> bool:
         if stage in sharing.mains:
             return self.main is None

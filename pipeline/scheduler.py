@@ -263,10 +263,7 @@ class Scheduler:
             slot = self._slot_for(stage) or self._reserve_slot()
             gpus = self.sharing.gpus_asked(stage, resources)
             actor = self.executor.start_worker(stage, resources, slot=slot.handle, gpus=gpus)
-            if stage in self.sharing.mains:
-                slot.main = actor
-            else:
-                slot.guests[id(actor)] = (actor, gpus, resources.cpus)
+            slot.add(actor, stage in self.sharing.mains, gpus, resources.cpus)
             self.slot_of[id(actor)] = slot
             self.holding[id(actor)] = {}  # its slot holds the GPU and the CPUs
         else:
@@ -293,12 +290,11 @@ class Scheduler:
         return slot
 
     def _leave_slot(self, actor: Any) -> None:
+        """A worker that ended leaves its slot; the slot's GPU is given back when no worker is left in it."""
         slot = self.slot_of.pop(id(actor), None)
         if slot is None:
             return
-        if slot.main is actor:
-            slot.main = None
-        slot.guests.pop(id(actor), None)
+        slot.remove(actor)
         if slot.empty:
             self.slots.remove(slot)
             self.executor.release_gpu(slot.handle)
