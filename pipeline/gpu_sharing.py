@@ -1,9 +1,10 @@
 """GPU sharing (``scheduler.share_gpus``): a light stage's actor runs on the GPU of a whole-GPU stage's actor.
 
 Without it, a stage asking a fraction of a GPU (depth at a quarter) takes a GPU of its own that no whole-GPU stage
-can use: on 8 GPUs the style track's animate and stylize then have 7, and the 8th is a quarter busy. With it, every
-GPU the light and whole-GPU stages use is a *slot*: one placement-group bundle of one GPU (and the CPUs of its
-actors) that ffp reserves and fills itself, so the packing is exact instead of left to Ray's placement:
+can use: on 8 GPUs the style track's animate and stylize then have 7, and the 8th does only depth's work (about an
+eighth of its time). With it, every GPU the light and whole-GPU stages use is a *slot*: one placement-group bundle
+of one GPU (and the CPUs of its actors) that ffp reserves and fills itself, so the packing is exact instead of left
+to Ray's placement:
 
 - the *main* room holds one actor of a whole-GPU stage, which asks Ray for ``1 - room`` of the GPU;
 - the *guest* room (``room``, the largest fraction a light stage asks) holds light actors at their own fraction.
