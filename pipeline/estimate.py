@@ -98,13 +98,12 @@ def estimate(
                               resources.actors, max(1, -(-int(items[stage]) // shard_size)),
                               per_item[stage] * shard_size, ready=True))
     actors = plan_actors(demands, capacity)
-    node_gpus = {stage: graph.nodes[stage].resources.gpus_needed() for stage in graph.order}
     rows, slowest = [], 0.0
     held = {kind: 0.0 for kind in capacity}  # resource-hours the actors hold while working
     for demand in demands:
         stage, n = demand.stage, max(1, actors[demand.stage])  # a stage left out at the start runs later
         work = items[stage] * per_item[stage] / 3600
-        gpus = node_gpus[stage]
+        gpus = graph.nodes[stage].resources.gpus_needed()
         rows.append(StageEstimate(stage, per_item[stage], actors[demand.stage], gpus, work * gpus, work / n))
         slowest = max(slowest, work / n)
         for kind in held:

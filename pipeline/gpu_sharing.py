@@ -95,6 +95,10 @@ class Sharing:
         gpus = capacity.get("GPU", 0.0)
         return {**capacity, MAIN_ROOMS: gpus, GUEST_ROOMS: gpus * self.room}
 
+    def gpus_held(self, stage: str, resources: Resources) -> float:
+        """The GPUs one actor of ``stage`` holds: its part of its slot's GPU if it shares, else its own."""
+        return self.gpus_asked(stage, resources) if self.shares(stage) else resources.gpus_needed()
+
     def slot_holds(self) -> dict[str, float]:
         """What a reserved slot holds of the cluster, in the scheduler's terms."""
         return {"CPU": self.main_cpus + self.guest_cpus, "GPU": 1.0}
@@ -107,8 +111,8 @@ class Slot:
     handle: Any
     """The executor's reservation (a placement group on Ray)."""
     main: Any | None = None
-    guests: dict[int, tuple[Any, float, float]] = field(default_factory=dict)
-    """id(actor) -> (actor, GPU fraction, CPUs)."""
+    guests: dict[int, tuple[float, float]] = field(default_factory=dict)
+    """id(light actor) -> (its GPU fraction, its CPUs)."""
 
     @property
     def empty(self) -> bool:
@@ -118,7 +122,7 @@ class Slot:
         if main:
             self.main = actor
         else:
-            self.guests[id(actor)] = (actor, gpus, cpus)
+            self.guests[id(actor)] = (gpus, cpus)
 
     def remove(self, actor: Any) -> None:
         if self.main is actor:
@@ -128,7 +132,7 @@ class Slot:
     def has_room(self, sharing: Sharing, stage: str, resources: Resources) -> bool:
         if stage in sharing.mains:
             return self.main is None
-        used_gpus = sum(gpus for _, gpus, _ in self.guests.values())
-        used_cpus = sum(cpus for _, _, cpus in self.guests.values())
+        used_gpus = sum(gpus for gpus, _ in self.guests.values())
+        used_cpus = sum(cpus for _, cpus in self.guests.values())
         return (used_gpus + resources.gpus <= sharing.room + 1e-9
                 and used_cpus + resources.cpus <= sharing.guest_cpus + 1e-9)

@@ -301,16 +301,20 @@ class Scheduler:
 
     def _room_for(self, stage: str) -> bool:
         """Whether one more worker of ``stage`` can start now: in a reserved GPU with room, or on free resources."""
-        if self.sharing and self.sharing.shares(stage):
-            return self._slot_for(stage) is not None or fits(self.sharing.slot_holds(), self._free())
-        return fits(self._per_actor(stage), self._free())
+        if self.sharing and self.sharing.shares(stage) and self._slot_for(stage) is not None:
+            return True
+        return fits(self._new_placement(stage), self._free())
+
+    def _new_placement(self, stage: str) -> dict[str, float]:
+        """What starting a worker of ``stage`` outside any reserved GPU takes: a new slot for a stage that shares."""
+        return self.sharing.slot_holds() if self.sharing and self.sharing.shares(stage) else self._per_actor(stage)
 
     def _check_placeable(self) -> None:
         """Find stages with work none of whose workers fits on any live node: the engine would keep such a worker
         pending for ever. Each is named once (listener, run log); on a joined cluster ``run`` waits
         ``scheduler.node_wait_s`` for a node that fits to join, on a local one it does not."""
         for stage in self.graph.order:
-            need = self.sharing.slot_holds() if self.sharing and self.sharing.shares(stage) else self._per_actor(stage)
+            need = self._new_placement(stage)
             if not self.pending[stage] or any(fits(need, node) for node in self.nodes):
                 self.unplaced_since.pop(stage, None)
                 continue
@@ -636,8 +640,8 @@ class Scheduler:
     # Live metrics ---------------------------------------------------------------------------------------
     def _gpus(self, stage: str) -> float:
         """The GPUs one worker of the stage holds: with sharing, its part of its slot's GPU."""
-        if self.sharing and self.sharing.shares(stage):
-            return self.sharing.gpus_asked(stage, self.graph.nodes[stage].resources)
+        if self.sharing:
+            return self.sharing.gpus_held(stage, self.graph.nodes[stage].resources)
         return self._per_actor(stage)["GPU"]
 
     def _end_try(self, attempt: _Try, summary: ShardSummary | None = None) -> None:

@@ -54,7 +54,7 @@ def _gpu_ids() -> list[str]:
 def _gpus_locked(lock_dir: str | None, gpu_ids: list[str]) -> Iterator[None]:
     """Hold each GPU's lock. A waiter first takes the GPU's gate and keeps it while it waits for the lock, so an
     actor that just let the GPU go queues behind it instead of taking the lock straight back (flock alone is not
-    fair): actors sharing a GPU take turns sample by sample, as time-sliced CUDA processes do."""
+    fair): actors sharing a GPU take turns slice by slice (``_hold``), as time-sliced CUDA processes do."""
     with ExitStack() as stack:
         for gpu in sorted(gpu_ids) if lock_dir else []:
             path = os.path.join(lock_dir, f"gpu-{gpu}")  # type: ignore[arg-type]

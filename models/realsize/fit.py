@@ -39,7 +39,7 @@ def fits(report: StageCheck, node: StageNode, gpu: GPU, sharing: Sharing | None 
     if not resources.gpus_needed():
         return [Fit("as configured", 0.0, 0.0, True, "no GPU in resources: the models run on CPU")]
     parallel = max(1, resources.tensor_parallel)
-    share = sharing.gpus_asked(node.name, resources) if sharing and sharing.shares(node.name) else resources.gpus_needed()
+    share = sharing.gpus_held(node.name, resources) if sharing else resources.gpus_needed()
     limit = min(1.0, share / parallel) * gpu.memory_gib
     weights, activation = report.weight_bytes / GIB / parallel, report.activation_bytes / GIB / parallel
     if isinstance(params, VLMParams) and params.backend == "vllm":
