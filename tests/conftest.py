@@ -419,3 +419,16 @@ def synthetic_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("synthetic") / "run"
     module.generate(run_dir, samples=256, shard_size=64, workers=1)
     return run_dir
+
+
+# The fault trials' summary table: read from the reports, so it is whole under pytest-xdist too ------------------
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    from tests.faults.trials import collect_trials
+
+    collect_trials(report)
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    from tests.faults.trials import write_table
+
+    write_table(terminalreporter)

@@ -168,12 +168,19 @@ def test_a_run_submitted_with_ray_job_submit(local_cluster: LocalCluster, demo_v
     run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(synth_config(run_dir, demo_vos).model_dump(mode="json"), sort_keys=False))
     runtime_env = {"excludes": EXCLUDES, "env_vars": {"FFP_TINY_CACHE": os.environ["FFP_TINY_CACHE"]}}
-    submitted = subprocess.run(
-        [str(RAY), "job", "submit", "--address", local_cluster.dashboard, "--submission-id", "ffp-run-test",
-         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-         "--", "python", "-m", "pipeline", "run", str(config)],
-        capture_output=True, text=True, env=local_cluster.env, timeout=600, check=False,
-    )
+    deadline = time.monotonic() + 60
+    while True:
+        submitted = subprocess.run(
+            [str(RAY), "job", "submit", "--address", local_cluster.dashboard, "--submission-id", "ffp-run-test",
+             "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+             "--", "python", "-m", "pipeline", "run", str(config)],
+            capture_output=True, text=True, env=local_cluster.env, timeout=600, check=False,
+        )
+        # the dashboard answers before the node's job agent has registered (on a loaded machine, seconds later);
+        # Ray refuses the job without creating it and asks to try again later
+        if "No available agent to submit job" not in submitted.stderr or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
     logs = submitted.stdout[-4000:] + submitted.stderr[-2000:]
     assert submitted.returncode == 0, logs
     from ray.job_submission import JobStatus, JobSubmissionClient

@@ -43,6 +43,7 @@ import pytest
 from manifests.manifest import Status, read_commit
 from manifests.shards import ShardReader
 from manifests.storage import TEMP_MARKER, Storage
+from tests.faults.trials import TRIALS, Trial, attach_trials
 
 
 def _import_psutil() -> Any:
@@ -401,26 +402,6 @@ def no_ray_in_pytest() -> Iterator[None]:
     assert before or not _ray_initialized(), "the test left Ray initialised in the pytest process"
 
 
-# The summary table of every fault trial of the session -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Trial:
-    """What one faulted run came to, measured (not assumed) against the undisturbed run."""
-
-    kind: str
-    faults: int  # faults injected in this run (e.g. actor kills), each one a trial
-    where: Counter[str]  # faults per stage, when they hit stages
-    lost: int | None  # (stage, sample_id) of the undisturbed run missing or with another status (None: no
-    # undisturbed run to compare with)
-    duplicated: int  # sample ids in more than one manifest row, or tar members twice, over all stages
-    rewritten: int  # files of shards committed before a fault that changed afterwards (bytes or mtime)
-    reused: int  # finished samples taken from _partial/ instead of being made again (run logs)
-
-
-TRIALS: list[Trial] = []
-
-
 def snapshot_committed(run_dir: Path) -> dict[str, tuple[str, int]]:
     """sha256 and mtime of every committed manifest and its tar: what a resume must not touch."""
     storage = Storage(str(run_dir))
@@ -471,33 +452,13 @@ def record_trial(
     return trial
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if not TRIALS:
-        return
-    kinds: dict[str, list[Trial]] = {}
-    for trial in TRIALS:
-        kinds.setdefault(trial.kind, []).append(trial)
-    header = (f"{'fault':<52} {'runs':>4} {'trials':>6} {'lost':>5} {'duplicated':>10} {'rewritten':>9} {'reused':>7}"
-              "  trials per stage")
-    terminalreporter.section("fault trials (tests/faults): samples lost, duplicated, shards rewritten, reused")
-    terminalreporter.write_line(header)
-    terminalreporter.write_line("-" * len(header))
-    for kind, trials in [*kinds.items(), ("all", TRIALS)]:
-        terminalreporter.write_line(
-            f"{kind:<52} {len(trials):>4} {sum(t.faults for t in trials):>6} {_total(t.lost for t in trials):>5} "
-            f"{sum(t.duplicated for t in trials):>10} {sum(t.rewritten for t in trials):>9} "
-            f"{sum(t.reused for t in trials):>7}  {_where(trials)}"
-        )
-
-
-def _where(trials: list[Trial]) -> str:
-    where: Counter[str] = sum((t.where for t in trials), Counter())
-    return ", ".join(f"{stage} {n}" for stage, n in where.most_common())
-
-
-def _total(values: Iterable[int | None]) -> str:
-    known = [v for v in values if v is not None]
-    return str(sum(known)) if known else "-"
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """The trials a test recorded travel in its report, so that the summary table (``tests/conftest.py``) sees
+    them also from a pytest-xdist worker process."""
+    report = yield
+    attach_trials(report)
+    return report
 
 
 def assert_trial_clean(trial: Trial) -> None:
