@@ -128,10 +128,13 @@ def local_cluster(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_cac
     # loopback only with RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 (../shared/ENVIRONMENT.md)
     env.update(RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0",
                RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="1" if multi_node else "0")
-    dashboard_port, gcs_port = free_port(), free_port()
+    dashboard_port, gcs_port, agent_port = free_port(), free_port(), free_port()
     head = subprocess.Popen(
+        # the job agent's port too: its default (52365) is taken by any other Ray on the machine (a test in the
+        # other pytest-xdist worker), and then no agent takes jobs ("No available agent to submit job")
         [str(RAY), "start", "--head", "--block", *([] if multi_node else ["--node-ip-address=127.0.0.1"]),
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         f"--dashboard-agent-listen-port={agent_port}",
          "--num-cpus=2", "--num-gpus=0", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
         stdout=open(tmp_path / "ray-head.log", "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True,
     )
@@ -168,19 +171,12 @@ def test_a_run_submitted_with_ray_job_submit(local_cluster: LocalCluster, demo_v
     run_dir, config = tmp_path / "run", tmp_path / "config.yaml"
     config.write_text(yaml.safe_dump(synth_config(run_dir, demo_vos).model_dump(mode="json"), sort_keys=False))
     runtime_env = {"excludes": EXCLUDES, "env_vars": {"FFP_TINY_CACHE": os.environ["FFP_TINY_CACHE"]}}
-    deadline = time.monotonic() + 60
-    while True:
-        submitted = subprocess.run(
-            [str(RAY), "job", "submit", "--address", local_cluster.dashboard, "--submission-id", "ffp-run-test",
-             "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
-             "--", "python", "-m", "pipeline", "run", str(config)],
-            capture_output=True, text=True, env=local_cluster.env, timeout=600, check=False,
-        )
-        # the dashboard answers before the node's job agent has registered (on a loaded machine, seconds later);
-        # Ray refuses the job without creating it and asks to try again later
-        if "No available agent to submit job" not in submitted.stderr or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
+    submitted = subprocess.run(
+        [str(RAY), "job", "submit", "--address", local_cluster.dashboard, "--submission-id", "ffp-run-test",
+         "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env),
+         "--", "python", "-m", "pipeline", "run", str(config)],
+        capture_output=True, text=True, env=local_cluster.env, timeout=600, check=False,
+    )
     logs = submitted.stdout[-4000:] + submitted.stderr[-2000:]
     assert submitted.returncode == 0, logs
     from ray.job_submission import JobStatus, JobSubmissionClient
