@@ -10,7 +10,8 @@ the upstream stages' ``.npz`` masks are converted here, bit for bit. ``mask_form
 (key ``masks``) instead, the upstream bytes unchanged. Which upstream field becomes which pair member is config,
 so every track exports through this one stage.
 
-Version 2: the mask is ``mask.mkv`` by default (version 1 wrote the upstream ``mask.npz`` as it was).
+Version 2: the mask is ``mask.mkv`` by default (version 1 wrote the upstream ``mask.npz`` as it was). Version 3:
+every pair's json card has every key (``stages/dataset_card.py``), so that its type is one across pairs.
 
 Which columns a pair carries is declared by the stages that make them (``Stage.pair_columns``): this stage receives
 every pair column declared before it and writes them into its rows and ``dataset.parquet``. ``PAIR_COLUMNS`` is the
@@ -41,7 +42,8 @@ from media.arrays import json_bytes, npz_bytes
 from media.errors import VideoError
 from media.mask_video import MKV_MEMBER, NPZ_MEMBER, encode_masks, mask_format_of, read_masks
 from pipeline.stage import Params, Result, Sample, Stage
-from stages.judge import ACCEPT, CHECKS, JUDGE_COLUMNS, REJECT
+from stages.dataset_card import dataset_card, pair_card
+from stages.judge import ACCEPT, JUDGE_COLUMNS, REJECT
 
 PAIR_COLUMNS: dict[str, pa.DataType] = {  # the schema every export starts with (not a filter: see above)
     "task": pa.string(),
@@ -98,7 +100,7 @@ class ExportParams(Params):
 
 
 class Export(Stage):
-    version = "2"  # 2: the mask as mask.mkv (mask_format)
+    version = "3"  # 2: the mask as mask.mkv (mask_format); 3: every json card has every key
     Params = ExportParams
     writes = ("src.mp4", "edit.mp4", "edit0.png", MKV_MEMBER, "json")
     columns = PAIR_COLUMNS
@@ -154,15 +156,9 @@ class Export(Stage):
             return Result.failed(sample.sample_id, f"cannot read the mask {p.mask}: {exc}", **columns)
         columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True),
                        models=json.dumps(self.context.models, sort_keys=True, default=str))
-        scores = {check: columns.pop(f"score_{check}", None) for check in CHECKS}
-        card = {
-            "sample_id": sample.sample_id,
-            **{k: v for k, v in columns.items() if k not in ("lineage", "models")},
-            "captions": {"src": columns.get("caption_src"), "edit": columns.get("caption_edit")},
-            "scores": {check: value for check, value in scores.items() if value is not None},
-            "provenance": {"fingerprints": self.context.lineage, "models": self.context.models, "fields": p.model_dump()},
-        }
-        columns.update({f"score_{check}": value for check, value in scores.items()})
+        names = list(dict.fromkeys((*self.columns, *self.context.pair_columns)))  # the export's columns
+        card = pair_card(sample.sample_id, columns, names, provenance={
+            "fingerprints": self.context.lineage, "models": self.context.models, "fields": p.model_dump()})
         files = {
             "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), mask_member: mask,
             "json": json_bytes(card),
@@ -194,7 +190,8 @@ class Export(Stage):
         pq.write_table(table, buffer, compression="zstd")
         dataset, readme = cls.finalize_outputs_for(params)
         run.write_bytes(dataset, buffer.getvalue())
-        card = _card(params.dataset_name, params.folder, everything, len(tables), params.select, params.mask_format)
+        card = dataset_card(params.dataset_name, params.folder, everything, len(tables), params.select,
+                            params.model_dump(), params.mask_format)
         run.write_bytes(readme, card.encode())
 
 
@@ -220,67 +217,3 @@ def _left_out(columns: dict[str, Any], select: str) -> str | None:
     if decision == ACCEPT and select == "rejected":
         return f"accepted by {'the judge' if by == 'judge' else by} (this export keeps rejected pairs)"
     return None
-
-
-def _card(dataset: str, folder: str, everything: pa.Table, shards: int, select: str, mask_format: str = "mkv") -> str:
-    every_row: list[dict[str, Any]] = everything.to_pylist() if everything.num_rows else []
-    rows = [row for row in every_row if row["status"] == Status.OK]
-    by_task: dict[str, list[int]] = {}  # task -> [written, left out by the judge, left out by a reviewer]
-    for row in every_row:
-        counts = by_task.setdefault(row.get("task") or "?", [0, 0, 0])
-        if row["status"] == Status.OK:
-            counts[0] += 1
-        elif row["status"] == Status.FILTERED:
-            counts[2 if row.get("label") else 1] += 1
-    total = sum((row["src_bytes"] or 0) + (row["edit_bytes"] or 0) for row in rows)
-    lineages = sorted({row["lineage"] for row in rows if row["lineage"]})
-    lines = [
-        f"# {dataset}",
-        "",
-        f"Made by ffp: {len(rows)} pairs in {shards} shards "
-        f"({total / 1e6:.1f} MB of video).",
-        "",
-        f"Pairs written: {select} ones (a reviewer's label overrules the judge's verdict).",
-        "",
-        "| task | pairs | left out by the judge | left out by review |",
-        "|---|---|---|---|",
-        *[f"| {task} | {n[0]} | {n[1]} | {n[2]} |" for task, n in sorted(by_task.items())],
-        "",
-        "Each pair: `src.mp4` (model input), `edit.mp4` (target), `edit0.png` (edited first frame), "
-        + ("`mask.mkv` (per-frame edit mask, uint8 0/255, one frame per clip frame: a lossless grey FFV1 video; every "
-           "loader hands it over as video bytes, decode it frame by frame like the clips)" if mask_format == "mkv" else
-           "`mask.npz` (per-frame edit mask, uint8 0/255, T x H x W: `np.load(..., allow_pickle=False)['masks']`)")
-        + ", `json` (task, instruction, captions, scores, provenance). Every pair with its columns: `dataset.parquet`.",
-        "",
-        "## Provenance (stage fingerprints)",
-        "",
-        *[f"- `{lineage}`" for lineage in lineages],
-        "",
-        "## Read it",
-        "",
-        "```python",
-        "import io",
-        "",
-        "import av  # PyAV" if mask_format == "mkv" else "import numpy as np",
-        "import webdataset as wds",
-        "",
-        f"for pair in wds.WebDataset('{folder}/shard-{{000000..{max(shards - 1, 0):06d}}}.tar', shardshuffle=False):",
-        "    src, edit, card = pair['src.mp4'], pair['edit.mp4'], pair['json']  # bytes",
-        *([
-            "    with av.open(io.BytesIO(pair['mask.mkv'])) as video:  # one frame at a time, bit-exact",
-            "        for mask in (frame.to_ndarray() for frame in video.decode(video=0)):  # (H, W) uint8",
-            "            ...",
-        ] if mask_format == "mkv" else [
-            "    masks = np.load(io.BytesIO(pair['mask.npz']), allow_pickle=False)['masks']  # (T, H, W) uint8",
-        ]),
-        "```",
-        "",
-        *([
-            "With Hugging Face `datasets`, `load_dataset('webdataset', data_files=...)` types `mask.mkv` as a",
-            "`Video` like the clips: `ds.cast_column('mask.mkv', Video(decode=False))` gives its bytes to decode as",
-            "above (`Video()` decodes with torchcodec where it is installed). Frame `t` of `src.mp4` has its mask at",
-            "frame index `t`, which is also the mask frame shown at `src.mp4`'s frame time.",
-            "",
-        ] if mask_format == "mkv" else []),
-    ]
-    return "\n".join(lines)

@@ -169,31 +169,18 @@ def hf_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         yield datasets
 
 
-def fields_null_where_datasets_infers(exported: Export) -> list[str]:
-    """Card fields null in every one of the first 5 pairs of the first tar (all ``datasets`` reads to infer the
-    types) but set in a later pair: ``load_dataset("webdataset")`` then types them null and fails on the later pair.
-    Which pairs come first follows the sample ids, which hash the input's path (a temporary folder here)."""
-    import tarfile
-
-    with tarfile.open(exported.tars[0]) as tar:
-        names = [n for n in tar.getnames() if n.endswith(".json")][:5]  # in the tar's order, as datasets reads
-    first = [exported.pairs[name.removesuffix(".json")].card for name in names]
-    cards = [pair.card for pair in exported.pairs.values()]
-    return sorted(field for field in cards[0] if all(card.get(field) is None for card in first)
-                  and any(card.get(field) is not None for card in cards))
-
-
 def test_hugging_face_datasets_types_the_mask_as_video_and_reads_every_pair(exported, hf_datasets, tmp_path):
     """``load_dataset("webdataset")`` types mask.mkv as a ``Video`` like the clips (an npz became nested Python
     lists); ``Video(decode=False)`` gives the bytes, decoded here frame by frame (``Video()`` itself needs
-    torchcodec, which has no CPU build for this torch)."""
+    torchcodec, which has no CPU build for this torch). The folder is loaded as it is: its card names the shards
+    and declares the json card's types, which ``datasets`` once inferred from the first 5 pairs and so typed a
+    field null in all of them (``donor_id`` of fill pairs) null, failing at the first pair that set it."""
     datasets = hf_datasets
-    undetectable = fields_null_where_datasets_infers(exported)
-    if undetectable:  # a known problem, in the README's loader snippet: caught exactly, the rest must pass
-        pytest.xfail(f"datasets infers the json card's types from the first 5 pairs of the first tar, and "
-                     f"{undetectable} are null in all of them: the export must declare the card's features")
-    ds = datasets.load_dataset("webdataset", data_files={"train": exported.tars}, split="train",
-                               cache_dir=str(tmp_path / "cache"))
+    ds = datasets.load_dataset(str(exported.run / "export"), split="train", cache_dir=str(tmp_path / "cache"))
+    card = ds.features["json"]
+    for column in ("donor_id", "caption_src", "label"):  # null in the first pairs, or in all: declared, not inferred
+        assert card[column] == datasets.Value("string"), (column, card[column])
+    assert card["scores"]["leak"] == datasets.Value("float32") and card["num_frames"] == datasets.Value("int16")
     for member in ("src.mp4", "edit.mp4", "mask.mkv"):
         assert isinstance(ds.features[member], datasets.Video), (member, ds.features[member])
     assert isinstance(ds.features["edit0.png"], datasets.Image)
@@ -210,8 +197,7 @@ def test_hugging_face_datasets_types_the_mask_as_video_and_reads_every_pair(expo
 
 
 def test_hugging_face_datasets_streaming_reads_every_pair(exported, hf_datasets):
-    stream = hf_datasets.load_dataset("webdataset", data_files={"train": exported.tars}, split="train",
-                                      streaming=True)
+    stream = hf_datasets.load_dataset(str(exported.run / "export"), split="train", streaming=True)
     assert isinstance(stream.features["mask.mkv"], hf_datasets.Video)
     seen = []
     for row in stream.decode(False):  # every media member as {"bytes", "path"}
