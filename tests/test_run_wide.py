@@ -15,7 +15,6 @@ import pyarrow as pa
 import pytest
 
 from manifests.storage import Storage
-
 from pipeline.graph import GraphError, build_graph
 from pipeline.plan import RunPlan, State
 from pipeline.stage import Result, Sample, Stage

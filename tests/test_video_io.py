@@ -20,7 +20,6 @@ import pytest
 from media.errors import VideoError
 from media.png import png_bytes, read_png
 from media.video_io import (
-    Clip,
     ClipSpec,
     VideoInfo,
     cut_clips,
