@@ -46,9 +46,11 @@ class LocalCluster:
     nodes: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def add_node(self, log: Path, *options: str) -> None:
-        """Another node of this cluster on this machine (`ray start --address`), with its own resources."""
+        """Another node of this cluster on this machine (`ray start --address`), with its own resources, and its own
+        free port for its agent (like the head's: the default, 52365, may be another Ray's on this machine)."""
         self.nodes.append(subprocess.Popen(
-            [str(RAY), "start", "--block", f"--address={self.gcs}", *options],
+            [str(RAY), "start", "--block", f"--address={self.gcs}", f"--dashboard-agent-listen-port={free_port()}",
+             *options],
             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
         ))
 
