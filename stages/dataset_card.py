@@ -19,13 +19,14 @@ import yaml
 
 from manifests.manifest import BASE_COLUMNS, Status
 from media.mask_video import MKV_MEMBER, NPZ_MEMBER
+from stages.judge import CHECKS, SCORE_COLUMNS
 
 log = logging.getLogger("ffp.export")
 
 PROVENANCE_COLUMNS = ("lineage", "models")
 """Export columns that the json card carries inside ``provenance`` (as objects), not at its top level."""
-SCORE_PREFIX = "score_"
-"""Export columns ``score_<check>`` that the json card carries inside ``scores`` as ``<check>``."""
+SCORES = dict(zip(CHECKS, SCORE_COLUMNS))
+"""The judge's check -> its column: the json card carries the columns inside ``scores``, keyed by check."""
 
 _DTYPES = {"float": "float32", "double": "float64", "halffloat": "float16"}  # Arrow's names -> datasets' names
 
@@ -33,17 +34,16 @@ _DTYPES = {"float": "float32", "double": "float64", "halffloat": "float16"}  # A
 def card_columns(columns: list[str]) -> list[str]:
     """Those of an export's columns that its json card holds at the top level, every one in every pair (null where
     the track does not make it), so that the card has one type across pairs and tracks."""
-    return [c for c in columns if c not in PROVENANCE_COLUMNS and not c.startswith(SCORE_PREFIX)]
+    return [c for c in columns if c not in PROVENANCE_COLUMNS and c not in SCORE_COLUMNS]
 
 
 def pair_card(sample_id: str, columns: dict[str, Any], names: list[str], provenance: dict[str, Any]) -> dict[str, Any]:
-    """The json card of one pair: ``names`` (every export column), captions, scores and provenance."""
+    """The json card of one pair: ``names`` (every export column), captions, every check's score and provenance."""
     return {
         "sample_id": sample_id,
         **{name: columns.get(name) for name in card_columns(names)},
         "captions": {"src": columns.get("caption_src"), "edit": columns.get("caption_edit")},
-        "scores": {name.removeprefix(SCORE_PREFIX): columns.get(name) for name in names
-                   if name.startswith(SCORE_PREFIX)},
+        "scores": {check: columns.get(column) for check, column in SCORES.items()},
         "provenance": provenance,
     }
 
@@ -63,8 +63,7 @@ def card_features(schema: pa.Schema, rows: list[dict[str, Any]], fields: dict[st
         pa.field("sample_id", pa.string()),
         *[schema.field(name) for name in card_columns(names)],
         pa.field("captions", pa.struct([pa.field("src", pa.string()), pa.field("edit", pa.string())])),
-        pa.field("scores", pa.struct([pa.field(n.removeprefix(SCORE_PREFIX), schema.field(n).type)
-                                      for n in names if n.startswith(SCORE_PREFIX)])),
+        pa.field("scores", pa.struct([pa.field(check, schema.field(column).type) for check, column in SCORES.items()])),
         pa.field("provenance", provenance.type),
     ])
     mask = ({"name": MKV_MEMBER, "dtype": "video"} if mask_format == "mkv" else  # datasets decodes an npz to lists

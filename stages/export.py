@@ -26,6 +26,7 @@ its own folder, for analysis); ``all`` writes both. A changed label re-runs only
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from collections.abc import Sequence
@@ -156,14 +157,18 @@ class Export(Stage):
             return Result.failed(sample.sample_id, f"cannot read the mask {p.mask}: {exc}", **columns)
         columns.update(src_bytes=len(src), edit_bytes=len(edit), lineage=json.dumps(self.context.lineage, sort_keys=True),
                        models=json.dumps(self.context.models, sort_keys=True, default=str))
-        names = list(dict.fromkeys((*self.columns, *self.context.pair_columns)))  # the export's columns
-        card = pair_card(sample.sample_id, columns, names, provenance={
+        card = pair_card(sample.sample_id, columns, self._export_columns, provenance={
             "fingerprints": self.context.lineage, "models": self.context.models, "fields": p.model_dump()})
         files = {
             "src.mp4": src, "edit.mp4": edit, "edit0.png": sample.read(p.edit0), mask_member: mask,
             "json": json_bytes(card),
         }
         return Result.ok(sample.sample_id, files, **columns)
+
+    @functools.cached_property
+    def _export_columns(self) -> list[str]:
+        """This export's manifest columns (``StageNode.columns``: its own, then the pair columns it appends)."""
+        return list(dict.fromkeys((*self.columns, *self.context.pair_columns)))
 
     def _mask(self, data: bytes, fps: Any) -> tuple[str, bytes]:
         """(member, bytes) of the pair's mask in ``mask_format``: the upstream bytes when they are in it already,

@@ -170,7 +170,7 @@ def hf_datasets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 def test_hugging_face_datasets_types_the_mask_as_video_and_reads_every_pair(exported, hf_datasets, tmp_path):
-    """``load_dataset("webdataset")`` types mask.mkv as a ``Video`` like the clips (an npz became nested Python
+    """``load_dataset`` on the export folder types mask.mkv as a ``Video`` like the clips (an npz became nested Python
     lists); ``Video(decode=False)`` gives the bytes, decoded here frame by frame (``Video()`` itself needs
     torchcodec, which has no CPU build for this torch). The folder is loaded as it is: its card names the shards
     and declares the json card's types, which ``datasets`` once inferred from the first 5 pairs and so typed a
