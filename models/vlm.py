@@ -109,8 +109,9 @@ class VLMParams(ModelParams):
     )
     max_num_batched_tokens: int | None = Field(
         None, ge=1, json_schema_extra=RUNTIME_ONLY,
-        description="vllm: most prompt and answer tokens in one engine step (default: vLLM's offline default for the "
-        "device, as vllm.LLM gets: 4096 on CPU, 8192-16384 on GPUs)",
+        description="vllm: most prompt and answer tokens in one engine step (default: vLLM's engine default, 2048). "
+        "More prefills a long prompt in fewer steps, and grows the memory vLLM profiles at start: an engine with a "
+        "whole GPU can take vLLM's offline 8192-16384, one in a quarter of a GPU may not",
     )
     enforce_eager: bool = Field(
         False, description="vllm: no CUDA graphs / compilation (faster start)", json_schema_extra=RUNTIME_ONLY
@@ -373,14 +374,9 @@ class VllmBackend:
 
     @staticmethod
     async def _start(args: Any) -> Any:
-        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
-        # In the loop: its output handler runs there. LLM_CLASS: the batch defaults vLLM gives offline work (``vllm.LLM``,
-        # ``vllm bench throughput``): 4096 tokens per step on CPU, up to 16384 on a large GPU, and more sequences.
-        # The default context (ENGINE_CONTEXT) gets 2048 tokens on any device: every 2.5K-token plan prompt then
-        # took two steps to prefill, and on an H200 each step was a fraction of what the GPU can batch.
-        return AsyncLLM.from_engine_args(args, usage_context=UsageContext.LLM_CLASS)
+        return AsyncLLM.from_engine_args(args)  # in the loop: its output handler runs there
 
     def close(self) -> None:
         """Stop the engine (its core process) and the loop thread; idempotent."""

@@ -56,9 +56,6 @@ def main(out_path: Path, media_dir: Path | None) -> int:
         return VLLM_IMPORT_FAILED
     from dataclasses import replace
 
-    from vllm.engine.arg_utils import EngineArgs
-    from vllm.usage.usage_lib import UsageContext
-
     from manifests.storage import Storage
     from models.vlm import TransformersBackend, VLMRequest
     from pipeline.stage import StageContext
@@ -66,8 +63,8 @@ def main(out_path: Path, media_dir: Path | None) -> int:
 
     samples = clips(media_dir)
     params = PlanParams(
-        model="tiny:qwen2_5_vl", backend="vllm", frames=4, max_new_tokens=4096, max_num_seqs=4, enforce_eager=True,
-        filter_flags=[], require_tasks=True,
+        model="tiny:qwen2_5_vl", backend="vllm", frames=4, max_new_tokens=4096, max_num_seqs=4,
+        max_num_batched_tokens=3072, enforce_eager=True, filter_flags=[], require_tasks=True,
     )
     stage = Plan(params, StageContext(name="plan", run=Storage(str(out_path.parent / "run"))))
     started = time.perf_counter()
@@ -75,8 +72,7 @@ def main(out_path: Path, media_dir: Path | None) -> int:
     start_s = time.perf_counter() - started
 
     scheduler = stage.backend.engine.vllm_config.scheduler_config  # type: ignore[union-attr]
-    engine_batch = {"max_num_batched_tokens": scheduler.max_num_batched_tokens, "max_num_seqs": scheduler.max_num_seqs,
-                    "offline_default_tokens": EngineArgs.get_batch_defaults(1)[0][UsageContext.LLM_CLASS]}
+    engine_batch = {"max_num_batched_tokens": scheduler.max_num_batched_tokens, "max_num_seqs": scheduler.max_num_seqs}
 
     plan_request = replace(stage.request(samples[0]), json_schema=None, max_new_tokens=PARITY_TOKENS)
     describe = ({"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Describe the dog."}]},)
