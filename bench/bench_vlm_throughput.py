@@ -116,6 +116,13 @@ class Counted:
         return sum(lengths) / len(lengths)
 
 
+def outcome(label: str, requests: int, tokens: int, seconds: float) -> dict[str, Any]:
+    """One timed run, as a row of the table; printed as it ends."""
+    print(f"{label}: {tokens} tokens, {requests} requests in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s",
+          flush=True)
+    return {"label": label, "requests": requests, "tokens": tokens, "seconds": seconds, "tokens_per_s": tokens / seconds}
+
+
 def schedule(args: argparse.Namespace) -> list[int]:
     """The settings in the order they run: ``--in-flight`` forth, then back (``--repeat 2``: drift cancels out)."""
     return [*args.in_flight, *args.in_flight[::-1]] if args.repeat == 2 else list(args.in_flight)
@@ -133,6 +140,15 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     plan = RunPlan(storage, graph)
     shards = plan.shards("plan")
     per_setting = args.clips // args.shard_size
+
+    def setting(index: int) -> list[Any]:
+        """The shards of the ``index``-th run: each run has its own ``--clips`` clips."""
+        return shards[index * per_setting:(index + 1) * per_setting]
+
+    def samples_of(index: int, stack: ExitStack) -> list[Any]:
+        return [sample for shard in setting(index)
+                for sample in stack.enter_context(open_upstream(storage, graph, "plan", shard))]
+
     started = time.perf_counter()
     worker = ShardWorker(storage, graph, "plan")
     print(f"plan stage: engine started in {time.perf_counter() - started:.1f} s", flush=True)
@@ -141,40 +157,32 @@ def run_plan(run_dir: Path, args: argparse.Namespace) -> list[dict[str, Any]]:
     worker.run_shard(ShardTask.from_plan(plan, "plan", shards[-1]))  # warm-up, not counted
     outcomes = []
     for index, in_flight in enumerate(schedule(args)):
-        tasks = [ShardTask.from_plan(plan, "plan", shard)
-                 for shard in shards[index * per_setting:(index + 1) * per_setting]]
+        tasks = [ShardTask.from_plan(plan, "plan", shard) for shard in setting(index)]
         counted.requests = counted.tokens = 0
         started = time.perf_counter()
         with ThreadPoolExecutor(max_workers=in_flight) as pool:  # a stage actor's threads (max_concurrency)
             list(pool.map(worker.run_shard, tasks))
         seconds = time.perf_counter() - started
-        outcomes.append({"label": f"ffp plan stage, {in_flight} shard(s) in flight per actor",
-                         "requests": counted.requests, "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
-        print(f"plan stage, {in_flight} shard(s) in flight: {counted.tokens} tokens, {counted.requests} requests in "
-              f"{seconds:.1f} s = {counted.tokens / seconds:.1f} tokens/s", flush=True)
+        outcomes.append(outcome(f"ffp plan stage, {in_flight} shard(s) in flight per actor", counted.requests,
+                                counted.tokens, seconds))
     if args.ceiling:  # every clip of one more setting's shards in one process() call: no shard boundary, no commit
         index = len(schedule(args))
         with ExitStack() as stack:
-            samples = [sample for shard in shards[index * per_setting:(index + 1) * per_setting]
-                       for sample in stack.enter_context(open_upstream(storage, graph, "plan", shard))]
+            samples = samples_of(index, stack)
             counted.requests = counted.tokens = 0
             started = time.perf_counter()
             worker.stage.process(samples)
             seconds = time.perf_counter() - started
-        outcomes.append({"label": "ffp plan stage, every clip in one call (ceiling)", "requests": counted.requests,
-                         "tokens": counted.tokens, "seconds": seconds, "tokens_per_s": counted.tokens / seconds})
-        print(f"plan stage, every clip in one call: {counted.tokens} tokens in {seconds:.1f} s = "
-              f"{counted.tokens / seconds:.1f} tokens/s", flush=True)
+        outcomes.append(outcome("ffp plan stage, every clip in one call (ceiling)", counted.requests, counted.tokens,
+                                seconds))
     prompt_tokens = counted.prompt_tokens()
     output_len = round(sum(o["tokens"] for o in outcomes) / sum(o["requests"] for o in outcomes))
-    for outcome in outcomes:
-        outcome["prompt_tokens"] = prompt_tokens
+    for row in outcomes:
+        row["prompt_tokens"] = prompt_tokens
     if args.breakdown:  # the same engine without the plan's own work, one piece at a time
         index = len(schedule(args)) + args.ceiling
         with ExitStack() as stack:
-            samples = [sample for shard in shards[index * per_setting:(index + 1) * per_setting]
-                       for sample in stack.enter_context(open_upstream(storage, graph, "plan", shard))]
-            prompts = [worker.stage.backend._prompt(worker.stage.request(sample)) for sample in samples]
+            prompts = [worker.stage.backend._prompt(worker.stage.request(sample)) for sample in samples_of(index, stack)]
         outcomes.append(engine_only(worker.stage.backend, prompts, output_len,
                                     "the same engine: the plan's prompts and images, no grammar"))
         outcomes.append(engine_only(worker.stage.backend, random_prompts(worker.stage.backend, len(prompts),
@@ -197,29 +205,15 @@ def random_prompts(backend: Any, count: int, length: int) -> list[dict[str, Any]
 def engine_only(backend: Any, prompts: list[dict[str, Any]], output_len: int, label: str) -> dict[str, Any]:
     """The stage's engine alone on ``prompts``, all at once, each answered with exactly ``output_len`` tokens as the
     peer's are (``ignore_eos``, no grammar): what the plan's own work (image, grammar, shards) costs, by difference."""
-    import asyncio
-    import uuid
-
     from vllm import SamplingParams
     from vllm.sampling_params import RequestOutputKind
 
     sampling = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True, detokenize=False,
                               output_kind=RequestOutputKind.FINAL_ONLY)
-
-    async def one(prompt: dict[str, Any]) -> int:
-        async for output in backend.engine.generate(prompt, sampling, request_id=uuid.uuid4().hex):
-            final = output
-        return len(final.outputs[0].token_ids)
-
-    async def every() -> list[int]:
-        return list(await asyncio.gather(*(one(prompt) for prompt in prompts)))
-
     started = time.perf_counter()
-    tokens = sum(backend._wait(every()))
-    seconds = time.perf_counter() - started
-    print(f"{label}: {tokens} tokens in {seconds:.1f} s = {tokens / seconds:.1f} tokens/s", flush=True)
-    return {"label": label, "requests": len(prompts), "tokens": tokens, "seconds": seconds,
-            "tokens_per_s": tokens / seconds}
+    completions = backend._wait(backend._all(prompts, [sampling] * len(prompts)))  # as generate() sends them
+    tokens = sum(len(completion.token_ids) for completion in completions)
+    return outcome(label, len(prompts), tokens, time.perf_counter() - started)
 
 
 def run_peer(model_dir: str, prompts: int, input_len: int, output_len: int, args: argparse.Namespace,
