@@ -410,7 +410,9 @@ class Scheduler:
         self._check_placeable()
         demands = self._demands()
         self.targets = plan_actors(demands, self.sharing.plan_capacity(self.capacity) if self.sharing else self.capacity)
-        wanting = [d for d in demands if d.ready and not self.idle[d.stage]
+        # a stage no live node can hold gains nothing from the others' idle workers: letting them go would only
+        # restart them (prewarm), again and again while the run waits for a node that fits
+        wanting = [d for d in demands if d.ready and not self.idle[d.stage] and d.stage not in self.unplaced_since
                    and len(self.actors[d.stage]) < max(1, self.targets[d.stage])]
         for demand in wanting:
             for stage in self.graph.order:

@@ -130,6 +130,34 @@ def test_a_try_past_its_shard_time_limit_is_ended_and_retried(tmp_path: Path, de
     assert {(s.stage, s.shard) for s in report.summaries} == {(st, n) for st in config.stages for n in (0, 1)}
 
 
+class NoGpuCluster(Scripted):
+    """A joined cluster whose one node has CPUs and no GPU (a GPU node that never comes)."""
+
+    def __init__(self, storage: Storage, graph: Any) -> None:
+        super().__init__(storage, graph, {})
+        self._nodes = [{"CPU": 8.0, "GPU": 0.0}]
+
+    def start(self) -> dict[str, Any] | None:
+        return {**(super().start() or {}), "joined": True}
+
+
+def test_waiting_for_a_node_that_fits_leaves_the_other_stages_workers_alone(tmp_path: Path, demo_vos: Path) -> None:
+    """While a GPU stage waits for a node (``scheduler.node_wait_s``), the idle workers of the other stages stay: letting
+    them go cannot make room for a GPU, and prewarm would start them again every second. (On a cluster the churn also
+    put a restarted CPU actor on the GPU node when it joined, taking the CPU the GPU stage needed.)"""
+    config = synth_config(tmp_path / "run", demo_vos)
+    config.stages["augment"].resources = Resources(cpus=1, gpus=1)
+    config.scheduler.node_wait_s = 2.5
+    storage, graph = Storage(config.run_dir), build_graph(config)
+    plan = RunPlan(storage, graph)
+    plan.save_sources()
+    executor = NoGpuCluster(storage, graph)
+    report = Scheduler(storage, graph, plan, executor).run()
+    assert set(report.unplaceable) == {"augment"} and sorted(report.blocked) == [
+        (stage, shard) for stage in ("augment", "export") for shard in (0, 1)]
+    assert executor.started.count("export") == 1 and executor.killed == 1  # started once, let go at the end
+
+
 # The same run on both engines --------------------------------------------------------------------------------
 
 

@@ -228,8 +228,9 @@ def test_one_shard_killed_at_every_item_never_gives_up(
 
 
 def _progress(run_dir: Path) -> int:
-    """Committed shards plus finished items of uncommitted ones: grows as the run moves."""
-    return len(list(run_dir.glob("manifests/*/shard-*.parquet"))) + sum(
+    """Rows of committed shards plus finished items of uncommitted ones: only grows as the run moves (counting a
+    committed shard as one would drop by its finished items at each commit, and a run could end without moving)."""
+    return sum(pq.read_metadata(path).num_rows for path in run_dir.glob("manifests/*/shard-*.parquet")) + sum(
         len(list(folder.glob("*.rows.json"))) for _, _, folder in _uncommitted_partials(run_dir)
     )
 
