@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import errno
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -123,16 +124,33 @@ def fast_policy(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(retry, "POLICY", FAST)
 
 
-def test_storage_retries_reads_writes_and_listings(fast_policy: None, tmp_path: Any) -> None:
+FlakyFs = Callable[[Storage, str, Exception, int], Flaky]
+
+
+@pytest.fixture
+def flaky(monkeypatch: pytest.MonkeyPatch) -> FlakyFs:
+    """Makes the first ``n`` calls of a method of a storage's filesystem raise, until the test ends. fsspec keeps one
+    filesystem instance per protocol and options (``memory://`` has one per process), so a method patched by hand
+    and not put back fails the next test of the process that uses it."""
+
+    def patch(storage: Storage, method: str, exc: Exception, n: int) -> Flaky:
+        wrapper = Flaky(getattr(storage.fs, method), exc, n)
+        monkeypatch.setattr(storage.fs, method, wrapper)
+        return wrapper
+
+    return patch
+
+
+def test_storage_retries_reads_writes_and_listings(fast_policy: None, tmp_path: Any, flaky: FlakyFs) -> None:
     storage = Storage(f"memory://retry-{tmp_path.name}/run")
     before = retry.counts()
-    storage.fs.pipe_file = Flaky(storage.fs.pipe_file, s3_error("SlowDown", 503), 2)  # type: ignore[method-assign]
+    flaky(storage, "pipe_file", s3_error("SlowDown", 503), 2)
     storage.write_bytes("manifests/a/shard-000000.parquet", b"one")
-    storage.fs.mv = Flaky(storage.fs.mv, reset(), 1)  # type: ignore[method-assign]
+    flaky(storage, "mv", reset(), 1)
     storage.write_bytes("manifests/a/shard-000001.parquet", b"two")
-    storage.fs.cat_file = Flaky(storage.fs.cat_file, s3_error("InternalError", 500), 1)  # type: ignore[method-assign]
+    flaky(storage, "cat_file", s3_error("InternalError", 500), 1)
     assert storage.read_bytes("manifests/a/shard-000000.parquet") == b"one"
-    storage.fs.glob = Flaky(storage.fs.glob, TimeoutError(), 1)  # type: ignore[method-assign]
+    flaky(storage, "glob", TimeoutError(), 1)
     assert storage.list("manifests/*", pattern="shard-*") == [
         "manifests/a/shard-000000.parquet", "manifests/a/shard-000001.parquet",
     ]
@@ -140,29 +158,31 @@ def test_storage_retries_reads_writes_and_listings(fast_policy: None, tmp_path: 
     assert not [p for p in storage.walk_files() if ".tmp-" in p], "a retried write left its temporary"
 
 
-def test_a_move_whose_answer_was_lost_is_not_done_twice(fast_policy: None, tmp_path: Any) -> None:
+def test_a_move_whose_answer_was_lost_is_not_done_twice(
+    fast_policy: None, tmp_path: Any, monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """The copy and delete happened, the answer did not arrive: the retry finds the temporary gone and the
     target in place, and counts the write as done."""
     storage = Storage(f"memory://retry-lost-{tmp_path.name}/run")
     real_mv = storage.fs.mv
 
     def mv_then_reset(*args: Any, **kw: Any) -> None:
-        storage.fs.mv = real_mv  # type: ignore[method-assign]
+        monkeypatch.setattr(storage.fs, "mv", real_mv)
         real_mv(*args, **kw)
         raise reset()
 
-    storage.fs.mv = mv_then_reset  # type: ignore[method-assign]
+    monkeypatch.setattr(storage.fs, "mv", mv_then_reset)
     storage.write_bytes("x.json", b"{}")
     assert storage.read_bytes("x.json") == b"{}"
     assert storage.walk_files() == ["x.json"]
 
 
-def test_storage_stops_at_once_on_a_permanent_error(fast_policy: None, tmp_path: Any) -> None:
+def test_storage_stops_at_once_on_a_permanent_error(fast_policy: None, tmp_path: Any, flaky: FlakyFs) -> None:
     storage = Storage(f"memory://retry-403-{tmp_path.name}/run")
-    storage.fs.cat_file = Flaky(storage.fs.cat_file, s3_error("AccessDenied", 403), 5)  # type: ignore[method-assign]
+    cat_file = flaky(storage, "cat_file", s3_error("AccessDenied", 403), 5)
     with pytest.raises(PermissionError, match="AccessDenied"):
         storage.read_bytes("x")
-    assert storage.fs.cat_file.calls == 1
+    assert cat_file.calls == 1
 
 
 def test_a_streamed_read_is_retried_where_it_stopped(fast_policy: None, tmp_path: Any) -> None:
