@@ -410,17 +410,31 @@ class Scheduler:
         self._check_placeable()
         demands = self._demands()
         self.targets = plan_actors(demands, self.sharing.plan_capacity(self.capacity) if self.sharing else self.capacity)
-        # a stage no live node can hold gains nothing from the others' idle workers: letting them go would only
-        # restart them (prewarm), again and again while the run waits for a node that fits
-        wanting = [d for d in demands if d.ready and not self.idle[d.stage] and d.stage not in self.unplaced_since
+        wanting = [d for d in demands if d.ready and not self.idle[d.stage]
                    and len(self.actors[d.stage]) < max(1, self.targets[d.stage])]
         for demand in wanting:
             for stage in self.graph.order:
                 while not self._room_for(demand.stage) and self.idle[stage] and (
                     len(self.actors[stage]) > self.targets[stage]
                     or (not self.actors[demand.stage] and self._dispatchable(stage) is None)
-                ):
+                ) and self._gives_back_what_lacks(self.idle[stage][-1], demand.stage):
                     self._retire(stage, self.idle[stage].pop())
+
+    def _gives_back_what_lacks(self, worker: Any, stage: str) -> bool:
+        """Whether letting ``worker`` go gives back some resource that one more worker of ``stage`` lacks now. If not
+        (CPUs for a stage that lacks a GPU, as while it waits for a GPU node to join), letting it go frees nothing
+        useful, and pre-warming would start it again on the next pass of the loop."""
+        need, free = self._new_placement(stage), self._free()
+        lacking = [kind for kind, amount in need.items() if amount > free.get(kind, 0.0) + 1e-9]
+        slot = self.slot_of.get(id(worker))
+        if slot is None:
+            held = self.holding.get(id(worker), {})
+        elif self.sharing and self.sharing.shares(stage):
+            return True  # its room in the slot may be the one the stage needs
+        else:  # a stage outside the slots gets only a whole slot back: when the worker is the last one in it
+            alone = slot.main in (None, worker) and set(slot.guests) <= {id(worker)}
+            held = self.sharing.slot_holds() if alone and self.sharing else {}
+        return any(held.get(kind, 0.0) > 0 for kind in lacking)
 
     def _retire(self, stage: str, actor: Any) -> None:
         self.actors[stage] = [a for a in self.actors[stage] if a is not actor]
