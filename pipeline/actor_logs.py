@@ -66,4 +66,6 @@ class ActorLog:
         sys.stdout.flush()
         sys.stderr.flush()
         if not self.storage.is_local:
-            self.storage.write_bytes(self.rel, self.local.read_bytes(), durable=False)
+            # one PUT, no temporary: the driver kills actors that are busy uploading (retired while loading, or
+            # at the end of the run), and a temporary they left would fail the run's verify
+            self.storage.overwrite_bytes(self.rel, self.local.read_bytes())
